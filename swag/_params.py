@@ -1,0 +1,210 @@
+"""Parameter I/O: the only code that reads or writes model parameters.
+
+Everything else in swag works on flat vectors of length P (the number of covered scalars). A
+:class:`ParamLayout` says which parameters are covered, in which order, with which shapes and
+dtypes; it gathers them into a flat buffer and scatters a flat vector back into a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor, nn
+
+ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+"""Which parameters to cover: ``None`` (every floating-point parameter with ``requires_grad``),
+a name prefix or a sequence of them (``"fc"`` covers ``fc.weight`` and ``fc.bias``), or a
+predicate ``(name, parameter) -> bool``."""
+
+
+def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """``model.named_parameters()`` with wrapper prefixes (DDP's ``module.``) removed."""
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+    for name, param in model.named_parameters():
+        yield (name.removeprefix("module.") if wrapped else name), param
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _matches_prefix(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names, shapes and dtypes of the covered parameters, in flat-vector order.
+
+    Parameter ``i`` occupies ``flat[offsets[i] : offsets[i] + numels[i]]``.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module, params: ParamSelector = None) -> ParamLayout:
+        """Select the covered parameters of ``model``.
+
+        Raises:
+            ValueError: if the selection is empty or covers a non-floating-point parameter.
+        """
+        named = list(_named_parameters(model))
+        if params is None:
+            chosen = [(n, p) for n, p in named if p.requires_grad and p.is_floating_point()]
+        elif callable(params):
+            chosen = [(n, p) for n, p in named if params(n, p)]
+        else:
+            prefixes = [params] if isinstance(params, str) else list(params)
+            chosen = [(n, p) for n, p in named if _matches_prefix(n, prefixes)]
+        if not chosen:
+            available = ", ".join(n for n, _ in named[:20]) or "(the model has no parameters)"
+            raise ValueError(
+                f"params={params!r} selected no parameters; available names include: {available}"
+            )
+        bad = [n for n, p in chosen if not p.is_floating_point()]
+        if bad:
+            raise ValueError(
+                f"parameters {bad} are not floating point and cannot be averaged; "
+                "exclude them with params="
+            )
+        return cls(
+            names=tuple(n for n, _ in chosen),
+            shapes=tuple(tuple(p.shape) for _, p in chosen),
+            dtypes=tuple(p.dtype for _, p in chosen),
+        )
+
+    @cached_property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @cached_property
+    def offsets(self) -> tuple[int, ...]:
+        out, total = [], 0
+        for n in self.numels:
+            out.append(total)
+            total += n
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        """P, the number of covered scalars."""
+        return sum(self.numels)
+
+    def resolve(self, model: nn.Module) -> list[Tensor]:
+        """The covered parameters of ``model`` (detached), checked against this layout.
+
+        Raises:
+            ValueError: naming each missing parameter or shape/dtype mismatch.
+        """
+        found = dict(_named_parameters(model))
+        problems: list[str] = []
+        out: list[Tensor] = []
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            p = found.get(name)
+            if p is None:
+                problems.append(f"{name}: missing from the model")
+            elif tuple(p.shape) != shape:
+                problems.append(f"{name}: shape {tuple(p.shape)}, expected {shape}")
+            elif p.dtype != dtype:
+                problems.append(f"{name}: dtype {p.dtype}, expected {dtype}")
+            else:
+                out.append(p.detach())
+        if problems:
+            raise ValueError(
+                "the model's covered parameters do not match the layout recorded at creation: "
+                + "; ".join(problems[:10])
+                + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
+                + ". Pass the same architecture, or build a new Collector for this model."
+            )
+        return out
+
+    def chunks(self, chunk: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+        """Split ``[0, P)`` into ranges of at most ``chunk`` entries.
+
+        Returns:
+            ``(start, end, pieces)`` per range; ``pieces`` lists ``(i, a, b)``: entries
+            ``a:b`` of parameter ``i`` (flattened) fill the range, in order.
+        """
+        plan = []
+        for start in range(0, self.size, chunk):
+            end = min(start + chunk, self.size)
+            pieces = []
+            for i, (o, n) in enumerate(zip(self.offsets, self.numels, strict=True)):
+                lo, hi = max(o, start), min(o + n, end)
+                if lo < hi:
+                    pieces.append((i, lo - o, hi - o))
+            plan.append((start, end, pieces))
+        return plan
+
+    @staticmethod
+    def gather(pieces: Sequence[Tensor], out: Tensor) -> Tensor:
+        """Concatenate the 1-D ``pieces`` into ``out``, casting to its dtype and device."""
+        if all(t.device == out.device for t in pieces):
+            return torch.cat(list(pieces), out=out)
+        pos = 0
+        for t in pieces:
+            out[pos : pos + t.numel()].copy_(t, non_blocking=True)
+            pos += t.numel()
+        return out
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """Views of a flat ``(..., P)`` tensor, one ``(..., *shape)`` per covered parameter."""
+        lead = flat.shape[:-1]
+        return [
+            flat[..., o : o + n].view(*lead, *s)
+            for o, n, s in zip(self.offsets, self.numels, self.shapes, strict=True)
+        ]
+
+    @torch.no_grad()
+    def scatter(self, theta: Tensor, model: nn.Module) -> None:
+        """Copy the flat ``theta`` of shape ``(P,)`` into ``model``'s covered parameters."""
+        if theta.shape != (self.size,):
+            raise ValueError(f"theta must have shape ({self.size},), got {tuple(theta.shape)}")
+        torch._foreach_copy_(self.resolve(model), self.split(theta))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [
+                [n, list(s), _dtype_name(d)]
+                for n, s, d in zip(self.names, self.shapes, self.dtypes, strict=True)
+            ]
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ParamLayout:
+        rows = json.loads(text)
+        return cls(
+            names=tuple(str(r[0]) for r in rows),
+            shapes=tuple(tuple(int(x) for x in r[1]) for r in rows),
+            dtypes=tuple(getattr(torch, str(r[2])) for r in rows),
+        )
+
+    def mismatch(self, saved: ParamLayout) -> str | None:
+        """How a ``saved`` layout differs from this one, in words; ``None`` if they are equal."""
+        if self == saved:
+            return None
+        here = dict(zip(self.names, self._rows(), strict=True))
+        there = dict(zip(saved.names, saved._rows(), strict=True))
+        diffs = [f"{n}: not in the saved state" for n in here if n not in there]
+        diffs += [f"{n}: saved but not here" for n in there if n not in here]
+        diffs += [
+            f"{n}: saved {there[n]}, here {here[n]}"
+            for n in here
+            if there.get(n, here[n]) != here[n]
+        ]
+        if not diffs:
+            diffs = ["same parameters in a different order"]
+        more = f" (and {len(diffs) - 10} more)" if len(diffs) > 10 else ""
+        return "; ".join(diffs[:10]) + more
+
+    def _rows(self) -> list[str]:
+        return [
+            f"shape {s} {_dtype_name(d)}" for s, d in zip(self.shapes, self.dtypes, strict=True)
+        ]

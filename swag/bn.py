@@ -1,0 +1,105 @@
+"""BatchNorm refresh: recompute running statistics for a model's current weights."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
+
+InputFn = Callable[[Any], Any]
+
+
+def default_input_fn(batch: Any) -> Any:
+    """The model input of a batch: a tensor as is, the first item of a tuple/list, a dict as is.
+
+    A dict is passed as keyword arguments (``model(**batch)``), as Hugging Face models expect.
+    """
+    if isinstance(batch, (list, tuple)):
+        if not batch:
+            raise ValueError("got an empty tuple/list batch; pass input_fn= to pick the input")
+        return batch[0]
+    return batch
+
+
+def move_to(obj: Any, device: torch.device | str | None) -> Any:
+    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
+    if device is None:
+        return obj
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to(v, device) for v in obj)
+    return obj
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple, else ``model(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer that tracks running statistics."""
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def update_bn(
+    loader: Iterable[Any],
+    model: nn.Module,
+    *,
+    num_batches: int | None = None,
+    input_fn: InputFn | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> None:
+    """Recompute the BatchNorm running statistics of ``model`` over ``loader``.
+
+    Statistics are reset, then accumulated as plain averages over the batches (momentum None),
+    as ``torch.optim.swa_utils.update_bn`` does; momenta and train/eval mode are restored
+    afterwards. A model without BatchNorm is left untouched and no batch is read.
+
+    Args:
+        loader: batches; tensors, tuples/lists (first item is the input) or dicts (passed as
+            keyword arguments).
+        model: the network, modified in place.
+        num_batches: stop after this many batches (default: the whole loader).
+        input_fn: maps a batch to the model input (a tensor, a tuple of positional
+            arguments, or a dict of keyword arguments).
+        device: move inputs here before the forward pass.
+        progress: show a progress bar.
+    """
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        return
+    momenta = {m: m.momentum for m in layers}
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    to_input = input_fn or default_input_fn
+    batches = itertools.islice(loader, num_batches)
+    seen = 0
+    try:
+        for batch in tqdm(batches, total=num_batches, desc="BN refresh", disable=not progress):
+            call_model(model, move_to(to_input(batch), device))
+            seen += 1
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("the loader yielded no batch, so BatchNorm statistics were not updated")

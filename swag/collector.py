@@ -1,0 +1,292 @@
+"""The collector: streaming first and second moments of SGD iterates and a ring of deviations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from swag import _io
+from swag._params import ParamLayout, ParamSelector
+from swag.posterior import SWAGPosterior
+
+_MIN_CHUNK = 1 << 18
+_STATE = ("shift", "shifted_mean", "m2", "deviations")
+
+
+class Collector(nn.Module):
+    """Gathers SWA/SWAG statistics of a model's parameters, one ``collect()`` per iterate.
+
+    State, all preallocated flat buffers on one device (``P`` = covered scalars, ``K`` =
+    ``max_rank``):
+
+    - ``shift`` ``(P,)``: the first iterate θ_1, a fixed origin;
+    - ``shifted_mean`` ``(P,)``: the running mean of θ_i − θ_1. The SWA mean is
+      θ̄_n = shift + shifted_mean (:attr:`mean`). Averaging offsets from θ_1 rather than θ itself
+      keeps the numbers small: a float32 running mean of θ stops moving once its increments σ/n
+      fall below half an ulp of |θ|, and that error then biases the variance;
+    - ``m2`` ``(P,)``: Welford's sum Σ_i (θ_i − θ̄_{i−1})(θ_i − θ̄_i), so that the diagonal
+      variance is ``m2 / n`` without the cancellation of ``E[θ²] − E[θ]²``;
+    - ``deviations`` ``(K, P)``: a ring of the last ``K`` deviations θ_i − θ̄_i (θ̄_i is the mean
+      *including* θ_i, as in the SWAG paper); row ``(i − 1) % K`` holds iterate ``i``.
+
+    Memory held: ``(K + 3) · P`` elements (the ring in ``deviation_dtype``), plus a scratch
+    chunk of at most ``max(P/16, 2¹⁸)`` elements when ``K = 0`` or the ring has its own dtype.
+    ``collect()`` makes five passes over P (gather, shift, mean, deviation, M2) and allocates
+    nothing P-sized.
+
+    Args:
+        model: the network being trained. Only a reference is kept, to read its parameters.
+        max_rank: K, the number of deviations kept for the low-rank covariance; 0 for
+            diagonal-only SWAG (and SWA).
+        params: which parameters to cover (default: every floating-point parameter with
+            ``requires_grad``); a name prefix, a sequence of prefixes, or a predicate
+            ``(name, param) -> bool``.
+        device: where the statistics live (default: the parameters' device).
+        dtype: the statistics' floating dtype (float32 default).
+        deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 or float16
+            halve its memory at a small error in the low-rank covariance.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> collector = Collector(model, max_rank=5)
+        >>> for _ in range(10):
+        ...     _ = model.weight.data.add_(0.01)  # stands in for an optimizer step
+        ...     collector.collect()
+        >>> collector.n, collector.rank
+        (10, 5)
+    """
+
+    shift: Tensor
+    shifted_mean: Tensor
+    m2: Tensor
+    deviations: Tensor
+    _scratch: Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        max_rank: int = 20,
+        *,
+        params: ParamSelector = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        deviation_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
+            raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
+        deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
+        for name, dt in (("dtype", dtype), ("deviation_dtype", deviation_dtype)):
+            if not dt.is_floating_point:
+                raise ValueError(f"{name} must be a floating-point dtype, got {dt}")
+        self.layout = ParamLayout.from_model(model, params)
+        tensors = self.layout.resolve(model)
+        if device is None:
+            devices = {t.device for t in tensors}
+            if len(devices) > 1:
+                raise ValueError(
+                    f"the covered parameters live on several devices {sorted(map(str, devices))}; "
+                    "pass device= to say where the statistics should live"
+                )
+            device = devices.pop()
+        device = torch.device(device)
+        self.max_rank = max_rank
+        size = self.layout.size
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        for name in ("shift", "shifted_mean", "m2"):
+            self.register_buffer(name, torch.zeros(size, **kw))
+        self.register_buffer(
+            "deviations", torch.zeros(max_rank, size, device=device, dtype=deviation_dtype)
+        )
+        # With K > 0 and one dtype the ring slot about to be overwritten is the scratch space.
+        in_place = max_rank > 0 and deviation_dtype == dtype
+        chunk = size if in_place else min(size, max(-(-size // 16), _MIN_CHUNK))
+        self._chunks = self.layout.chunks(chunk)
+        self.register_buffer(
+            "_scratch", torch.empty(0 if in_place else chunk, **kw), persistent=False
+        )
+        self._n = 0
+        self.__dict__["_model"] = model  # a plain reference: not a submodule, not in state_dict
+
+    @property
+    def n(self) -> int:
+        """The number of iterates collected."""
+        return self._n
+
+    @property
+    def rank(self) -> int:
+        """The number of deviations stored, ``min(n, max_rank)``."""
+        return min(self._n, self.max_rank)
+
+    @torch.no_grad()
+    def collect(self, model: nn.Module | None = None) -> None:
+        """Record the current parameters of ``model`` (default: the model given at creation).
+
+        Raises:
+            ValueError: if the covered parameters no longer match the layout (names, shapes,
+                dtypes) or hold NaN/inf; the statistics are left untouched.
+        """
+        tensors = self.layout.resolve(self.__dict__["_model"] if model is None else model)
+        self._check_finite(tensors)
+        n = self._n + 1
+        slot = self.deviations[(n - 1) % self.max_rank] if self.max_rank else None
+        flats = [t.reshape(-1) for t in tensors]
+        for start, end, pieces in self._chunks:
+            span = slice(start, end)
+            x = (
+                self._scratch[: end - start]
+                if slot is None or self._scratch.numel()
+                else slot[span]
+            )
+            parts = [flats[i][a:b] for i, a, b in pieces]
+            if n == 1:
+                self.layout.gather(parts, self.shift[span])
+                x.zero_()  # θ_1 − θ̄_1 = 0; the shifted mean and M2 stay 0
+            else:
+                self.layout.gather(parts, x)
+                x.sub_(self.shift[span])  # θ_n − θ_1
+                mean = self.shifted_mean[span]
+                mean.lerp_(x, 1.0 / n)
+                x.sub_(mean)  # θ_n − θ̄_n
+                # Welford: (θ_n − θ̄_{n−1})(θ_n − θ̄_n) = (θ_n − θ̄_n)² · n / (n − 1)
+                self.m2[span].addcmul_(x, x, value=n / (n - 1))
+            if slot is not None and self._scratch.numel():
+                slot[span].copy_(x)
+        self._n = n
+
+    @property
+    def mean(self) -> Tensor:
+        """θ̄_n ``(P,)``, the SWA mean of the iterates collected so far (a new tensor)."""
+        return self.shift + self.shifted_mean
+
+    def _check_finite(self, tensors: list[Tensor]) -> None:
+        # One fused read; its only false alarm (|θ| > 1e19 overflowing the norm) is re-checked.
+        norms = torch.stack([t.to(self.m2.device) for t in torch._foreach_norm(tensors)])
+        if bool(torch.isfinite(norms).all()):
+            return
+        bad = [n for n, t in zip(self.layout.names, tensors, strict=True) if not t.isfinite().all()]
+        if bad:
+            raise ValueError(
+                f"iterate {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
+                "Lower the learning rate or skip this step."
+            )
+
+    def posterior(self, *, min_variance: float = 1e-30) -> SWAGPosterior:
+        """A frozen snapshot: the SWAG posterior of the iterates collected so far.
+
+        Args:
+            min_variance: floor for the diagonal variance ``m2 / n`` (keeps σ > 0 for
+                ``log_prob``; the SWAG paper's code uses 1e-30).
+
+        Raises:
+            RuntimeError: if nothing was collected yet.
+        """
+        if self._n == 0:
+            raise RuntimeError("nothing collected yet: call collect() at least once first")
+        rank, cursor = self.rank, self._n % self.max_rank if self.max_rank else 0
+        ring = self.deviations[:rank]
+        ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else ring
+        return SWAGPosterior(
+            mean=self.mean,
+            std=(self.m2 / self._n).clamp_min_(min_variance).sqrt_(),
+            deviations=ordered.clone(),
+            layout=self.layout,
+            n=self._n,
+        )
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"version": _io.VERSION, **self._meta()}
+
+    def set_extra_state(self, state: Any) -> None:
+        self._n = int(state["n"])
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Validate before anything is copied, so a mismatched checkpoint changes nothing.
+        extra = state_dict.get(prefix + "_extra_state")
+        problem = "the state has no swag collector metadata" if extra is None else None
+        if extra is not None:
+            problem = self._describe_mismatch({k: str(v) for k, v in extra.items()})
+        if problem:
+            error_msgs.append(f"cannot load collector state: {problem}")
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def save(self, path: _io.PathLike) -> None:
+        """Write the collector's state to ``path`` (safetensors, atomic) to resume later."""
+        _io.save_file(
+            path,
+            "collector",
+            {name: getattr(self, name) for name in _STATE},
+            {k: str(v) for k, v in self._meta().items()},
+        )
+
+    @classmethod
+    def load(
+        cls, path: _io.PathLike, model: nn.Module, *, device: torch.device | str | None = None
+    ) -> Collector:
+        """Resume a collector saved with :meth:`save`, attached to ``model``.
+
+        The covered parameters are those recorded in the file; ``model`` must have them with the
+        same shapes and dtypes. Continuing to collect gives bit-identical results to a run that
+        was never interrupted.
+
+        Raises:
+            ValueError: naming what does not match, or if the file is damaged or foreign.
+        """
+        tensors, meta = _io.load_file(path, "collector")
+        layout = ParamLayout.from_json(_io.require(meta, "layout", path))
+        dtype = getattr(torch, _io.require(meta, "dtype", path))
+        collector = cls(
+            model,
+            int(_io.require(meta, "max_rank", path)),
+            params=list(layout.names),
+            device=device,
+            dtype=dtype,
+            deviation_dtype=getattr(torch, _io.require(meta, "deviation_dtype", path)),
+        )
+        problem = collector._describe_mismatch(meta)
+        if problem:
+            raise ValueError(f"{path} does not fit this model: {problem}")
+        size, k = layout.size, collector.max_rank
+        for name in _STATE:
+            shape = (k, size) if name == "deviations" else (size,)
+            getattr(collector, name).copy_(_io.check_shape(tensors, name, shape, path))
+        collector._n = int(_io.require(meta, "n", path))
+        return collector
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "n": self._n,
+            "max_rank": self.max_rank,
+            "layout": self.layout.to_json(),
+            "dtype": str(self.m2.dtype).removeprefix("torch."),
+            "deviation_dtype": str(self.deviations.dtype).removeprefix("torch."),
+        }
+
+    def _describe_mismatch(self, meta: dict[str, str]) -> str | None:
+        mine = {k: str(v) for k, v in self._meta().items()}
+        for key in ("max_rank", "dtype", "deviation_dtype"):
+            if meta.get(key) != mine[key]:
+                return f"{key} is {meta.get(key)} in the saved state but {mine[key]} here"
+        if "layout" not in meta:
+            return "the saved state has no parameter layout"
+        diff = self.layout.mismatch(ParamLayout.from_json(meta["layout"]))
+        return f"parameter layout differs: {diff}" if diff else None
+
+    def extra_repr(self) -> str:
+        return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}"
