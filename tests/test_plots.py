@@ -1,0 +1,102 @@
+"""Plots render headless to valid PNG files and show the right numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from swag.metrics import auroc, ece, reliability_curve
+from swag.plots import compare_methods, ood_histogram, reliability_diagram
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(fig: Figure, path: Path) -> None:
+    fig.savefig(path)
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+
+
+def make_problem(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(400, 5, generator=g)
+    targets = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+    return torch.softmax(3.0 * z, 1), targets
+
+
+def test_reliability_diagram(tmp_path: Path) -> None:
+    probs, targets = make_problem(1)
+    fig = reliability_diagram(probs, targets, n_bins=10)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    diagram, hist = fig.axes
+    assert diagram.get_title() == f"ECE = {ece(probs, targets, n_bins=10):.4f} (10 bins)"
+    nonempty = int((reliability_curve(probs, targets, n_bins=10).counts > 0).sum())
+    assert len(diagram.patches) == 2 * nonempty  # an accuracy bar and a gap bar per bin
+    assert len(hist.patches) == 10
+    assert_png(fig, tmp_path / "reliability.png")
+
+
+def test_reliability_diagram_into_given_axes(tmp_path: Path) -> None:
+    probs, targets = make_problem(2)
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    assert reliability_diagram(probs, targets, ax=right) is fig
+    assert len(left.patches) == 0 and len(right.patches) > 0 and len(fig.axes) == 2
+    outer = Figure()
+    sub = outer.add_subfigure(outer.add_gridspec(1, 2)[0, 1])
+    assert reliability_diagram(probs, targets, ax=sub.add_subplot()) is outer
+    assert_png(fig, tmp_path / "into_axes.png")
+
+
+def test_ood_histogram(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    s_in, s_out = torch.randn(500, generator=g), torch.randn(300, generator=g) + 1.5
+    fig = ood_histogram(s_in, s_out, label="predictive entropy", bins=20)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "predictive entropy"
+    assert ax.get_title().startswith(f"AUROC = {auroc(s_in, s_out):.4f}")
+    assert len(ax.patches) == 40
+    assert_png(fig, tmp_path / "ood.png")
+    with pytest.raises(ValueError, match="finite"):
+        ood_histogram(s_in, torch.tensor([float("inf"), 0.0]))
+
+
+def test_compare_methods(tmp_path: Path) -> None:
+    results = {
+        "SGD": {"accuracy": 0.91, "nll": 0.35, "ece": 0.05},
+        "SWAG": {"accuracy": 0.93, "nll": 0.22, "ece": 0.01, "mce": 0.1},
+    }
+    fig = compare_methods(results)
+    assert [ax.get_title() for ax in fig.axes] == ["accuracy", "nll", "ece"]
+    heights = [bar.get_height() for bar in fig.axes[1].patches if isinstance(bar, Rectangle)]
+    assert heights == pytest.approx([0.35, 0.22])
+    assert_png(fig, tmp_path / "compare.png")
+    assert [ax.get_title() for ax in compare_methods(results, metrics=["ece"]).axes] == ["ece"]
+
+
+def test_compare_methods_errors() -> None:
+    with pytest.raises(ValueError, match="at least one method"):
+        compare_methods({})
+    with pytest.raises(ValueError, match=r"method 'SGD' has no value for metrics \['mce'\]"):
+        compare_methods({"SGD": {"nll": 1.0}, "SWAG": {"mce": 0.1}}, metrics=["mce"])
+    with pytest.raises(ValueError, match="no metric to plot"):
+        compare_methods({"SGD": {"nll": 1.0}, "SWAG": {"mce": 0.1}})
+
+
+def test_plots_never_import_pyplot(tmp_path: Path) -> None:
+    code = (
+        "import sys, torch\n"
+        "from swag.plots import reliability_diagram\n"
+        "p = torch.full((4, 2), 0.5)\n"
+        f"reliability_diagram(p, torch.tensor([0, 1, 0, 1])).savefig({str(tmp_path / 'x.png')!r})\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    env = {"PATH": "", "MPLBACKEND": "", "HOME": str(tmp_path)}  # no DISPLAY
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).parents[1])
+    assert (tmp_path / "x.png").read_bytes()[:8] == PNG_SIGNATURE
