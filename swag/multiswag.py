@@ -1,0 +1,292 @@
+"""MultiSWAG: an equal-weight mixture of posteriors. Of point posteriors, a deep ensemble."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from swag import _io
+from swag._params import ParamLayout
+from swag.point import KIND as POINT_KIND
+from swag.point import PointPosterior
+from swag.posterior import PosteriorMixin, SampleShape, SWAGPosterior, _shape
+
+KIND = "multiswag"
+
+TensorState = tuple[dict[str, Tensor], dict[str, str]]
+
+
+@runtime_checkable
+class Sampleable(Protocol):
+    """What :class:`MultiSWAG` and :func:`swag.predict` need of a posterior.
+
+    :class:`~swag.Posterior` with read-only ``layout`` (so frozen dataclasses match) and with
+    ``scale`` and ``diagonal`` on ``sample``. Every swag posterior is one
+    (:class:`~swag.SWAGPosterior`, :class:`~swag.PointPosterior`, :class:`MultiSWAG`); a
+    zero-variance posterior accepts both and ignores them. This is the contract that lets
+    :func:`swag.predict` pass ``scale`` to any posterior.
+    """
+
+    @property
+    def layout(self) -> ParamLayout: ...
+
+    @property
+    def mean(self) -> Tensor: ...
+
+    def sample(
+        self,
+        sample_shape: SampleShape = (),
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor: ...
+
+    def apply_(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module: ...
+
+
+class MultiSWAG(PosteriorMixin):
+    """An equal-weight mixture of posteriors over the same parameters.
+
+    p(θ) = (1/M) Σ_m p_m(θ). Components may be :class:`~swag.SWAGPosterior` (MultiSWAG proper),
+    :class:`~swag.PointPosterior` (a deep ensemble: ``MultiSWAG([PointPosterior, ...])``), a mix
+    of both, or nested mixtures (each level weighs its own components equally).
+
+    Sampling is stratified, not random over components: ``S`` samples give component ``m``
+    ``S // M`` of them, plus one more for each of the first ``S % M`` components (see
+    :meth:`allocation`), returned in component order. This removes the allocation noise of
+    drawing components at random; a single draw (``sample()``) comes from the first component.
+    When M does not divide S the first components weigh slightly more in an average over the
+    draws: choose S a multiple of M for exactly equal weights.
+
+    Args:
+        components: the posteriors, all with the same layout, device and dtype.
+
+    Attributes:
+        components: the posteriors, in order.
+        mean: ``(P,)``, the average of the components' means (computed in float64).
+        layout: the shared parameter layout.
+
+    Raises:
+        ValueError: if there are no components, or one differs from the first in layout,
+            device or dtype (the message names it).
+
+    Example:
+        >>> members = [PointPosterior.from_model(torch.nn.Linear(3, 2)) for _ in range(3)]
+        >>> ensemble = MultiSWAG(members)
+        >>> ensemble.allocation(31)
+        [11, 10, 10]
+    """
+
+    def __init__(self, components: Sequence[Sampleable]) -> None:
+        comps = tuple(components)
+        if not comps:
+            raise ValueError("MultiSWAG needs at least one component posterior, got none")
+        first = comps[0].mean
+        for i, c in enumerate(comps[1:], start=1):
+            if c.layout != comps[0].layout:
+                raise ValueError(
+                    f"component {i} covers different parameters than component 0: "
+                    f"{_layout_difference(comps[0].layout, c.layout)}. Build every component "
+                    "from the same architecture with the same params= selection"
+                )
+            if (c.mean.device, c.mean.dtype) != (first.device, first.dtype):
+                raise ValueError(
+                    f"component {i} is {c.mean.dtype} on {c.mean.device}, component 0 is "
+                    f"{first.dtype} on {first.device}; convert them with .to(device, dtype)"
+                )
+        total = torch.zeros_like(first, dtype=torch.float64)
+        for c in comps:
+            total += c.mean
+        self.components = comps
+        self.layout = comps[0].layout
+        self.mean = (total / len(comps)).to(first.dtype)
+
+    def __len__(self) -> int:
+        return len(self.components)
+
+    def allocation(self, num_samples: int) -> list[int]:
+        """How many of ``num_samples`` draws each component gets, in component order.
+
+        ``num_samples // M`` each, and one more for each of the first ``num_samples % M``:
+        30 over 3 is ``[10, 10, 10]``, 31 is ``[11, 10, 10]``, 2 is ``[1, 1, 0]`` (a component
+        with 0 draws is skipped).
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+            raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
+        base, extra = divmod(num_samples, len(self.components))
+        return [base + (i < extra) for i in range(len(self.components))]
+
+    def sample(
+        self,
+        sample_shape: SampleShape = (),
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Stratified draws from the mixture, ``(*sample_shape, P)``.
+
+        The ``S = prod(sample_shape)`` draws are split by :meth:`allocation`; component ``m``
+        contributes ``component.sample((n_m,), scale=scale, diagonal=diagonal,
+        generator=generator)``, concatenated in component order. All components share
+        ``generator``, consumed in that order.
+        """
+        if scale < 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        shape = _shape(sample_shape)
+        parts = [
+            c.sample((n,), scale=scale, diagonal=diagonal, generator=generator)
+            for c, n in zip(self.components, self.allocation(math.prod(shape)), strict=True)
+            if n
+        ]
+        flat = torch.cat(parts) if parts else self.mean.new_empty(0, self.layout.size)
+        return flat.view(*shape, self.layout.size)
+
+    def save(self, path: _io.PathLike) -> None:
+        """Write every component to one file at ``path`` (safetensors, atomic).
+
+        Component ``i``'s tensors and metadata are stored under the prefix ``c{i}.``; the
+        metadata field ``components`` lists their kinds, in order.
+
+        Raises:
+            TypeError: if a component is not a SWAGPosterior, PointPosterior or MultiSWAG.
+        """
+        tensors, meta = self._to_tensors()
+        seen: set[int] = set()
+        for key, t in tensors.items():  # safetensors refuses tensors that share memory
+            ptr = t.untyped_storage().data_ptr()
+            tensors[key] = t.clone() if ptr in seen else t
+            seen.add(ptr)
+        _io.save_file(path, KIND, tensors, meta)
+
+    @classmethod
+    def load(cls, path: _io.PathLike, *, device: torch.device | str | None = None) -> MultiSWAG:
+        """Read a mixture written by :meth:`save`.
+
+        Raises:
+            ValueError: if the file is damaged or foreign, a component is of an unknown kind or
+                inconsistent with its layout, or the components' layouts differ.
+        """
+        return cls._from_tensors(*_io.load_file(path, KIND, device), path)
+
+    def _to_tensors(self) -> TensorState:
+        tensors: dict[str, Tensor] = {}
+        meta: dict[str, str] = {}
+        kinds = []
+        for i, component in enumerate(self.components):
+            kind, (sub_tensors, sub_meta) = _encode(component, i)
+            kinds.append(kind)
+            tensors.update({f"c{i}.{k}": v for k, v in sub_tensors.items()})
+            meta.update({f"c{i}.{k}": v for k, v in sub_meta.items()})
+        meta["components"] = json.dumps(kinds)
+        return tensors, meta
+
+    @classmethod
+    def _from_tensors(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
+    ) -> MultiSWAG:
+        kinds = json.loads(_io.require(meta, "components", where))
+        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+            raise ValueError(f"{where}: malformed component list {meta['components']!r}")
+        components = []
+        for i, kind in enumerate(kinds):
+            decode = _DECODERS.get(kind)
+            if decode is None:
+                raise ValueError(
+                    f"{where}: component {i} is a {kind!r}; known kinds: {sorted(_DECODERS)}"
+                )
+            prefix = f"c{i}."
+            components.append(
+                decode(
+                    {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
+                    {k.removeprefix(prefix): v for k, v in meta.items() if k.startswith(prefix)},
+                    f"{where} (component {i})",
+                )
+            )
+        return cls(components)
+
+
+def iter_samples(
+    posterior: Sampleable,
+    num_samples: int,
+    *,
+    scale: float = 0.5,
+    diagonal: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[Tensor]:
+    """Draw ``num_samples`` flat vectors ``(P,)`` lazily, one at a time (memory O(P)).
+
+    A :class:`MultiSWAG` yields its components' draws in component order, ``n_m`` from component
+    ``m`` as :meth:`MultiSWAG.allocation` says (recursively for nested mixtures); any other
+    posterior yields ``posterior.sample((), scale=scale, diagonal=diagonal,
+    generator=generator)`` ``num_samples`` times. Single draws consume a generator differently
+    from one batched ``sample((S,))``, so the values differ from it for the same seed.
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if isinstance(posterior, MultiSWAG):
+        for c, n in zip(posterior.components, posterior.allocation(num_samples), strict=True):
+            yield from iter_samples(c, n, scale=scale, diagonal=diagonal, generator=generator)
+    else:
+        for _ in range(num_samples):
+            yield posterior.sample((), scale=scale, diagonal=diagonal, generator=generator)
+
+
+def _layout_difference(ref: ParamLayout, other: ParamLayout) -> str:
+    rows = [list(zip(x.names, x.shapes, x.dtypes, strict=True)) for x in (ref, other)]
+    for (name, shape, dtype), mine in zip(*rows, strict=False):
+        if mine != (name, shape, dtype):
+            return (
+                f"it has {mine[0]} {mine[1]} {mine[2]} where component 0 has {name} {shape} {dtype}"
+            )
+    return f"it has {len(rows[1])} parameter tensors, component 0 has {len(rows[0])}"
+
+
+# SWAGPosterior keeps its serialization inside save/load; these mirror them until it exposes
+# _to_tensors/_from_tensors like PointPosterior does.
+def _swag_to_tensors(post: SWAGPosterior) -> TensorState:
+    return (
+        {"mean": post.mean, "std": post.std, "deviations": post.deviations},
+        {"layout": post.layout.to_json(), "n": str(post.n)},
+    )
+
+
+def _swag_from_tensors(
+    tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
+) -> SWAGPosterior:
+    layout = ParamLayout.from_json(_io.require(meta, "layout", where))
+    size, deviations = layout.size, tensors.get("deviations")
+    k = 0 if deviations is None or deviations.dim() != 2 else deviations.shape[0]
+    return SWAGPosterior(
+        mean=_io.check_shape(tensors, "mean", (size,), where),
+        std=_io.check_shape(tensors, "std", (size,), where),
+        deviations=_io.check_shape(tensors, "deviations", (k, size), where),
+        layout=layout,
+        n=int(_io.require(meta, "n", where)),
+    )
+
+
+def _encode(component: Sampleable, index: int) -> tuple[str, TensorState]:
+    if isinstance(component, MultiSWAG):
+        return KIND, component._to_tensors()
+    if isinstance(component, PointPosterior):
+        return POINT_KIND, component._to_tensors()
+    if isinstance(component, SWAGPosterior):
+        return "swag_posterior", _swag_to_tensors(component)
+    raise TypeError(
+        f"component {index} is a {type(component).__name__}; only SWAGPosterior, "
+        "PointPosterior and MultiSWAG components can be saved"
+    )
+
+
+_DECODERS: dict[str, Callable[[dict[str, Tensor], dict[str, str], _io.PathLike], Sampleable]] = {
+    "swag_posterior": _swag_from_tensors,
+    POINT_KIND: PointPosterior._from_tensors,
+    KIND: MultiSWAG._from_tensors,
+}

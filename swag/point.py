@@ -1,0 +1,126 @@
+"""A zero-variance posterior: one weight vector (SGD or SWA weights) posing as a distribution."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from swag import _io
+from swag._params import ParamLayout, ParamSelector
+from swag.posterior import PosteriorMixin, SampleShape, _shape
+
+KIND = "point_posterior"
+
+
+@dataclass(frozen=True, eq=False)
+class PointPosterior(PosteriorMixin):
+    """A point mass at ``mean``: the SGD solution, or the SWA mean without its covariance.
+
+    It speaks the same protocol as :class:`~swag.SWAGPosterior`, so :func:`swag.predict` treats
+    SGD, SWA and SWAG alike, and ``MultiSWAG([PointPosterior, ...])`` is a deep ensemble.
+    Its covariance is zero, so the sampling options of every swag posterior (``scale``,
+    ``diagonal``) are accepted and have no effect: ``scale · 0 = 0``.
+
+    Attributes:
+        mean: θ ``(P,)``, the weights.
+        layout: which model parameters the P entries are.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> point = PointPosterior.from_model(model)
+        >>> point.sample((4,)).shape
+        torch.Size([4, 8])
+    """
+
+    mean: Tensor
+    layout: ParamLayout
+
+    def __post_init__(self) -> None:
+        size = self.layout.size
+        if self.mean.shape != (size,):
+            raise ValueError(
+                f"mean must have shape ({size},) to match the layout, got {tuple(self.mean.shape)}"
+            )
+        if not self.mean.is_floating_point():
+            raise ValueError(f"mean must be floating point, got {self.mean.dtype}")
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        params: ParamSelector = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> PointPosterior:
+        """A copy of ``model``'s current weights as a point posterior.
+
+        Args:
+            model: the network (e.g. after SGD training, or holding the SWA weights).
+            params: which parameters to cover, as for :class:`~swag.Collector` (default: every
+                floating-point parameter with ``requires_grad``).
+            device: where the vector lives (default: the first covered parameter's device).
+            dtype: its dtype (default: the widest dtype among the covered parameters, so the
+                weights are held exactly).
+        """
+        layout = ParamLayout.from_model(model, params)
+        pieces = [t.reshape(-1) for t in layout.resolve(model)]
+        dtype = dtype or functools.reduce(torch.promote_types, layout.dtypes)
+        out = torch.empty(layout.size, dtype=dtype, device=device or pieces[0].device)
+        return cls(ParamLayout.gather(pieces, out), layout)
+
+    def sample(
+        self,
+        sample_shape: SampleShape = (),
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The mean, repeated: ``(*sample_shape, P)``, a new tensor.
+
+        ``scale`` and ``diagonal`` are accepted for a uniform interface and ignored (the
+        covariance is zero); no random number is drawn, so ``generator`` is not advanced.
+
+        Raises:
+            ValueError: if ``scale < 0``, as for every swag posterior.
+        """
+        if scale < 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        return self.mean.expand(*_shape(sample_shape), self.layout.size).clone()
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PointPosterior:
+        """A copy on another device and/or floating dtype."""
+        return PointPosterior(self.mean.to(device, dtype), self.layout)
+
+    def save(self, path: _io.PathLike) -> None:
+        """Write the posterior to ``path`` (safetensors, atomic)."""
+        _io.save_file(path, KIND, *self._to_tensors())
+
+    @classmethod
+    def load(
+        cls, path: _io.PathLike, *, device: torch.device | str | None = None
+    ) -> PointPosterior:
+        """Read a posterior written by :meth:`save`.
+
+        Raises:
+            ValueError: if the file is damaged, foreign, or inconsistent with its layout.
+        """
+        return cls._from_tensors(*_io.load_file(path, KIND, device), path)
+
+    def _to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """The tensors and string metadata :meth:`save` writes (also used by ``MultiSWAG``)."""
+        return {"mean": self.mean}, {"layout": self.layout.to_json()}
+
+    @classmethod
+    def _from_tensors(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
+    ) -> PointPosterior:
+        """Rebuild from :meth:`_to_tensors`'s output; ``where`` names the source in errors."""
+        layout = ParamLayout.from_json(_io.require(meta, "layout", where))
+        return cls(_io.check_shape(tensors, "mean", (layout.size,), where), layout)

@@ -1,0 +1,266 @@
+"""predict: BMA against brute-force loops, BN refresh, RNG hygiene, regression, MC dropout."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from swag import Collector, SWAGPosterior, update_bn
+from swag.multiswag import MultiSWAG
+from swag.point import PointPosterior
+from swag.predict import predict
+from tests.reference import random_walk
+
+SEED_HIGH = 2**63 - 1  # predict draws one seed from the generator first (documented)
+
+
+def mlp(seed: int = 0, *, bn: bool = False, dropout: float = 0.0, out: int = 3) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(4, 8)]
+    layers += [nn.BatchNorm1d(8)] if bn else []
+    layers += [nn.ReLU(), nn.Dropout(dropout)] if dropout else [nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(8, out))
+
+
+def data(n: int = 3, batch: int = 10, seed: int = 0) -> list[Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 4, generator=g) * 2 + 1 for _ in range(n)]
+
+
+def swag_posterior(model: nn.Module, seed: int = 0, steps: int = 6) -> SWAGPosterior:
+    collector = Collector(model, max_rank=4)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        random_walk(model, 1, g, step_size=0.3)
+        collector.collect()
+    return collector.posterior()
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def brute_force(
+    posterior: SWAGPosterior, model: nn.Module, xs: list[Tensor], num: int, seed: int, bn: Any
+) -> Tensor:
+    """for s: θ = sample; copy; apply; update_bn; eval forward; softmax; average in float64."""
+    g = gen(seed)
+    torch.randint(SEED_HIGH, (), generator=g)
+    total = torch.zeros(sum(len(x) for x in xs), 3, dtype=torch.float64)
+    for _ in range(num):
+        net = posterior.to_model(model, posterior.sample(generator=g))
+        update_bn(bn, net)
+        net.eval()
+        with torch.no_grad():
+            total += torch.cat([net(x).softmax(-1) for x in xs])
+    return total / num
+
+
+def test_point_posterior_equals_one_forward_pass_exactly(device: torch.device) -> None:
+    model = mlp().to(device)
+    xs = [x.to(device) for x in data()]
+    with torch.no_grad():
+        expected = torch.cat([model(x).softmax(-1) for x in xs])
+    point = PointPosterior.from_model(model)
+    got = predict(point, mlp(1), xs, num_samples=5, device=device)  # other weights: overwritten
+    assert got.dtype == torch.float32 and got.shape == (30, 3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_matches_brute_force_loop_with_batchnorm() -> None:
+    model = mlp(bn=True)
+    post = swag_posterior(model)
+    xs, bn = data(), data(4, seed=1)
+    got = predict(post, model, xs, num_samples=4, bn_loader=bn, generator=gen(3))
+    expected = brute_force(post, model, xs, 4, 3, bn)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
+    per_sample = predict(
+        post, model, xs, num_samples=4, bn_loader=bn, generator=gen(3), reduce=False
+    )
+    assert per_sample.shape == (4, 30, 3)
+    torch.testing.assert_close(per_sample.double().mean(0), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_multiswag_of_identical_components_equals_the_component() -> None:
+    model = mlp()
+    post = swag_posterior(model)
+    xs = data()
+    mix = predict(MultiSWAG([post, post, post]), model, xs, num_samples=30, generator=gen(1))
+    single = predict(post, model, xs, num_samples=30, generator=gen(1))
+    torch.testing.assert_close(mix, single, rtol=0, atol=0)
+    torch.testing.assert_close(
+        mix.double(), brute_force(post, model, xs, 30, 1, []), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_multiswag_samples_follow_the_stratified_allocation() -> None:
+    members = [PointPosterior.from_model(mlp(seed)) for seed in range(3)]
+    xs = data()
+    per_sample = predict(MultiSWAG(members), mlp(), xs, num_samples=5, reduce=False)
+    singles = [predict(m, mlp(), xs, num_samples=1) for m in members]
+    for got, owner in zip(per_sample, [0, 0, 1, 1, 2], strict=True):
+        torch.testing.assert_close(got, singles[owner], rtol=0, atol=0)
+    two = predict(MultiSWAG(members), mlp(), xs, num_samples=2)  # third member gets 0 draws
+    torch.testing.assert_close(two, (singles[0] + singles[1]) / 2)
+
+
+def test_seeded_reproducibility_without_touching_global_rng() -> None:
+    model = mlp(bn=True)
+    post = swag_posterior(model)
+    xs = data()
+    bn = DataLoader(TensorDataset(torch.cat(data(4, seed=2))), batch_size=8, shuffle=True)
+    state = torch.get_rng_state()
+    a = predict(post, model, xs, num_samples=3, bn_loader=bn, bn_batches=2, generator=gen(7))
+    b = predict(post, model, xs, num_samples=3, bn_loader=bn, bn_batches=2, generator=gen(7))
+    c = predict(post, model, xs, num_samples=3, bn_loader=bn, bn_batches=2, generator=gen(8))
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG must be left alone"
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-4
+
+
+def test_bn_is_refreshed_for_every_sample_and_the_model_is_untouched() -> None:
+    model = mlp(bn=True)
+    post = swag_posterior(model)
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    seen: list[Tensor] = []
+
+    def record(module: nn.Module, args: Any) -> None:
+        if not module.training:
+            seen.append(module.running_mean.clone())  # type: ignore[operator]
+
+    model[1].register_forward_pre_hook(record)  # deep-copied into the working copy
+    xs, bn = data(1), data(3, seed=1)
+    predict(post, model, xs, num_samples=3, bn_loader=bn, generator=gen(0))
+    assert len(seen) == 3
+    g = gen(0)
+    torch.randint(SEED_HIGH, (), generator=g)
+    for stats in seen:  # each sample's statistics are those update_bn gives for its own θ
+        net = post.to_model(model, post.sample(generator=g))
+        update_bn(bn, net)
+        torch.testing.assert_close(stats, net.get_buffer("1.running_mean"), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-4)
+    assert model.training
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+
+def test_batchnorm_needs_bn_loader_or_explicit_opt_out() -> None:
+    model = mlp(bn=True)
+    point = PointPosterior.from_model(model)
+    with pytest.raises(ValueError, match="pass bn_loader=train_loader"):
+        predict(point, model, data(), num_samples=1)
+    update_bn(data(2, seed=5), model)  # statistics that belong to these weights
+    model.eval()
+    with torch.no_grad():
+        expected = torch.cat([model(x).softmax(-1) for x in data()])
+    got = predict(point, model, data(), num_samples=1, bn_loader=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+class GaussianNet(nn.Module):
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.style = nn.Linear(4, 2), style
+
+    def forward(self, x: Tensor) -> Any:
+        out = self.body(x)
+        mean, var = out[:, 0], nn.functional.softplus(out[:, 1])
+        if self.style == "tuple":
+            return mean, var
+        return torch.stack([mean, var], -1) if self.style == "stacked" else mean
+
+
+@pytest.mark.parametrize("style", ["tuple", "stacked", "noise"])
+def test_regression_mixture_variance(style: str) -> None:
+    model = GaussianNet(style)
+    post = swag_posterior(model)
+    noise = 0.3 if style == "noise" else None
+    kw: dict[str, Any] = {"num_samples": 6, "output": "gaussian", "noise_var": noise}
+    means, variances = predict(post, model, data(), generator=gen(2), reduce=False, **kw)
+    assert means.shape == variances.shape == (6, 30)
+    mu, var = predict(post, model, data(), generator=gen(2), **kw)
+    m, v = means.double().numpy(), variances.double().numpy()
+    np.testing.assert_allclose(mu.numpy(), m.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(var.numpy(), v.mean(0) + m.var(0), rtol=1e-5)
+    assert m.var(0).min() > 0  # the epistemic term really contributes
+    if noise is not None:
+        np.testing.assert_allclose(v, 0.3, rtol=1e-6)
+
+
+def test_regression_rejects_ambiguous_outputs() -> None:
+    point = PointPosterior.from_model(mlp(out=3))
+    with pytest.raises(ValueError, match="must return \\(mean, variance\\)"):
+        predict(point, mlp(out=3), data(), num_samples=1, output="gaussian")
+    with pytest.raises(ValueError, match="noise_var is for output='gaussian' only"):
+        predict(point, mlp(out=3), data(), num_samples=1, noise_var=1.0)  # type: ignore[call-overload]
+
+
+class DictNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, pixels: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.net(pixels * mask)}
+
+
+def test_dict_batches_and_output_fn() -> None:
+    model = DictNet()
+    point = PointPosterior.from_model(model)
+    batches = [{"pixels": x, "mask": torch.ones_like(x)} for x in data()]
+    got = predict(point, model, batches, num_samples=1, output_fn=lambda out: out["logits"])
+    plain = predict(PointPosterior.from_model(model.net), model.net, data(), num_samples=1)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="output_fn="):
+        predict(point, model, batches, num_samples=1)
+
+
+def test_loader_checks() -> None:
+    model = mlp()
+    point = PointPosterior.from_model(model)
+    dataset = TensorDataset(torch.cat(data()), torch.zeros(30))
+    tuples = predict(point, model, DataLoader(dataset, batch_size=7), num_samples=1)
+    torch.testing.assert_close(tuples, predict(point, model, data(), num_samples=1))
+    with pytest.raises(ValueError, match="shuffle=False"):
+        predict(point, model, DataLoader(dataset, batch_size=7, shuffle=True))
+    with pytest.raises(ValueError, match="no batch"):
+        predict(point, model, (x for x in data()), num_samples=2)  # one-shot generator
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+        predict(point, model, data(), num_samples=0)
+
+
+def test_mc_dropout_is_stochastic_reproducible_and_leaves_global_rng_alone() -> None:
+    model = mlp(dropout=0.5)
+    point = PointPosterior.from_model(model)
+    kw: dict[str, Any] = {"num_samples": 4, "mc_dropout": True, "reduce": False}
+    state = torch.get_rng_state()
+    a = predict(point, model, data(), generator=gen(0), **kw)
+    b = predict(point, model, data(), generator=gen(0), **kw)
+    c = predict(point, model, data(), generator=gen(1), **kw)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+    assert (a[0] - a[1]).abs().max() > 1e-3, "passes must differ: dropout is active"
+    deterministic = predict(point, model, data(), num_samples=2, reduce=False)
+    torch.testing.assert_close(deterministic[0], deterministic[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no Dropout layer"):
+        predict(point, mlp(), data(), mc_dropout=True)
+
+
+def test_mc_dropout_keeps_batchnorm_in_eval_mode() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    modes: list[bool] = []
+    model[1].register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    model[2].register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    point = PointPosterior.from_model(model)
+    predict(point, model, data(1), num_samples=2, bn_loader=data(1), mc_dropout=True, progress=True)
+    # per sample: refresh (BN train, dropout train), then eval pass (BN eval, dropout train)
+    assert modes == [True, True, False, True] * 2
