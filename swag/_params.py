@@ -186,18 +186,23 @@ class ParamLayout:
             dtypes=tuple(getattr(torch, str(r[2])) for r in rows),
         )
 
-    def mismatch(self, saved: ParamLayout) -> str | None:
-        """How a ``saved`` layout differs from this one, in words; ``None`` if they are equal."""
-        if self == saved:
+    def mismatch(
+        self, other: ParamLayout, *, this: str = "here", that: str = "saved"
+    ) -> str | None:
+        """How ``other`` differs from this layout, in words; ``None`` if they are equal.
+
+        ``this`` and ``that`` name the two sides in the message (e.g. "here" and "saved").
+        """
+        if self == other:
             return None
-        here = dict(zip(self.names, self._rows(), strict=True))
-        there = dict(zip(saved.names, saved._rows(), strict=True))
-        diffs = [f"{n}: not in the saved state" for n in here if n not in there]
-        diffs += [f"{n}: saved but not here" for n in there if n not in here]
+        mine = dict(zip(self.names, self._rows(), strict=True))
+        theirs = dict(zip(other.names, other._rows(), strict=True))
+        diffs = [f"{n}: not {that}" for n in mine if n not in theirs]
+        diffs += [f"{n}: {that} but not {this}" for n in theirs if n not in mine]
         diffs += [
-            f"{n}: saved {there[n]}, here {here[n]}"
-            for n in here
-            if there.get(n, here[n]) != here[n]
+            f"{n}: {that} {theirs[n]}, {this} {mine[n]}"
+            for n in mine
+            if theirs.get(n, mine[n]) != mine[n]
         ]
         if not diffs:
             diffs = ["same parameters in a different order"]

@@ -5,49 +5,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from swag import _io
-from swag._params import ParamLayout
 from swag.point import KIND as POINT_KIND
 from swag.point import PointPosterior
-from swag.posterior import PosteriorMixin, SampleShape, SWAGPosterior, _shape
+from swag.posterior import KIND as SWAG_KIND
+from swag.posterior import Posterior, PosteriorMixin, SampleShape, SWAGPosterior, _shape
 
 KIND = "multiswag"
 
 TensorState = tuple[dict[str, Tensor], dict[str, str]]
-
-
-@runtime_checkable
-class Sampleable(Protocol):
-    """What :class:`MultiSWAG` and :func:`swag.predict` need of a posterior.
-
-    :class:`~swag.Posterior` with read-only ``layout`` (so frozen dataclasses match) and with
-    ``scale`` and ``diagonal`` on ``sample``. Every swag posterior is one
-    (:class:`~swag.SWAGPosterior`, :class:`~swag.PointPosterior`, :class:`MultiSWAG`); a
-    zero-variance posterior accepts both and ignores them. This is the contract that lets
-    :func:`swag.predict` pass ``scale`` to any posterior.
-    """
-
-    @property
-    def layout(self) -> ParamLayout: ...
-
-    @property
-    def mean(self) -> Tensor: ...
-
-    def sample(
-        self,
-        sample_shape: SampleShape = (),
-        *,
-        scale: float = 0.5,
-        diagonal: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> Tensor: ...
-
-    def apply_(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module: ...
 
 
 class MultiSWAG(PosteriorMixin):
@@ -83,7 +53,7 @@ class MultiSWAG(PosteriorMixin):
         [11, 10, 10]
     """
 
-    def __init__(self, components: Sequence[Sampleable]) -> None:
+    def __init__(self, components: Sequence[Posterior]) -> None:
         comps = tuple(components)
         if not comps:
             raise ValueError("MultiSWAG needs at least one component posterior, got none")
@@ -92,8 +62,9 @@ class MultiSWAG(PosteriorMixin):
             if c.layout != comps[0].layout:
                 raise ValueError(
                     f"component {i} covers different parameters than component 0: "
-                    f"{_layout_difference(comps[0].layout, c.layout)}. Build every component "
-                    "from the same architecture with the same params= selection"
+                    + str(comps[0].layout.mismatch(c.layout, this="component 0", that="it"))
+                    + ". Build every component from the same architecture with the same "
+                    "params= selection"
                 )
             if (c.mean.device, c.mean.dtype) != (first.device, first.dtype):
                 raise ValueError(
@@ -213,7 +184,7 @@ class MultiSWAG(PosteriorMixin):
 
 
 def iter_samples(
-    posterior: Sampleable,
+    posterior: Posterior,
     num_samples: int,
     *,
     scale: float = 0.5,
@@ -238,55 +209,21 @@ def iter_samples(
             yield posterior.sample((), scale=scale, diagonal=diagonal, generator=generator)
 
 
-def _layout_difference(ref: ParamLayout, other: ParamLayout) -> str:
-    rows = [list(zip(x.names, x.shapes, x.dtypes, strict=True)) for x in (ref, other)]
-    for (name, shape, dtype), mine in zip(*rows, strict=False):
-        if mine != (name, shape, dtype):
-            return (
-                f"it has {mine[0]} {mine[1]} {mine[2]} where component 0 has {name} {shape} {dtype}"
-            )
-    return f"it has {len(rows[1])} parameter tensors, component 0 has {len(rows[0])}"
-
-
-# SWAGPosterior keeps its serialization inside save/load; these mirror them until it exposes
-# _to_tensors/_from_tensors like PointPosterior does.
-def _swag_to_tensors(post: SWAGPosterior) -> TensorState:
-    return (
-        {"mean": post.mean, "std": post.std, "deviations": post.deviations},
-        {"layout": post.layout.to_json(), "n": str(post.n)},
-    )
-
-
-def _swag_from_tensors(
-    tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
-) -> SWAGPosterior:
-    layout = ParamLayout.from_json(_io.require(meta, "layout", where))
-    size, deviations = layout.size, tensors.get("deviations")
-    k = 0 if deviations is None or deviations.dim() != 2 else deviations.shape[0]
-    return SWAGPosterior(
-        mean=_io.check_shape(tensors, "mean", (size,), where),
-        std=_io.check_shape(tensors, "std", (size,), where),
-        deviations=_io.check_shape(tensors, "deviations", (k, size), where),
-        layout=layout,
-        n=int(_io.require(meta, "n", where)),
-    )
-
-
-def _encode(component: Sampleable, index: int) -> tuple[str, TensorState]:
+def _encode(component: Posterior, index: int) -> tuple[str, TensorState]:
     if isinstance(component, MultiSWAG):
         return KIND, component._to_tensors()
     if isinstance(component, PointPosterior):
         return POINT_KIND, component._to_tensors()
     if isinstance(component, SWAGPosterior):
-        return "swag_posterior", _swag_to_tensors(component)
+        return SWAG_KIND, component._to_tensors()
     raise TypeError(
         f"component {index} is a {type(component).__name__}; only SWAGPosterior, "
         "PointPosterior and MultiSWAG components can be saved"
     )
 
 
-_DECODERS: dict[str, Callable[[dict[str, Tensor], dict[str, str], _io.PathLike], Sampleable]] = {
-    "swag_posterior": _swag_from_tensors,
+_DECODERS: dict[str, Callable[[dict[str, Tensor], dict[str, str], _io.PathLike], Posterior]] = {
+    SWAG_KIND: SWAGPosterior._from_tensors,
     POINT_KIND: PointPosterior._from_tensors,
     KIND: MultiSWAG._from_tensors,
 }

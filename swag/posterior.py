@@ -16,6 +16,7 @@ from swag import _io
 from swag._params import ParamLayout
 
 SampleShape = int | Sequence[int] | torch.Size
+KIND = "swag_posterior"
 
 
 @runtime_checkable
@@ -23,16 +24,24 @@ class Posterior(Protocol):
     """What every posterior offers: a mean, flat samples, and a way into a model.
 
     ``sample`` returns flat parameter vectors of shape ``(*sample_shape, P)`` in
-    ``layout`` order; ``apply_`` writes one into a model in place.
+    ``layout`` order; ``apply_`` writes one into a model in place. Every posterior accepts
+    ``scale`` and ``diagonal`` (a zero-variance one ignores them), so one prediction routine
+    serves them all.
     """
 
-    layout: ParamLayout
+    @property
+    def layout(self) -> ParamLayout: ...
 
     @property
     def mean(self) -> Tensor: ...
 
     def sample(
-        self, sample_shape: SampleShape = (), *, generator: torch.Generator | None = None
+        self,
+        sample_shape: SampleShape = (),
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Tensor: ...
 
     def apply_(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module: ...
@@ -202,12 +211,7 @@ class SWAGPosterior(PosteriorMixin):
 
     def save(self, path: _io.PathLike) -> None:
         """Write the posterior to ``path`` (safetensors, atomic)."""
-        _io.save_file(
-            path,
-            "swag_posterior",
-            {"mean": self.mean, "std": self.std, "deviations": self.deviations},
-            {"layout": self.layout.to_json(), "n": str(self.n)},
-        )
+        _io.save_file(path, KIND, *self._to_tensors())
 
     @classmethod
     def load(cls, path: _io.PathLike, *, device: torch.device | str | None = None) -> SWAGPosterior:
@@ -216,15 +220,28 @@ class SWAGPosterior(PosteriorMixin):
         Raises:
             ValueError: if the file is damaged, foreign, or inconsistent with its layout.
         """
-        tensors, meta = _io.load_file(path, "swag_posterior", device)
-        layout = ParamLayout.from_json(_io.require(meta, "layout", path))
+        return cls._from_tensors(*_io.load_file(path, KIND, device), path)
+
+    def _to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """The tensors and string metadata :meth:`save` writes (``MultiSWAG`` reuses them)."""
+        return (
+            {"mean": self.mean, "std": self.std, "deviations": self.deviations},
+            {"layout": self.layout.to_json(), "n": str(self.n)},
+        )
+
+    @classmethod
+    def _from_tensors(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
+    ) -> SWAGPosterior:
+        """Rebuild from :meth:`_to_tensors`'s output; ``where`` names the source in errors."""
+        layout = ParamLayout.from_json(_io.require(meta, "layout", where))
         size = layout.size
         deviations = tensors.get("deviations")
         k = 0 if deviations is None or deviations.dim() != 2 else deviations.shape[0]
         return cls(
-            mean=_io.check_shape(tensors, "mean", (size,), path),
-            std=_io.check_shape(tensors, "std", (size,), path),
-            deviations=_io.check_shape(tensors, "deviations", (k, size), path),
+            mean=_io.check_shape(tensors, "mean", (size,), where),
+            std=_io.check_shape(tensors, "std", (size,), where),
+            deviations=_io.check_shape(tensors, "deviations", (k, size), where),
             layout=layout,
-            n=int(_io.require(meta, "n", path)),
+            n=int(_io.require(meta, "n", where)),
         )

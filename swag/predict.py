@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, Wei
 from tqdm.auto import tqdm
 
 from swag.bn import InputFn, call_model, default_input_fn, has_batchnorm, move_to, update_bn
-from swag.multiswag import Sampleable, iter_samples
+from swag.multiswag import iter_samples
+from swag.posterior import Posterior
 
 OutputFn = Callable[[Any], Any]
 BNLoader = Iterable[Any] | Literal[False] | None
@@ -23,7 +24,7 @@ _SHUFFLING = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 @overload
 def predict(
-    posterior: Sampleable,
+    posterior: Posterior,
     model: nn.Module,
     loader: Iterable[Any],
     *,
@@ -45,7 +46,7 @@ def predict(
 
 @overload
 def predict(
-    posterior: Sampleable,
+    posterior: Posterior,
     model: nn.Module,
     loader: Iterable[Any],
     *,
@@ -67,7 +68,7 @@ def predict(
 
 
 def predict(
-    posterior: Sampleable,
+    posterior: Posterior,
     model: nn.Module,
     loader: Iterable[Any],
     *,
@@ -113,7 +114,7 @@ def predict(
 
     Args:
         posterior: a SWAGPosterior, PointPosterior, MultiSWAG (deep ensemble) or any
-            :class:`~swag.multiswag.Sampleable`. A point posterior gives identical draws, so
+            :class:`~swag.Posterior`. A point posterior gives identical draws, so
             use ``num_samples=1`` unless ``mc_dropout``.
         model: the architecture, with the posterior's covered parameters (its other
             parameters and buffers are used as they are).

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from swag import Collector, SWAGPosterior, _io
-from swag.multiswag import MultiSWAG, Sampleable, iter_samples
+from swag.multiswag import MultiSWAG, iter_samples
 from swag.point import PointPosterior
+from swag.posterior import Posterior
 from tests.reference import random_walk
 
 
@@ -98,7 +99,7 @@ def test_mean_is_the_average_of_component_means() -> None:
 
 
 def test_iter_samples_is_lazy_and_in_allocation_order() -> None:
-    comps: list[Sampleable] = [swag_run(0), PointPosterior.from_model(net(7)), swag_run(2)]
+    comps: list[Posterior] = [swag_run(0), PointPosterior.from_model(net(7)), swag_run(2)]
     mix = MultiSWAG(comps)
     draws = iter_samples(mix, 5, scale=0.5, generator=torch.Generator().manual_seed(3))
     first = next(draws)  # nothing else drawn yet: a generator, O(P) at a time
