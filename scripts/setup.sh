@@ -8,3 +8,14 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${SWAG_TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[dev]"
+
+# The benchmark's data: Fashion-MNIST from Debian's package (IDX files, no download at run time).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${SWAG_DATA_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+      || echo "setup: could not install dataset-fashion-mnist; swag bench needs --data-dir" >&2
+  else
+    echo "setup: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" \
+         "or set SWAG_DATA_DIR" >&2
+  fi
+fi

@@ -1,17 +1,33 @@
-"""swag: Bayesian uncertainty from SGD iterates (SWA, SWAG, MultiSWAG) in PyTorch."""
+"""swag: Bayesian uncertainty from SGD iterates (SWA, SWAG, MultiSWAG) in PyTorch.
 
+Collect during training with :class:`Collector`, freeze a :class:`SWAGPosterior`, and predict
+with :func:`predict`; :mod:`swag.metrics` scores the result. Plots live in :mod:`swag.plots`
+and dataset readers in :mod:`swag.data` (imported on demand).
+"""
+
+from swag import metrics
 from swag._params import ParamLayout
 from swag.bn import update_bn
 from swag.collector import Collector
+from swag.multiswag import MultiSWAG
+from swag.point import PointPosterior
 from swag.posterior import Posterior, SWAGPosterior
+from swag.predict import predict
+from swag.temperature import apply_temperature, fit_temperature
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Collector",
+    "MultiSWAG",
     "ParamLayout",
+    "PointPosterior",
     "Posterior",
     "SWAGPosterior",
     "__version__",
+    "apply_temperature",
+    "fit_temperature",
+    "metrics",
+    "predict",
     "update_bn",
 ]

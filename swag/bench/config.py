@@ -1,0 +1,93 @@
+"""Settings of the calibration and OOD benchmark, and its three presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that decides a benchmark run. Epoch counts are per training run.
+
+    Protocol (the SWAG paper's, scaled down): each run trains ``epochs`` epochs with SGD +
+    momentum; the learning rate is ``lr`` for the first half of the run's decay window, falls
+    linearly to its final value by 90% of the window, then stays there. An SGD run's window is the
+    whole run and its final rate ``lr * 0.01``; a SWAG run's window is its first
+    ``epochs - swa_epochs`` epochs and its final rate ``swa_lr``, held constant for the last
+    ``swa_epochs`` epochs while the collector records ``collects_per_epoch`` iterates per epoch.
+    """
+
+    preset: str
+    epochs: int = 6
+    swa_epochs: int = 3
+    collects_per_epoch: int = 8
+    lr: float = 0.05
+    swa_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    width: int = 8
+    dropout: float = 0.2
+    train_size: int | None = None
+    val_size: int = 5000
+    test_size: int | None = None
+    ood_size: int | None = None
+    shift_size: int = 2000
+    rotate_degrees: float = 45.0
+    max_rank: int = 20
+    scale: float = 0.5
+    diag_scale: float = 1.0
+    num_samples: int = 30
+    members: int = 3
+    bn_batches: int = 20
+    eval_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 < self.swa_epochs < self.epochs:
+            raise ValueError(
+                f"swa_epochs must be between 1 and epochs - 1, got {self.swa_epochs} with "
+                f"epochs={self.epochs}"
+            )
+        if self.members < 1 or self.num_samples < self.members:
+            raise ValueError(
+                f"need members >= 1 and num_samples >= members, got members={self.members}, "
+                f"num_samples={self.num_samples}"
+            )
+
+    def replace(self, **changes: object) -> BenchConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, BenchConfig] = {
+    # Seconds: for tests and CI.
+    "smoke": BenchConfig(
+        preset="smoke",
+        epochs=2,
+        swa_epochs=1,
+        collects_per_epoch=4,
+        width=4,
+        train_size=1024,
+        val_size=256,
+        test_size=256,
+        ood_size=256,
+        shift_size=128,
+        max_rank=3,
+        num_samples=3,
+        members=2,
+        bn_batches=2,
+        eval_batch_size=256,
+    ),
+    # Under ten minutes on two CPU cores; all of Fashion-MNIST.
+    "default": BenchConfig(preset="default"),
+    # The paper's scale of effort, for a GPU: longer runs, wider net, K=20 from one per epoch.
+    "full": BenchConfig(
+        preset="full",
+        epochs=60,
+        swa_epochs=30,
+        collects_per_epoch=1,
+        width=32,
+        shift_size=10000,
+        bn_batches=100,
+    ),
+}
