@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==${SWAG_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev]"
+pip_install() {  # pip, minus the noise of find-links folders that this machine lacks
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
+pip_install --upgrade pip
+pip_install "torch==${SWAG_TORCH_VERSION:-2.13.0}"
+pip_install -e ".[dev]"
 
 # The benchmark's data: Fashion-MNIST from Debian's package (IDX files, no download at run time).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${SWAG_DATA_DIR:-}" ]; then
