@@ -11,7 +11,8 @@ from swag import _io
 from swag._params import ParamLayout, ParamSelector
 from swag.posterior import SWAGPosterior
 
-_MIN_CHUNK = 1 << 18
+_CHUNK = 1 << 18
+_IN_PLACE_MAX = 1 << 20
 _STATE = ("shift", "shifted_mean", "m2", "deviations")
 
 
@@ -32,9 +33,11 @@ class Collector(nn.Module):
       *including* θ_i, as in the SWAG paper); row ``(i − 1) % K`` holds iterate ``i``.
 
     Memory held: ``(K + 3) · P`` elements (the ring in ``deviation_dtype``), plus a scratch
-    chunk of at most ``max(P/16, 2¹⁸)`` elements when ``K = 0`` or the ring has its own dtype.
-    ``collect()`` makes five passes over P (gather, shift, mean, deviation, M2) and allocates
-    nothing P-sized.
+    buffer of ``min(P, 2¹⁸)`` elements, except when ``K > 0``, ``P ≤ 2²⁰`` and the ring has
+    the statistics' dtype: then ``θ − θ_1`` is formed in place in the ring slot about to be
+    overwritten. ``collect()`` allocates nothing P-sized. It reads each parameter twice (a
+    finiteness check, then ``θ − θ_1`` in one pass) and goes over the statistics chunk by
+    chunk, so that ``θ − θ_1`` is reused from cache and each ring slot is written once.
 
     Args:
         model: the network being trained. Only a reference is kept, to read its parameters.
@@ -100,13 +103,17 @@ class Collector(nn.Module):
         self.register_buffer(
             "deviations", torch.zeros(max_rank, size, device=device, dtype=deviation_dtype)
         )
-        # With K > 0 and one dtype the ring slot about to be overwritten is the scratch space.
-        in_place = max_rank > 0 and deviation_dtype == dtype
-        chunk = size if in_place else min(size, max(-(-size // 16), _MIN_CHUNK))
+        # Work goes chunk by chunk through a cache-sized scratch buffer, so that each chunk of
+        # θ − θ_1 is reused from cache; a model that fits in one chunk works in place in the ring
+        # slot about to be overwritten when it has the statistics' dtype.
+        in_place = size <= _IN_PLACE_MAX and max_rank > 0 and deviation_dtype == dtype
+        chunk = size if in_place else min(size, _CHUNK)
         self._chunks = self.layout.chunks(chunk)
         self.register_buffer(
             "_scratch", torch.empty(0 if in_place else chunk, **kw), persistent=False
         )
+        # Half-precision sums would overflow on ordinary weights: sum them in float32.
+        self._sum_dtypes = [torch.promote_types(d, torch.float32) for d in self.layout.dtypes]
         self._n = 0
         self.__dict__["_model"] = model  # a plain reference: not a submodule, not in state_dict
 
@@ -129,44 +136,68 @@ class Collector(nn.Module):
                 dtypes) or hold NaN/inf; the statistics are left untouched.
         """
         tensors = self.layout.resolve(self.__dict__["_model"] if model is None else model)
-        self._check_finite(tensors)
+        flats = [t.reshape(-1) for t in tensors]
+        self._check_finite(flats)
         n = self._n + 1
         slot = self.deviations[(n - 1) % self.max_rank] if self.max_rank else None
-        flats = [t.reshape(-1) for t in tensors]
+        direct = all(t.dtype == self.m2.dtype and t.device == self.m2.device for t in flats)
         for start, end, pieces in self._chunks:
             span = slice(start, end)
-            x = (
-                self._scratch[: end - start]
-                if slot is None or self._scratch.numel()
-                else slot[span]
-            )
             parts = [flats[i][a:b] for i, a, b in pieces]
             if n == 1:
                 self.layout.gather(parts, self.shift[span])
-                x.zero_()  # θ_1 − θ̄_1 = 0; the shifted mean and M2 stay 0
+                if slot is not None:
+                    slot[span].zero_()  # θ_1 − θ̄_1 = 0; the shifted mean and M2 stay 0
+                continue
+            if self._scratch.numel():
+                x = self._scratch[: end - start]
             else:
-                self.layout.gather(parts, x)
-                x.sub_(self.shift[span])  # θ_n − θ_1
-                mean = self.shifted_mean[span]
-                mean.lerp_(x, 1.0 / n)
-                x.sub_(mean)  # θ_n − θ̄_n
-                # Welford: (θ_n − θ̄_{n−1})(θ_n − θ̄_n) = (θ_n − θ̄_n)² · n / (n − 1)
-                self.m2[span].addcmul_(x, x, value=n / (n - 1))
-            if slot is not None and self._scratch.numel():
-                slot[span].copy_(x)
+                assert slot is not None  # no scratch: working in the ring slot
+                x = slot[span]
+            self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
+            mean = self.shifted_mean[span]
+            mean.lerp_(x, 1.0 / n)
+            # θ_n − θ̄_n, written once into the ring slot (x is read back from cache)
+            dev = slot[span] if slot is not None and slot.dtype == x.dtype else x
+            torch.sub(x, mean, out=dev)
+            # Welford: (θ_n − θ̄_{n−1})(θ_n − θ̄_n) = (θ_n − θ̄_n)² · n / (n − 1)
+            self.m2[span].addcmul_(dev, dev, value=n / (n - 1))
+            if slot is not None and dev is x:
+                slot[span].copy_(x)  # a ring of another dtype
         self._n = n
+
+    def _offset(self, parts: list[Tensor], shift: Tensor, out: Tensor, direct: bool) -> None:
+        """``out = θ − θ_1`` over one chunk.
+
+        One pass per parameter piece when ``direct`` (same dtype and device as the statistics),
+        else a gather (casting, copying across devices) then a subtraction.
+        """
+        if not direct:
+            self.layout.gather(parts, out).sub_(shift)
+            return
+        pos = 0
+        for part in parts:
+            end = pos + part.numel()
+            torch.sub(part, shift[pos:end], out=out[pos:end])
+            pos = end
 
     @property
     def mean(self) -> Tensor:
         """θ̄_n ``(P,)``, the SWA mean of the iterates collected so far (a new tensor)."""
         return self.shift + self.shifted_mean
 
-    def _check_finite(self, tensors: list[Tensor]) -> None:
-        # One fused read; its only false alarm (|θ| > 1e19 overflowing the norm) is re-checked.
-        norms = torch.stack([t.to(self.m2.device) for t in torch._foreach_norm(tensors)])
-        if bool(torch.isfinite(norms).all()):
+    def _check_finite(self, flats: list[Tensor]) -> None:
+        # One read of each parameter: a sum is NaN/inf whenever an entry is. Its only false
+        # alarm, a finite sum overflowing (|Σθ| > 3e38 in float32), is re-checked entry-wise.
+        sums = torch.stack(
+            [
+                t.sum(dtype=dt).to(self.m2.device)
+                for t, dt in zip(flats, self._sum_dtypes, strict=True)
+            ]
+        )
+        if bool(torch.isfinite(sums).all()):
             return
-        bad = [n for n, t in zip(self.layout.names, tensors, strict=True) if not t.isfinite().all()]
+        bad = [n for n, t in zip(self.layout.names, flats, strict=True) if not t.isfinite().all()]
         if bad:
             raise ValueError(
                 f"iterate {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
@@ -187,11 +218,12 @@ class Collector(nn.Module):
             raise RuntimeError("nothing collected yet: call collect() at least once first")
         rank, cursor = self.rank, self._n % self.max_rank if self.max_rank else 0
         ring = self.deviations[:rank]
-        ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else ring
+        # Oldest first; torch.cat already copies, so the ring is copied once either way.
+        ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else None
         return SWAGPosterior(
             mean=self.mean,
             std=(self.m2 / self._n).clamp_min_(min_variance).sqrt_(),
-            deviations=ordered.clone(),
+            deviations=ring.clone() if ordered is None else ordered,
             layout=self.layout,
             n=self._n,
         )
