@@ -1,0 +1,220 @@
+"""Prediction throughput, the scale levers (bf16 ring, vmap BMA), and the no-growth check."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from benchmarks import peers
+from benchmarks.models import MODELS, make_iterates
+from benchmarks.suites import (
+    Config,
+    Row,
+    _cycle,
+    _posterior_setup,
+    _row,
+    _versus,
+    bandwidth_collect,
+)
+from benchmarks.timing import allocations, ratio
+from swag import Collector
+
+
+def _batches(name: str, cfg: Config, count: int = 4, size: int = 128) -> list[Tensor]:
+    g = torch.Generator(cfg.device).manual_seed(1)
+    shape = MODELS[name].input_shape
+    return [torch.randn(size, *shape, generator=g, device=cfg.device) for _ in range(count)]
+
+
+def predict_rows(name: str, cfg: Config) -> list[Row]:
+    """``swag.predict`` over S samples vs S plain forward passes over the same batches.
+
+    Skipped with a note when ``swag.predict`` is not available in this checkout.
+    """
+    try:
+        predict = importlib.import_module("swag.predict").predict
+    except (ImportError, AttributeError) as exc:
+        return [{"section": "predict", "model": name, "skipped": f"swag.predict missing: {exc}"}]
+    iterates, collector = _posterior_setup(name, 20, cfg)
+    post = collector.posterior()
+    model = iterates[1].eval()
+    loader = _batches(name, cfg)
+    s = cfg.samples
+    g = torch.Generator(cfg.device).manual_seed(0)
+
+    def bma() -> None:
+        predict(post, model, loader, num_samples=s, generator=g)
+
+    @torch.no_grad()
+    def plain() -> None:
+        for _ in range(s):
+            for x in loader:
+                model(x)
+
+    t, t_ref = _versus(bma, plain, cfg)
+    inputs = s * sum(len(x) for x in loader)
+    return [
+        _row(
+            "predict",
+            name,
+            collector.layout.size,
+            "swag.predict",
+            t,
+            S=s,
+            ratio=ratio(t, t_ref),
+            ratio_to=f"{s} plain forward passes",
+            reference_seconds=t_ref.median,
+            throughput_per_s=inputs / t.median,
+            note="includes drawing the S samples",
+        )
+    ]
+
+
+def vmap_rows(name: str, cfg: Config) -> list[Row]:
+    """BMA forward of S pre-drawn samples: a loop of ``apply_`` + forward vs one vmapped call."""
+    iterates, collector = _posterior_setup(name, 20, cfg)
+    post = collector.posterior()
+    layout = collector.layout
+    model = iterates[1].eval()
+    x = _batches(name, cfg, count=1)[0]
+    thetas = post.sample(cfg.samples, generator=torch.Generator(cfg.device).manual_seed(0))
+    stacked = dict(zip(layout.names, layout.split(thetas), strict=True))
+    buffers = dict(model.named_buffers())
+
+    def one(params: dict[str, Tensor], inputs: Tensor) -> Tensor:
+        out: Tensor = functional_call(model, (params, buffers), (inputs,))
+        return out
+
+    batched = vmap(one, in_dims=(0, None))
+
+    @torch.no_grad()
+    def loop() -> None:
+        for theta in thetas:
+            post.apply_(model, theta)
+            model(x)
+
+    @torch.no_grad()
+    def vmapped() -> None:
+        batched(stacked, x)
+
+    t, t_ref = _versus(vmapped, loop, cfg)
+    return [
+        _row(
+            "lever",
+            name,
+            layout.size,
+            "vmap BMA",
+            t,
+            S=cfg.samples,
+            ratio=ratio(t, t_ref),
+            ratio_to="loop of apply_ + forward",
+            reference_seconds=t_ref.median,
+            note=f"batch {len(x)}, samples pre-drawn",
+        )
+    ]
+
+
+def _gram_error(exact: Tensor, approx: Tensor, var: Tensor, k: int) -> tuple[float, float]:
+    """Relative Frobenius errors of D̂ᵀD̂ and of diag σ² + D̂ᵀD̂/(K−1), via K×K Gram matrices.
+
+    ‖AᵀA − BᵀB‖²_F = ‖AAᵀ‖²_F + ‖BBᵀ‖²_F − 2‖ABᵀ‖²_F, so nothing P×P is formed.
+    """
+    a, b = exact.double(), approx.double()
+    aa, bb, ab = a @ a.T, b @ b.T, a @ b.T
+    diff2 = (aa.square().sum() + bb.square().sum() - 2 * ab.square().sum()).clamp_min(0)
+    gram2 = aa.square().sum()
+    v = var.double()
+    cov2 = v.square().sum() + 2 * (v * a.square().sum(0)).sum() / (k - 1) + gram2 / (k - 1) ** 2
+    return math.sqrt(diff2 / gram2), math.sqrt(diff2) / (k - 1) / math.sqrt(cov2)
+
+
+def bf16_rows(name: str, cfg: Config) -> list[Row]:
+    """The bfloat16 deviation ring: collect time, memory, and the covariance error it brings."""
+    iterates = make_iterates(name, 3, cfg.device)
+    base = iterates[0]
+    size = sum(p.numel() for p in base.parameters())
+    exact, half = Collector(base, 20), Collector(base, 20, deviation_dtype=torch.bfloat16)
+    g = torch.Generator(cfg.device).manual_seed(3)
+    walker = make_iterates(name, 1, cfg.device, seed=5)[0]
+    with torch.no_grad():
+        for _ in range(30):  # a random walk, so that the deviations are all different
+            for p in walker.parameters():
+                p.add_(torch.randn(p.shape, generator=g, device=cfg.device), alpha=1e-2)
+            exact.collect(walker)
+            half.collect(walker)
+    post, post_half = exact.posterior(), half.posterior()
+    gram_err, cov_err = _gram_error(
+        post.deviations, post_half.deviations.float(), post.variance, post.rank
+    )
+    ref = bandwidth_collect(size, cfg.device)
+    rows: list[Row] = []
+    for label, collector in (("float32 ring", exact), ("bfloat16 ring", half)):
+        step = _cycle(collector.collect, iterates)
+        t, t_ref = _versus(step, ref, cfg)
+        held = peers.held_bytes(list(collector.buffers()))
+        rows.append(
+            _row(
+                "lever",
+                name,
+                size,
+                f"collect, {label}",
+                t,
+                K=20,
+                ratio=ratio(t, t_ref),
+                ratio_to="bandwidth",
+                reference_seconds=t_ref.median,
+                held_x4P=held / (4 * size),
+            )
+        )
+    rows[-1].update(rel_frobenius_error_DtD=gram_err, rel_frobenius_error_cov=cov_err)
+    return rows
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def growth_rows(name: str, cfg: Config) -> list[Row]:
+    """Many collects on a small model: buffers keep their storage and no memory accumulates.
+
+    Net allocation is the sum of all allocations minus frees over the last 1,000 collects, from
+    the profiler's allocation records; RSS (Linux) is reported before and after the whole run.
+    """
+    iterates = make_iterates(name, 2, cfg.device)
+    collector = Collector(iterates[0], 20)
+    step: Callable[[], None] = _cycle(collector.collect, iterates)
+    for _ in range(22):
+        step()
+    ptrs = [b.data_ptr() for b in collector.buffers()]
+    rss0 = _rss_bytes()
+    for _ in range(max(cfg.growth_collects - 1000, 0)):
+        step()
+    tail = min(cfg.growth_collects, 1000)
+
+    def last() -> None:
+        for _ in range(tail):
+            step()
+
+    counts = allocations(last, cfg.device)
+    rss1 = _rss_bytes()
+    return [
+        {
+            "section": "growth",
+            "model": name,
+            "P": collector.layout.size,
+            "collects": cfg.growth_collects,
+            "data_ptr_constant": ptrs == [b.data_ptr() for b in collector.buffers()],
+            "net_alloc_bytes_last_collects": None if counts is None else counts[1],
+            "rss_delta_bytes": None if rss0 is None or rss1 is None else rss1 - rss0,
+        }
+    ]
