@@ -19,11 +19,11 @@ class BenchConfig:
     """
 
     preset: str
-    epochs: int = 6
-    swa_epochs: int = 3
-    collects_per_epoch: int = 8
+    epochs: int = 8
+    swa_epochs: int = 4
+    collects_per_epoch: int = 6
     lr: float = 0.05
-    swa_lr: float = 0.02
+    swa_lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
