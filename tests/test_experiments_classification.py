@@ -1,0 +1,53 @@
+"""experiments/classification.py: mean ± std over seeds from swag bench run folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from swag.bench.report import COLUMNS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "classification.py"
+
+
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("classification_experiment", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(folder: Path, seed: int, acc: float, preset: str = "default") -> Path:
+    result = {key: 0.5 for key, _ in COLUMNS} | {"accuracy": acc, "ood_auroc_mi": float("nan")}
+    summary = {
+        "settings": {"seed": seed, "preset": preset},
+        "seconds": {"total": 100.0 + seed},
+        "results": {"SGD": result, "SWAG": result | {"ood_auroc_mi": 0.9}},
+    }
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_table_is_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
+    accs = [0.90, 0.92, 0.97]
+    runs = [fake_run(tmp_path / f"s{i}", i, a) for i, a in enumerate(accs)]
+    text = script().table(script().load(runs))
+    sgd = next(line for line in text.splitlines() if line.startswith("| SGD |"))
+    expected = f"{statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f}"
+    assert sgd.split(" | ")[1] == expected
+    assert "–" in sgd  # NaN (no mutual information for one sample) is shown as a dash
+    assert "| SWAG |" in text and "0.9000 ± 0.0000" in text
+    assert "Seeds 0, 1, 2; wall time per run 100, 101, 102 s." in text
+
+
+def test_mixed_presets_are_refused(tmp_path: Path) -> None:
+    runs = [fake_run(tmp_path / "a", 0, 0.9), fake_run(tmp_path / "b", 1, 0.9, preset="smoke")]
+    with pytest.raises(SystemExit, match="runs mix presets"):
+        script().load(runs)
