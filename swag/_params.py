@@ -125,6 +125,14 @@ class ParamLayout:
             )
         return out
 
+    def bind(self, model: nn.Module) -> BoundParams:
+        """The covered parameters of ``model``, checked now and cheaply re-checked on each use.
+
+        Raises:
+            ValueError: as :meth:`resolve`.
+        """
+        return BoundParams(self, model)
+
     def chunks(self, chunk: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
         """Split ``[0, P)`` into ranges of at most ``chunk`` entries.
 
@@ -213,3 +221,48 @@ class ParamLayout:
         return [
             f"shape {s} {_dtype_name(d)}" for s, d in zip(self.shapes, self.dtypes, strict=True)
         ]
+
+
+class BoundParams:
+    """A layout bound to one model: its covered parameters as flat views, validated once.
+
+    :meth:`current` re-checks, without walking the whole module tree, that the model still
+    holds the very same parameter objects at the same places, with the same storages and
+    shapes; :meth:`flats` then hands out the cached flat views. Replacing a submodule or a
+    parameter, assigning ``param.data``, or moving the model all make it stale.
+    """
+
+    def __init__(self, layout: ParamLayout, model: nn.Module) -> None:
+        self.model = model
+        tensors = layout.resolve(model)
+        self._shapes = layout.shapes
+        self._views = [t.reshape(-1) for t in tensors]
+        self._cacheable = all(t.is_contiguous() for t in tensors)
+        wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+        links: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
+        self._params: list[tuple[nn.Module, str, nn.Parameter, int]] = []
+        for name in layout.names:
+            *path, attr = (f"module.{name}" if wrapped else name).split(".")
+            owner = model
+            for key in path:
+                child = owner._modules[key]
+                assert child is not None  # resolve() found the parameter through it
+                links[(id(owner), key)] = (owner, key, child)
+                owner = child
+            param = owner._parameters[attr]
+            assert param is not None
+            self._params.append((owner, attr, param, param.data_ptr()))
+        self._links = list(links.values())
+
+    def current(self) -> bool:
+        """Whether the bound parameters are still the model's, unchanged in place and shape."""
+        return all(parent._modules.get(key) is child for parent, key, child in self._links) and all(
+            owner._parameters.get(attr) is p and p.data_ptr() == ptr and p.shape == shape
+            for (owner, attr, p, ptr), shape in zip(self._params, self._shapes, strict=True)
+        )
+
+    def flats(self) -> list[Tensor]:
+        """The covered parameters, flattened (``(numel,)`` each, detached)."""
+        if self._cacheable:
+            return self._views
+        return [p.detach().reshape(-1) for _, _, p, _ in self._params]
