@@ -75,7 +75,8 @@ def load_peers(peers_dir: Path = PEERS_DIR) -> dict[str, types.ModuleType | str]
 def ours(model: nn.Module, max_rank: int, **kwargs: Any) -> Impl:
     """swag's :class:`~swag.Collector`."""
     collector = Collector(model, max_rank=max_rank, **kwargs)
-    return Impl(collector.collect, lambda: list(collector.buffers()), extra={"obj": collector})
+    note = "torch.compile, opt-in" if kwargs.get("compiled") else ""
+    return Impl(collector.collect, lambda: list(collector.buffers()), note, {"obj": collector})
 
 
 def averaged_model(model: nn.Module, *, foreach: bool) -> Impl:

@@ -11,7 +11,7 @@ from benchmarks import run
 
 def test_tiny_benchmark_writes_complete_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    argv = ["--models", "tiny-mlp", "--rounds", "1", "--no-peers", "--samples", "2"]
+    argv = ["--models", "tiny-mlp", "--rounds", "1", "--no-peers", "--no-compile", "--samples", "2"]
     doc = run.main([*argv, "--growth-collects", "30", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     meta = doc["meta"]
