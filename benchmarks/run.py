@@ -155,8 +155,8 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 def table(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> str:
     """Markdown tables of the measurements and of the goals."""
     lines = [
-        "| section | model | K | impl | ms | ratio | to | held ×4P | extra ×4P | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| section | model | K | impl | ms | ratio | to | held ×4P | extra ×4P | load | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["section"] == "growth":
@@ -165,17 +165,19 @@ def table(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> str:
                 f"net allocation over the last ones {r['net_alloc_bytes_last_collects']} B, "
                 f"RSS change {r['rss_delta_bytes']} B"
             )
-            lines.append(f"| growth | {r['model']} | 20 | swag | | | | | | {detail} |")
+            lines.append(f"| growth | {r['model']} | 20 | swag | | | | | | | {detail} |")
             continue
         if "seconds" not in r:
+            blank = "| " * 8
             lines.append(
-                f"| {r['section']} | {r.get('model', '')} | | | | | | | | {r.get('skipped', '')} |"
+                f"| {r['section']} | {r.get('model', '')} {blank}| {r.get('skipped', '')} |"
             )
             continue
         lines.append(
             f"| {r['section']} | {r['model']} | {_fmt(r.get('K', r.get('S')))} | {r['impl']} "
             f"| {r['seconds'] * 1e3:.3g} | {_fmt(r.get('ratio'))} | {r.get('ratio_to', '')} "
-            f"| {_fmt(r.get('held_x4P'))} | {_fmt(r.get('peak_extra_x4P'))} | {r.get('note', '')} |"
+            f"| {_fmt(r.get('held_x4P'))} | {_fmt(r.get('peak_extra_x4P'))} "
+            f"| {_fmt(r.get('load_average_1min'), '.2f')} | {r.get('note', '')} |"
         )
     lines += [
         "",

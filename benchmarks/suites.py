@@ -7,6 +7,7 @@ a ratio measured in the same rounds. Each function returns rows: plain dicts, re
 from __future__ import annotations
 
 import gc
+import os
 import time
 import types
 from collections.abc import Callable
@@ -86,7 +87,16 @@ def bandwidth_collect(size: int, device: torch.device) -> Callable[[], None]:
 
 
 def _row(section: str, model: str, size: int, impl: str, t: Timing, **kw: Any) -> Row:
-    return {"section": section, "model": model, "P": size, "impl": impl, "seconds": t.median, **kw}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "section": section,
+        "model": model,
+        "P": size,
+        "impl": impl,
+        "seconds": t.median,
+        "load_average_1min": load,  # other processes' load makes the row noisier
+        **kw,
+    }
 
 
 def collect_rows(name: str, max_rank: int, cfg: Config, loaded: dict[str, Any]) -> list[Row]:
@@ -233,17 +243,26 @@ def _peer_sample_rows(
     ref: Callable[[], None],
 ) -> list[Row]:
     rows: list[Row] = []
-    impls: dict[str, tuple[peers.Impl, Callable[[], object]]] = {}
+    factories: dict[str, Callable[[], tuple[peers.Impl, Callable[[], object]]]] = {}
     sg, tu = loaded.get("swa_gaussian"), loaded.get("torch_uncertainty")
     if isinstance(sg, types.ModuleType):
-        impl = peers.swa_gaussian(sg, MODELS[name].build, cfg.device, max_rank)
-        obj = impl.extra["obj"]
-        impls["swa_gaussian"] = (impl, lambda: obj.sample(scale=0.5, cov=True))
+
+        def make_sg() -> tuple[peers.Impl, Callable[[], object]]:
+            impl = peers.swa_gaussian(sg, MODELS[name].build, cfg.device, max_rank)
+            obj = impl.extra["obj"]
+            return impl, lambda: obj.sample(scale=0.5, cov=True)
+
+        factories["swa_gaussian"] = make_sg
     if isinstance(tu, types.ModuleType):
-        impl = peers.tu_swag(tu, iterates[0], max_rank)
-        peer = impl.extra["obj"]
-        impls["tu.SWAG"] = (impl, lambda: peer.sample(0.5))
-    for impl_name, (impl, fn) in impls.items():
+
+        def make_tu() -> tuple[peers.Impl, Callable[[], object]]:
+            impl = peers.tu_swag(tu, iterates[0], max_rank)
+            peer = impl.extra["obj"]
+            return impl, lambda: peer.sample(0.5)
+
+        factories["tu.SWAG"] = make_tu
+    for impl_name, factory in factories.items():  # one peer alive at a time
+        impl, fn = factory()
         step = _cycle(impl.collect, iterates)
         for _ in range(max_rank + 2):
             step()
@@ -264,4 +283,6 @@ def _peer_sample_rows(
                 note="into its own model copy",
             )
         )
+        del impl, fn, step
+        gc.collect()
     return rows
