@@ -235,13 +235,12 @@ class BoundParams:
     def __init__(self, layout: ParamLayout, model: nn.Module) -> None:
         self.model = model
         tensors = layout.resolve(model)
-        self._shapes = layout.shapes
         self._views = [t.reshape(-1) for t in tensors]
         self._cacheable = all(t.is_contiguous() for t in tensors)
         wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
         links: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
-        self._params: list[tuple[nn.Module, str, nn.Parameter, int]] = []
-        for name in layout.names:
+        self._params: list[tuple[nn.Module, str, nn.Parameter, int, tuple[int, ...]]] = []
+        for name, shape in zip(layout.names, layout.shapes, strict=True):
             *path, attr = (f"module.{name}" if wrapped else name).split(".")
             owner = model
             for key in path:
@@ -251,18 +250,21 @@ class BoundParams:
                 owner = child
             param = owner._parameters[attr]
             assert param is not None
-            self._params.append((owner, attr, param, param.data_ptr()))
+            self._params.append((owner, attr, param, param.data_ptr(), shape))
         self._links = list(links.values())
 
     def current(self) -> bool:
         """Whether the bound parameters are still the model's, unchanged in place and shape."""
-        return all(parent._modules.get(key) is child for parent, key, child in self._links) and all(
-            owner._parameters.get(attr) is p and p.data_ptr() == ptr and p.shape == shape
-            for (owner, attr, p, ptr), shape in zip(self._params, self._shapes, strict=True)
-        )
+        for parent, key, child in self._links:
+            if parent._modules.get(key) is not child:
+                return False
+        for owner, attr, p, ptr, shape in self._params:
+            if owner._parameters.get(attr) is not p or p.data_ptr() != ptr or p.shape != shape:
+                return False
+        return True
 
     def flats(self) -> list[Tensor]:
         """The covered parameters, flattened (``(numel,)`` each, detached)."""
         if self._cacheable:
             return self._views
-        return [p.detach().reshape(-1) for _, _, p, _ in self._params]
+        return [p.detach().reshape(-1) for _, _, p, _, _ in self._params]

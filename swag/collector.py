@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -155,6 +156,7 @@ class Collector(nn.Module):
         # Half-precision sums would overflow on ordinary weights: sum in at least float32.
         self._sum_dtypes = [torch.promote_types(d, torch.float32) for d in self.layout.dtypes]
         self._sum_dtype = torch.promote_types(dtype, torch.float32)
+        self._param_dtypes = set(self.layout.dtypes)
         self._bound: BoundParams | None = None
         self._n = 0
         self.__dict__["_model"] = model  # a plain reference: not a submodule, not in state_dict
@@ -178,7 +180,7 @@ class Collector(nn.Module):
                 dtypes) or hold NaN/inf; the statistics are left untouched.
         """
         flats = self._flats(self.__dict__["_model"] if model is None else model)
-        direct = all(t.dtype == self.m2.dtype and t.device == self.m2.device for t in flats)
+        direct = self._direct(flats)
         if self.compiled and direct and self._n > 0 and self._collect_compiled(flats):
             return
         n = self._n + 1
@@ -195,10 +197,10 @@ class Collector(nn.Module):
         for start, end, pieces in self._chunks:
             span = slice(start, end)
             x = self._scratch[: end - start]
-            parts = [flats[i][a:b] for i, a, b in pieces]
+            parts = flats if whole else [flats[i][a:b] for i, a, b in pieces]
             if whole:
                 self.layout.gather(parts, x).sub_(self.shift)  # x = θ_n − θ_1
-                if not bool(x.sum(dtype=self._sum_dtype).isfinite()):
+                if not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
                     self._check_finite(flats)  # names the culprits, or was a false alarm
             else:
                 self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
@@ -212,6 +214,11 @@ class Collector(nn.Module):
             if slot is not None and dev is x:
                 slot[span].copy_(x)  # a ring of another dtype
         self._n = n
+
+    def _direct(self, flats: list[Tensor]) -> bool:
+        """Whether the parameters have the statistics' dtype and device (no cast, no copy)."""
+        dtypes, device = self._param_dtypes, self.m2.device
+        return dtypes == {self.m2.dtype} and all(t.device == device for t in flats)
 
     def _flats(self, model: nn.Module) -> list[Tensor]:
         """The covered parameters of ``model``, flat; the binding is reused while it is current."""
