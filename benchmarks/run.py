@@ -194,7 +194,7 @@ def table(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> str:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="two models, fewer rounds (~3 min)")
+    p.add_argument("--quick", action="store_true", help="two models, fewer rounds (~4 min)")
     p.add_argument("--out", default="benchmarks/results.json", help="JSON output path")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
