@@ -28,12 +28,12 @@ def load(runs: list[Path]) -> list[dict[str, Any]]:
     return summaries
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], sign: bool = False) -> str:
     """``mean ± std`` (sample std over seeds), or ``–`` when the metric is undefined."""
     if any(math.isnan(v) for v in values):
         return "–"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {std:.4f}"
+    return f"{statistics.fmean(values):{'+' if sign else ''}.4f} ± {std:.4f}"
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
@@ -49,12 +49,31 @@ def table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + f"\n\nSeeds {seeds}; wall time per run {wall} s.\n"
 
 
+def paired_table(summaries: list[dict[str, Any]], baseline: str = "SGD") -> str:
+    """Markdown: each method's metric minus ``baseline``'s in the same run, mean ± std over runs.
+
+    The seed-to-seed spread that all methods share (the data order, the initialization of the
+    first member) cancels, so this is the table to read for "does X beat SGD".
+    """
+    methods = [m for m in summaries[0]["results"] if m != baseline]
+    head = f"| method − {baseline} | " + " | ".join(label for _, label in COLUMNS) + " |"
+    rows = [head, "|---|" + "---:|" * len(COLUMNS)]
+    for m in methods:
+        cells = [
+            mean_std([s["results"][m][key] - s["results"][baseline][key] for s in summaries], True)
+            for key, _ in COLUMNS
+        ]
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="swag bench run folders")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
-    text = table(load(args.runs))
+    summaries = load(args.runs)
+    text = table(summaries) + "\n" + paired_table(summaries)
     print(text)
     if args.out:
         args.out.write_text(text)

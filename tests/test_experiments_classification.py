@@ -51,3 +51,20 @@ def test_mixed_presets_are_refused(tmp_path: Path) -> None:
     runs = [fake_run(tmp_path / "a", 0, 0.9), fake_run(tmp_path / "b", 1, 0.9, preset="smoke")]
     with pytest.raises(SystemExit, match="runs mix presets"):
         script().load(runs)
+
+
+def test_paired_table_is_difference_to_sgd_in_the_same_run(tmp_path: Path) -> None:
+    runs = [fake_run(tmp_path / f"s{i}", i, a) for i, a in enumerate([0.90, 0.92, 0.97])]
+    summaries = script().load(runs)
+    for s, delta in zip(summaries, [0.01, 0.03, 0.02], strict=True):
+        s["results"]["SWAG"] = s["results"]["SWAG"] | {
+            "accuracy": s["results"]["SGD"]["accuracy"] + delta
+        }
+    text = script().paired_table(summaries)
+    swag_row = next(line for line in text.splitlines() if line.startswith("| SWAG |"))
+    expected = (
+        f"{statistics.fmean([0.01, 0.03, 0.02]):+.4f} ± {statistics.stdev([0.01, 0.03, 0.02]):.4f}"
+    )
+    assert swag_row.split(" | ")[1] == expected
+    assert "| SGD |" not in text
+    assert swag_row.count("–") == 1  # SGD has no mutual information: no paired difference
