@@ -208,12 +208,9 @@ def score(
 
     mean, var = predict(reduce=True)
     means, variances = predict(reduce=False)  # the same draws: one Gaussian per network
-    per_network = torch.distributions.Normal(means.double(), variances.double().sqrt())
-    log_p: Tensor = per_network.log_prob(y.double())  # type: ignore[no-untyped-call]
-    log_mixture = log_p.logsumexp(0) - math.log(num_samples)
     return {
         "ll": -swag.metrics.gaussian_nll(mean, var, y),
-        "ll_mixture": log_mixture.mean().item(),
+        "ll_mixture": -swag.metrics.gaussian_mixture_nll(means, variances, y),
         "rmse": swag.metrics.rmse(mean, y),
         "coverage90": swag.metrics.interval_coverage(mean, var, y, levels=(0.9,))[0.9],
     }

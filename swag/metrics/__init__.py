@@ -7,7 +7,8 @@
   :func:`mutual_information`, :func:`max_probability`;
 - OOD detection (higher score = more OOD): :func:`auroc`, :func:`aupr_in`, :func:`aupr_out`,
   :func:`fpr_at_tpr`;
-- regression: :func:`gaussian_nll`, :func:`rmse`, :func:`interval_coverage`.
+- regression: :func:`gaussian_nll`, :func:`gaussian_mixture_nll`, :func:`rmse`,
+  :func:`interval_coverage`.
 """
 
 from swag.metrics.calibration import (
@@ -23,7 +24,7 @@ from swag.metrics.calibration import (
     summary,
 )
 from swag.metrics.ood import aupr_in, aupr_out, auroc, fpr_at_tpr
-from swag.metrics.regression import gaussian_nll, interval_coverage, rmse
+from swag.metrics.regression import gaussian_mixture_nll, gaussian_nll, interval_coverage, rmse
 from swag.metrics.uncertainty import (
     expected_entropy,
     max_probability,
@@ -43,6 +44,7 @@ __all__ = [
     "ece",
     "expected_entropy",
     "fpr_at_tpr",
+    "gaussian_mixture_nll",
     "gaussian_nll",
     "interval_coverage",
     "max_probability",

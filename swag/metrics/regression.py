@@ -30,6 +30,33 @@ def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> float:
     return (0.5 * (torch.log(2.0 * math.pi * v) + (y - mu).square() / v)).mean().item()
 
 
+def gaussian_mixture_nll(means: Tensor, variances: Tensor, target: Tensor) -> float:
+    """Mean negative log-likelihood in nats of an equal-weight mixture of S Gaussians per target.
+
+    ``-1/N sum_i log(1/S sum_s N(y_i; mean_si, var_si))``, the score of sampled predictions
+    (``predict(..., output="gaussian", reduce=False)``) used by the SWAG paper's regression code.
+    It differs from :func:`gaussian_nll` of the moment-matched Gaussian (the reduced output of
+    ``predict``) because a mixture has heavier tails; for S = 1 the two are equal.
+
+    Args:
+        means: ``(S, *target.shape)`` means of the S components (or broadcastable to it).
+        variances: ``(S, *target.shape)`` variances, > 0 (or broadcastable to it).
+        target: Observed values, any shape.
+    """
+    y = _check_tensor("target", target)
+    if means.dim() <= y.dim():
+        raise ValueError(
+            f"means must have a leading sample dimension: shape (S, {', '.join(map(str, y.shape))})"
+            f", got {tuple(means.shape)}; for one Gaussian per target use gaussian_nll"
+        )
+    shape = (means.shape[0], *y.shape)
+    mu = _check_like("means", means, y.expand(shape))
+    v = _check_var(variances, mu)
+    log_p = -0.5 * (torch.log(2.0 * math.pi * v) + (y - mu).square() / v)
+    log_mixture = log_p.logsumexp(0) - math.log(shape[0])
+    return -log_mixture.mean().item()
+
+
 def rmse(mean: Tensor, target: Tensor) -> float:
     """Root mean squared error ``sqrt(1/N sum_i (y_i - mean_i)^2)``, in the units of ``target``.
 

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 from sklearn.metrics import root_mean_squared_error
 
-from swag.metrics import gaussian_nll, interval_coverage, rmse
+from swag.metrics import gaussian_mixture_nll, gaussian_nll, interval_coverage, rmse
 
 
 def make_regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,3 +113,39 @@ def test_invalid_inputs() -> None:
     for levels in ((), (0.5, 1.0), (0.0,)):
         with pytest.raises(ValueError, match="levels must be a non-empty sequence"):
             interval_coverage(x, torch.ones(4), x, levels=levels)
+
+
+@pytest.mark.parametrize(("s", "n"), [(1, 7), (5, 1), (30, 200)])
+def test_gaussian_mixture_nll_matches_scipy(s: int, n: int, device: torch.device) -> None:
+    g = torch.Generator().manual_seed(s * 1000 + n)
+    means = 3.0 * torch.randn(s, n, generator=g, dtype=torch.float64)
+    variances = 0.05 + torch.rand(s, n, generator=g, dtype=torch.float64)
+    target = torch.randn(n, generator=g, dtype=torch.float64) * 3.0
+    density = scipy.stats.norm.pdf(target.numpy(), means.numpy(), np.sqrt(variances.numpy()))
+    expected = -np.log(density.mean(axis=0)).mean()  # plain float64 loop over components
+    result = gaussian_mixture_nll(means.to(device), variances.to(device), target.to(device))
+    assert result == pytest.approx(expected, rel=1e-10)
+
+
+def test_gaussian_mixture_nll_of_one_component_is_gaussian_nll() -> None:
+    mean, var, target = make_regression(50, seed=3)
+    expected = gaussian_nll(mean, var, target)
+    assert gaussian_mixture_nll(mean[None], var[None], target) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gaussian_mixture_nll_far_tail_is_finite() -> None:
+    # every component gives density ~exp(-5000): a log-sum-exp keeps it finite, a naive mean of
+    # densities would underflow to log(0) = -inf
+    means = torch.zeros(3, 1, dtype=torch.float64)
+    result = gaussian_mixture_nll(
+        means, torch.full((3, 1), 0.01, dtype=torch.float64), torch.tensor([10.0])
+    )
+    assert result == pytest.approx(0.5 * math.log(2 * math.pi * 0.01) + 100.0 / 0.02, rel=1e-12)
+
+
+def test_gaussian_mixture_nll_needs_a_sample_dimension() -> None:
+    mean, var, target = make_regression(5, seed=0)
+    with pytest.raises(ValueError, match=r"leading sample dimension.*use gaussian_nll"):
+        gaussian_mixture_nll(mean, var, target)
+    with pytest.raises(ValueError, match="var must be > 0"):
+        gaussian_mixture_nll(mean[None], torch.zeros(1, 5), target)
