@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, Wei
 from tqdm.auto import tqdm
 
 from swag.bn import InputFn, call_model, default_input_fn, has_batchnorm, move_to, update_bn
-from swag.multiswag import iter_samples
+from swag.multiswag import MultiSWAG, iter_samples
+from swag.point import PointPosterior
 from swag.posterior import Posterior
 
 OutputFn = Callable[[Any], Any]
@@ -28,7 +29,7 @@ def predict(
     model: nn.Module,
     loader: Iterable[Any],
     *,
-    num_samples: int = ...,
+    num_samples: int | None = ...,
     scale: float = ...,
     diagonal: bool = ...,
     bn_loader: BNLoader = ...,
@@ -50,7 +51,7 @@ def predict(
     model: nn.Module,
     loader: Iterable[Any],
     *,
-    num_samples: int = ...,
+    num_samples: int | None = ...,
     scale: float = ...,
     diagonal: bool = ...,
     bn_loader: BNLoader = ...,
@@ -72,7 +73,7 @@ def predict(
     model: nn.Module,
     loader: Iterable[Any],
     *,
-    num_samples: int = 30,
+    num_samples: int | None = None,
     scale: float = 0.5,
     diagonal: bool = False,
     bn_loader: BNLoader = None,
@@ -114,13 +115,14 @@ def predict(
 
     Args:
         posterior: a SWAGPosterior, PointPosterior, MultiSWAG (deep ensemble) or any
-            :class:`~swag.Posterior`. A point posterior gives identical draws, so
-            use ``num_samples=1`` unless ``mc_dropout``.
+            :class:`~swag.Posterior`.
         model: the architecture, with the posterior's covered parameters (its other
             parameters and buffers are used as they are).
         loader: evaluation batches (tensors, tuples whose first item is the input, or dicts
             passed as keyword arguments), in a fixed order: every sample re-reads it.
         num_samples: S, the number of sampled networks (stochastic passes with ``mc_dropout``).
+            Default: 30, but one pass per point for a point posterior or a mixture of points
+            (a deep ensemble) without ``mc_dropout``, whose draws are identical anyway.
         scale: covariance scale passed to ``posterior.sample`` (0.5 in the SWAG paper).
         diagonal: drop the low-rank term (SWAG-Diag; the paper uses ``scale=1.0`` with it).
         bn_loader: training batches for the BatchNorm refresh, required when the model has
@@ -148,9 +150,11 @@ def predict(
         >>> from swag.point import PointPosterior
         >>> model = torch.nn.Linear(4, 3)
         >>> post = PointPosterior.from_model(model)
-        >>> predict(post, model, [torch.randn(8, 4)], num_samples=1).shape
+        >>> predict(post, model, [torch.randn(8, 4)]).shape  # one pass: a point posterior
         torch.Size([8, 3])
     """
+    if num_samples is None:
+        num_samples = default_num_samples(posterior, mc_dropout)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if output not in ("probs", "gaussian"):
@@ -191,6 +195,23 @@ def predict(
         if output == "probs":
             return _reduce_probs(passes(), reduce)
         return _reduce_gaussian(passes(), reduce, noise_var)
+
+
+def default_num_samples(posterior: Posterior, mc_dropout: bool = False) -> int:
+    """``predict``'s default S: 30 draws, or one per point when every draw would be the same.
+
+    A :class:`~swag.PointPosterior` gives 1 and a mixture of only points (a deep ensemble) one
+    per member, unless ``mc_dropout`` makes each pass random.
+    """
+    if mc_dropout:
+        return 30
+    if isinstance(posterior, PointPosterior):
+        return 1
+    if isinstance(posterior, MultiSWAG) and all(
+        isinstance(c, PointPosterior) for c in posterior.components
+    ):
+        return len(posterior)
+    return 30
 
 
 def _reduce_probs(passes: Iterator[list[Any]], reduce: bool) -> Tensor:

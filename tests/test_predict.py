@@ -264,3 +264,22 @@ def test_mc_dropout_keeps_batchnorm_in_eval_mode() -> None:
     predict(point, model, data(1), num_samples=2, bn_loader=data(1), mc_dropout=True, progress=True)
     # per sample: refresh (BN train, dropout train), then eval pass (BN eval, dropout train)
     assert modes == [True, True, False, True] * 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "mc_dropout", "expected"),
+    [("point", False, 1), ("ensemble", False, 3), ("swag", False, 30), ("point", True, 30)],
+)
+def test_default_num_samples_is_one_pass_per_distinct_network(
+    kind: str, mc_dropout: bool, expected: int
+) -> None:
+    model = mlp(dropout=0.5)
+    posterior: Any = {
+        "point": lambda: PointPosterior.from_model(model),
+        "ensemble": lambda: MultiSWAG(
+            [PointPosterior.from_model(mlp(s, dropout=0.5)) for s in range(3)]
+        ),
+        "swag": lambda: swag_posterior(model),
+    }[kind]()
+    per_sample = predict(posterior, model, data(n=1), reduce=False, mc_dropout=mc_dropout)
+    assert per_sample.shape == (expected, 10, 3)
