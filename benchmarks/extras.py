@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
+import copy
 import math
 import os
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.optim.swa_utils import update_bn
 
 from benchmarks import peers
 from benchmarks.models import MODELS, make_iterates
@@ -24,7 +25,7 @@ from benchmarks.suites import (
     bandwidth_collect,
 )
 from benchmarks.timing import allocations, ratio
-from swag import Collector
+from swag import Collector, predict
 
 
 def _batches(name: str, cfg: Config, count: int = 4, size: int = 128) -> list[Tensor]:
@@ -34,25 +35,46 @@ def _batches(name: str, cfg: Config, count: int = 4, size: int = 128) -> list[Te
 
 
 def predict_rows(name: str, cfg: Config) -> list[Row]:
-    """``swag.predict`` over S samples vs S plain forward passes over the same batches.
+    """``swag.predict`` over S samples: throughput, and its overhead over the work it must do.
 
-    BatchNorm statistics are kept as they are (``bn_loader=False``), so that both sides run the
-    same forward passes; the BMA side also draws and writes the S samples. Skipped, with the
-    reason, when ``swag.predict`` is missing or fails (it is optional here).
+    Three rows per model: against S plain forward passes (throughput; the BMA side also draws
+    and writes the S samples), and against the minimal hand-written loop doing the same work
+    (per sample: ``sample``, ``apply_``, for a BatchNorm model ``torch.optim.swa_utils.update_bn``
+    on the refresh batches, then the forward passes), without and, for models with BatchNorm,
+    with the BN refresh. The overhead rows are the ones the goal (≤ 1.1) is about.
     """
-    try:
-        predict = importlib.import_module("swag.predict").predict
-    except (ImportError, AttributeError) as exc:
-        return [{"section": "predict", "model": name, "skipped": f"swag.predict missing: {exc}"}]
     iterates, collector = _posterior_setup(name, 20, cfg)
     post = collector.posterior()
     model = iterates[-1].eval()
     loader = _batches(name, cfg)
+    refresh = _batches(name, cfg, count=4)
     s = cfg.samples
-    g = torch.Generator(cfg.device).manual_seed(0)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
-    def bma() -> None:
-        predict(post, model, loader, num_samples=s, generator=g, bn_loader=False)
+    def bma(bn: bool) -> Callable[[], None]:
+        def run() -> None:
+            g = torch.Generator(cfg.device).manual_seed(0)
+            predict(
+                post, model, loader, num_samples=s, generator=g, bn_loader=refresh if bn else False
+            )
+
+        return run
+
+    def by_hand(bn: bool) -> Callable[[], None]:
+        work = copy.deepcopy(model)
+
+        @torch.no_grad()
+        def run() -> None:
+            g = torch.Generator(cfg.device).manual_seed(0)
+            for _ in range(s):
+                post.apply_(work, post.sample(generator=g))
+                if bn:
+                    update_bn(refresh, work)
+                work.eval()
+                for x in loader:
+                    work(x)
+
+        return run
 
     @torch.no_grad()
     def plain() -> None:
@@ -60,16 +82,14 @@ def predict_rows(name: str, cfg: Config) -> list[Row]:
             for x in loader:
                 model(x)
 
-    try:
-        t, t_ref = _versus(bma, plain, cfg)
-    except Exception as exc:  # an API in flux must not stop the other benchmarks
-        return [{"section": "predict", "model": name, "skipped": f"swag.predict failed: {exc}"}]
     inputs = s * sum(len(x) for x in loader)
-    return [
+    size = collector.layout.size
+    t, t_ref = _versus(bma(False), plain, cfg)
+    rows = [
         _row(
             "predict",
             name,
-            collector.layout.size,
+            size,
             "swag.predict",
             t,
             S=s,
@@ -80,6 +100,25 @@ def predict_rows(name: str, cfg: Config) -> list[Row]:
             note="includes drawing the S samples",
         )
     ]
+    for bn in (False, True) if has_bn else (False,):
+        t, t_ref = _versus(bma(bn), by_hand(bn), cfg)
+        what = "sample + apply_ + update_bn + forward" if bn else "sample + apply_ + forward"
+        rows.append(
+            _row(
+                "predict",
+                name,
+                size,
+                "swag.predict, BN refresh" if bn else "swag.predict",
+                t,
+                S=s,
+                ratio=ratio(t, t_ref),
+                ratio_to=f"{s} × ({what}) by hand",
+                reference_seconds=t_ref.median,
+                throughput_per_s=inputs / t.median,
+                note=f"BN refreshed on {len(refresh)} batches" if bn else "",
+            )
+        )
+    return rows
 
 
 def vmap_rows(name: str, cfg: Config) -> list[Row]:

@@ -114,6 +114,9 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 )
             )
     for row in rows:
+        if row.get("section") == "predict" and "by hand" in row.get("ratio_to", ""):
+            label = f"{row['impl']} / by hand (S = {row['S']})"
+            out.append(_goal(label, row["model"], row["ratio"], 1.1, row["ratio_to"]))
         if row.get("section") == "growth":
             ok = row["data_ptr_constant"] and row["net_alloc_bytes_last_collects"] in (0, None)
             label = f"no growth over {row['collects']} collects"

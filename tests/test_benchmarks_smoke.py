@@ -30,3 +30,4 @@ def test_tiny_benchmark_writes_complete_json(tmp_path: Path) -> None:
     assert collect["held_x4P"] >= 23  # (K + 3) · 4P by design, plus scratch
     assert {g["status"] for g in doc["goals"]} <= {"PASS", "MISS", "n/a"}
     assert any(g["goal"].startswith("no growth") for g in doc["goals"])
+    assert any(g["goal"].startswith("swag.predict / by hand") for g in doc["goals"])
