@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,44 +11,12 @@ from torch import Tensor, nn
 
 from swag import _io
 from swag._params import BoundParams, ParamLayout, ParamSelector
+from swag._step import compiled_step
 from swag.posterior import SWAGPosterior
 
 _CHUNK = 1 << 18
 _WHOLE_MAX = 1 << 20
 _STATE = ("shift", "shifted_mean", "m2", "deviations")
-
-
-def _fused_step(
-    thetas: list[Tensor],
-    shifts: list[Tensor],
-    means: list[Tensor],
-    m2s: list[Tensor],
-    slots: list[Tensor] | None,
-    weight: Tensor,
-    factor: Tensor,
-) -> Tensor:
-    """One steady-state collect as a single graph, for ``torch.compile`` to fuse into one pass.
-
-    The same arithmetic as the eager path, per parameter (the lists are views of the flat
-    buffers, one per parameter). Every write is ``where(finite, new, old)``: if any θ is NaN/inf
-    the state is rewritten unchanged, and the returned flag says so.
-    """
-    finite = torch.stack([t.sum(dtype=torch.float32) for t in thetas]).isfinite().all()
-    for i, theta in enumerate(thetas):
-        x = theta - shifts[i]  # θ_n − θ_1
-        mean = torch.lerp(means[i], x, weight)
-        dev = x - mean  # θ_n − θ̄_n
-        means[i].copy_(torch.where(finite, mean, means[i]))
-        m2s[i].copy_(torch.where(finite, m2s[i] + factor * dev * dev, m2s[i]))
-        if slots is not None:
-            slots[i].copy_(torch.where(finite, dev, slots[i]))
-    return finite
-
-
-@functools.cache
-def _compiled_step() -> Callable[..., Tensor]:
-    compiled: Callable[..., Tensor] = torch.compile(_fused_step, fullgraph=True, dynamic=False)
-    return compiled
 
 
 class Collector(nn.Module):
@@ -228,7 +194,7 @@ class Collector(nn.Module):
         return bound.flats()
 
     def _collect_compiled(self, flats: list[Tensor]) -> bool:
-        """The fused collect; ``False`` when the eager path must do it (see :func:`_fused_step`)."""
+        """The fused collect (``_step.fused_step``); ``False`` when the eager path must do it."""
         n = self._n + 1
         slot = self.deviations[(n - 1) % self.max_rank] if self.max_rank else None
         spans = [
@@ -236,7 +202,7 @@ class Collector(nn.Module):
         ]
         kw: dict[str, Any] = {"device": self.m2.device, "dtype": self.m2.dtype}
         try:
-            finite = _compiled_step()(
+            finite = compiled_step()(
                 flats,
                 [self.shift[span] for span in spans],
                 [self.shifted_mean[span] for span in spans],
