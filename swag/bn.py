@@ -66,8 +66,10 @@ def update_bn(
     """Recompute the BatchNorm running statistics of ``model`` over ``loader``.
 
     Statistics are reset, then accumulated as plain averages over the batches (momentum None),
-    as ``torch.optim.swa_utils.update_bn`` does; momenta and train/eval mode are restored
-    afterwards. A model without BatchNorm is left untouched and no batch is read.
+    as ``torch.optim.swa_utils.update_bn`` does; momenta and the train/eval mode of every
+    submodule are restored afterwards. If the loader yields nothing or raises, the previous
+    statistics are put back before the error propagates. A model without BatchNorm is left
+    untouched and no batch is read.
 
     Args:
         loader: batches; tensors, tuples/lists (first item is the input) or dicts (passed as
@@ -85,10 +87,11 @@ def update_bn(
     if not layers:
         return
     momenta = {m: m.momentum for m in layers}
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in layers]
+    modes = {m: m.training for m in model.modules()}
     for m in layers:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
     model.train()
     to_input = input_fn or default_input_fn
     batches = itertools.islice(loader, num_batches)
@@ -97,9 +100,18 @@ def update_bn(
         for batch in tqdm(batches, total=num_batches, desc="BN refresh", disable=not progress):
             call_model(model, move_to(to_input(batch), device))
             seen += 1
+        if seen == 0:
+            raise ValueError(
+                "the loader yielded no batch, so the BatchNorm statistics were left as they "
+                "were; pass a loader of training batches (a list or a re-iterable DataLoader)"
+            )
+    except BaseException:
+        for m, buffers in zip(layers, saved, strict=True):
+            for name, value in buffers.items():
+                getattr(m, name).copy_(value)
+        raise
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("the loader yielded no batch, so BatchNorm statistics were not updated")
+        for module, training in modes.items():
+            module.train(training)

@@ -107,3 +107,29 @@ def test_device_argument(device: torch.device) -> None:
     model = bn_net().to(device)
     update_bn(batches(2), model, device=device)
     assert model[1].running_mean.device.type == device.type
+
+
+def test_failed_refresh_puts_the_previous_statistics_back() -> None:
+    model = bn_net()
+    update_bn(batches(3, seed=1), model)
+    before = {k: v.clone() for k, v in bn_state(model).items()}
+
+    def breaks_after_two() -> Iterator[tuple[Tensor, Tensor]]:
+        yield from batches(2, seed=2)
+        raise OSError("disk went away")
+
+    for loader, error in (([], ValueError), (breaks_after_two(), OSError)):
+        with pytest.raises(error):
+            update_bn(loader, model)
+        for k, v in bn_state(model).items():
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+        assert [m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [0.3]
+
+
+def test_every_submodule_mode_is_restored() -> None:
+    model = bn_net()
+    model.train()
+    model[4].eval()  # a user froze one layer
+    update_bn(batches(2), model)
+    assert model.training and not model[4].training
+    assert all(m.training for i, m in enumerate(model) if i != 4)

@@ -95,17 +95,22 @@ def method_predictions(
 
 
 @torch.no_grad()
-def _forward(model: nn.Module, inputs: list[Tensor], device: torch.device) -> Tensor:
+def _logits(model: nn.Module, inputs: list[Tensor], device: torch.device) -> Tensor:
+    """The model's logits in eval mode, with the BatchNorm statistics it was trained with."""
     model.eval()
-    return torch.cat([model(x.to(device)).softmax(-1).cpu() for x in inputs])
+    return torch.cat([model(x.to(device)).cpu() for x in inputs])
+
+
+def _forward(model: nn.Module, inputs: list[Tensor], device: torch.device) -> Tensor:
+    return _logits(model, inputs, device).softmax(-1)
 
 
 def _temperature_scaled(
     model: nn.Module, inputs: list[Tensor], data: EvalData, cfg: BenchConfig, device: torch.device
 ) -> Tensor:
-    val_logits = _forward(model, loader(data.val_x, cfg.eval_batch_size), device).log()
+    val_logits = _logits(model, loader(data.val_x, cfg.eval_batch_size), device)
     temperature = fit_temperature(val_logits, data.val_y)
-    logits = _forward(model, inputs, device).log()
+    logits = _logits(model, inputs, device)
     return apply_temperature(logits, temperature).softmax(-1).unsqueeze(0)
 
 
