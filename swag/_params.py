@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,36 @@ def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
     for name, param in model.named_parameters():
         yield (name.removeprefix("module.") if wrapped else name), param
+
+
+def local_part(t: Tensor) -> Tensor:
+    """The part of ``t`` this process holds: a DTensor's local shard (FSDP2), else ``t``."""
+    to_local = getattr(t, "to_local", None)
+    return t if to_local is None else cast(Tensor, to_local())
+
+
+def plan_chunks(
+    numels: Sequence[int], chunk: int
+) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Split the concatenation of pieces of ``numels`` entries into ranges of ``chunk`` at most.
+
+    Returns:
+        ``(start, end, pieces)`` per range; ``pieces`` lists ``(i, a, b)``: entries ``a:b`` of
+        piece ``i`` fill the range, in order.
+    """
+    plan = []
+    size = sum(numels)
+    for start in range(0, size, chunk):
+        end = min(start + chunk, size)
+        pieces = []
+        o = 0
+        for i, n in enumerate(numels):
+            lo, hi = max(o, start), min(o + n, end)
+            if lo < hi:
+                pieces.append((i, lo - o, hi - o))
+            o += n
+        plan.append((start, end, pieces))
+    return plan
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -134,22 +165,8 @@ class ParamLayout:
         return BoundParams(self, model)
 
     def chunks(self, chunk: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
-        """Split ``[0, P)`` into ranges of at most ``chunk`` entries.
-
-        Returns:
-            ``(start, end, pieces)`` per range; ``pieces`` lists ``(i, a, b)``: entries
-            ``a:b`` of parameter ``i`` (flattened) fill the range, in order.
-        """
-        plan = []
-        for start in range(0, self.size, chunk):
-            end = min(start + chunk, self.size)
-            pieces = []
-            for i, (o, n) in enumerate(zip(self.offsets, self.numels, strict=True)):
-                lo, hi = max(o, start), min(o + n, end)
-                if lo < hi:
-                    pieces.append((i, lo - o, hi - o))
-            plan.append((start, end, pieces))
-        return plan
+        """Split ``[0, P)`` into ranges of at most ``chunk`` entries (see :func:`plan_chunks`)."""
+        return plan_chunks(self.numels, chunk)
 
     @staticmethod
     def gather(pieces: Sequence[Tensor], out: Tensor) -> Tensor:
@@ -226,6 +243,8 @@ class ParamLayout:
 class BoundParams:
     """A layout bound to one model: its covered parameters as flat views, validated once.
 
+    For FSDP2 (DTensor) parameters the views are of the local shards.
+
     :meth:`current` re-checks, without walking the whole module tree, that the model still
     holds the very same parameter objects at the same places, with the same storages and
     shapes; :meth:`flats` then hands out the cached flat views. Replacing a submodule or a
@@ -234,7 +253,7 @@ class BoundParams:
 
     def __init__(self, layout: ParamLayout, model: nn.Module) -> None:
         self.model = model
-        tensors = layout.resolve(model)
+        tensors = [local_part(t) for t in layout.resolve(model)]
         self._views = [t.reshape(-1) for t in tensors]
         self._cacheable = all(t.is_contiguous() for t in tensors)
         wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
@@ -250,7 +269,7 @@ class BoundParams:
                 owner = child
             param = owner._parameters[attr]
             assert param is not None
-            self._params.append((owner, attr, param, param.data_ptr(), shape))
+            self._params.append((owner, attr, param, local_part(param).data_ptr(), shape))
         self._links = list(links.values())
 
     def current(self) -> bool:
@@ -259,7 +278,11 @@ class BoundParams:
             if parent._modules.get(key) is not child:
                 return False
         for owner, attr, p, ptr, shape in self._params:
-            if owner._parameters.get(attr) is not p or p.data_ptr() != ptr or p.shape != shape:
+            if (
+                owner._parameters.get(attr) is not p
+                or local_part(p).data_ptr() != ptr
+                or p.shape != shape
+            ):
                 return False
         return True
 
@@ -267,4 +290,4 @@ class BoundParams:
         """The covered parameters, flattened (``(numel,)`` each, detached)."""
         if self._cacheable:
             return self._views
-        return [p.detach().reshape(-1) for _, _, p, _, _ in self._params]
+        return [local_part(p.detach()).reshape(-1) for _, _, p, _, _ in self._params]

@@ -7,10 +7,12 @@ import warnings
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from swag import _io
-from swag._params import BoundParams, ParamLayout, ParamSelector
+from swag._params import BoundParams, ParamLayout, ParamSelector, plan_chunks
+from swag._shard import ShardedPosterior, shard_plan
 from swag._step import compiled_step
 from swag.posterior import SWAGPosterior
 
@@ -40,6 +42,7 @@ class Collector(nn.Module):
     ``min(P, 2¹⁸)``. ``collect()`` allocates nothing P-sized. It goes over the statistics chunk
     by chunk, so that ``θ − θ_1`` is reused from cache and each ring slot is written once; a
     large model's parameters are read twice (a finiteness check, then ``θ − θ_1`` in one pass).
+    Sharded (``shard=True`` or an FSDP2 model), ``P`` above is this rank's ``L ≈ P / W``.
 
     Args:
         model: the network being trained. Only a reference is kept, to read its parameters.
@@ -52,6 +55,12 @@ class Collector(nn.Module):
         dtype: the statistics' floating dtype (float32 default).
         deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 or float16
             halve its memory at a small error in the low-rank covariance.
+        shard: keep only this rank's ``1/W`` of the statistics (``W`` = world size of
+            ``process_group``), split as :mod:`swag.distributed` describes; the model is then
+            the same on every rank (plain or DDP-wrapped) and nothing is communicated while
+            collecting. Needs an initialised process group. An FSDP2 model (``fully_shard``)
+            is always collected sharded, from each rank's local shards.
+        process_group: the ranks sharing the statistics (default: the default group).
         compiled: fuse each collect into one pass with ``torch.compile`` (opt-in). The first
             collects compile it, which takes seconds to tens of seconds (a C++ compiler is
             needed on CPU); after that a collect moves about half the memory of the eager
@@ -83,6 +92,8 @@ class Collector(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         deviation_dtype: torch.dtype | None = None,
+        shard: bool = False,
+        process_group: dist.ProcessGroup | None = None,
         compiled: bool = False,
     ) -> None:
         super().__init__()
@@ -105,7 +116,12 @@ class Collector(nn.Module):
         device = torch.device(device)
         self.max_rank = max_rank
         self.compiled = compiled
-        size = self.layout.size
+        # plan: which entries this rank holds (None: all of them); _slices: where they are in
+        # the model's flat parameters, when the model holds more than them (DDP, shard=True)
+        self.plan, self.process_group, fsdp = shard_plan(self.layout, tensors, shard, process_group)
+        self._slices = self.plan.spans if self.plan is not None and not fsdp else None
+        numels = self.layout.numels if self.plan is None else self.plan.numels
+        size = sum(numels)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         for name in ("shift", "shifted_mean", "m2"):
             self.register_buffer(name, torch.zeros(size, **kw))
@@ -117,7 +133,8 @@ class Collector(nn.Module):
         # of up to 2^20 entries goes in one chunk: few large operations beat many small ones,
         # and its scratch is small next to the ring.
         chunk = size if max_rank > 0 and size <= _WHOLE_MAX else min(size, _CHUNK)
-        self._chunks = self.layout.chunks(chunk)
+        self._chunks = plan_chunks(numels, chunk)
+        self._spans = [slice(o, o + m) for o, m in zip(_starts(numels), numels, strict=True)]
         self.register_buffer("_scratch", torch.empty(chunk, **kw), persistent=False)
         # Half-precision sums would overflow on ordinary weights: sum in at least float32.
         self._sum_dtypes = [torch.promote_types(d, torch.float32) for d in self.layout.dtypes]
@@ -191,15 +208,15 @@ class Collector(nn.Module):
         bound = self._bound
         if bound is None or bound.model is not model or not bound.current():
             bound = self._bound = self.layout.bind(model)
-        return bound.flats()
+        if self._slices is None:
+            return bound.flats()
+        return [f[a:b] for f, (a, b) in zip(bound.flats(), self._slices, strict=True)]
 
     def _collect_compiled(self, flats: list[Tensor]) -> bool:
         """The fused collect (``_step.fused_step``); ``False`` when the eager path must do it."""
         n = self._n + 1
         slot = self.deviations[(n - 1) % self.max_rank] if self.max_rank else None
-        spans = [
-            slice(o, o + m) for o, m in zip(self.layout.offsets, self.layout.numels, strict=True)
-        ]
+        spans = self._spans
         kw: dict[str, Any] = {"device": self.m2.device, "dtype": self.m2.dtype}
         try:
             finite = compiled_step()(
@@ -271,21 +288,38 @@ class Collector(nn.Module):
                 ``log_prob``; the SWAG paper's code uses 1e-30).
 
         Raises:
-            RuntimeError: if nothing was collected yet.
+            RuntimeError: if nothing was collected yet, or the collector is sharded (use
+                :meth:`sharded_posterior`).
         """
+        if self.plan is not None:
+            raise RuntimeError(
+                "this collector is sharded: sharded_posterior() gives this rank's part, and "
+                "sharded_posterior().full() the whole posterior on every rank (one all_gather)"
+            )
+        return SWAGPosterior(*self._snapshot(min_variance), self.layout, self._n)
+
+    def sharded_posterior(self, *, min_variance: float = 1e-30) -> ShardedPosterior:
+        """This rank's part of :meth:`posterior`, for a sharded collector; no communication.
+
+        Raises:
+            RuntimeError: if nothing was collected yet, or the collector is not sharded.
+        """
+        if self.plan is None:
+            raise RuntimeError("this collector is not sharded; use posterior()")
+        return ShardedPosterior(
+            *self._snapshot(min_variance), self.plan, self._n, self.process_group
+        )
+
+    def _snapshot(self, min_variance: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, σ and the ring oldest first (new tensors)."""
         if self._n == 0:
             raise RuntimeError("nothing collected yet: call collect() at least once first")
         rank, cursor = self.rank, self._n % self.max_rank if self.max_rank else 0
         ring = self.deviations[:rank]
         # Oldest first; torch.cat already copies, so the ring is copied once either way.
         ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else None
-        return SWAGPosterior(
-            mean=self.mean,
-            std=(self.m2 / self._n).clamp_min_(min_variance).sqrt_(),
-            deviations=ring.clone() if ordered is None else ordered,
-            layout=self.layout,
-            n=self._n,
-        )
+        std = (self.m2 / self._n).clamp_min_(min_variance).sqrt_()
+        return self.mean, std, ring.clone() if ordered is None else ordered
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -318,7 +352,16 @@ class Collector(nn.Module):
         )
 
     def save(self, path: _io.PathLike) -> None:
-        """Write the collector's state to ``path`` (safetensors, atomic) to resume later."""
+        """Write the collector's state to ``path`` (safetensors, atomic) to resume later.
+
+        Raises:
+            ValueError: if the collector is sharded (use :func:`swag.distributed.save`).
+        """
+        if self.plan is not None:
+            raise ValueError(
+                f"this collector holds only rank {self.plan.rank} of {self.plan.world}'s part of "
+                "the statistics; save it with swag.distributed.save(collector, directory)"
+            )
         _io.save_file(
             path,
             "collector",
@@ -367,10 +410,17 @@ class Collector(nn.Module):
             "layout": self.layout.to_json(),
             "dtype": str(self.m2.dtype).removeprefix("torch."),
             "deviation_dtype": str(self.deviations.dtype).removeprefix("torch."),
+            "shard": "none" if self.plan is None else f"{self.plan.rank}/{self.plan.world}",
         }
 
     def _describe_mismatch(self, meta: dict[str, str]) -> str | None:
         mine = {k: str(v) for k, v in self._meta().items()}
+        if meta.get("shard", "none") != mine["shard"]:
+            return (
+                f"it is the statistics shard (rank/world) {meta.get('shard', 'none')}, this "
+                f"collector holds {mine['shard']}; load it on that rank and world size, or "
+                "reshard it with swag.distributed.save and swag.distributed.load_collector"
+            )
         for key in ("max_rank", "dtype", "deviation_dtype"):
             if meta.get(key) != mine[key]:
                 return f"{key} is {meta.get(key)} in the saved state but {mine[key]} here"
@@ -380,4 +430,9 @@ class Collector(nn.Module):
         return f"parameter layout differs: {diff}" if diff else None
 
     def extra_repr(self) -> str:
-        return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}"
+        shard = "" if self.plan is None else f", shard {self.plan.rank}/{self.plan.world}"
+        return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}{shard}"
+
+
+def _starts(numels: tuple[int, ...]) -> list[int]:
+    return [sum(numels[:i]) for i in range(len(numels))]

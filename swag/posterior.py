@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -144,29 +144,22 @@ class SWAGPosterior(PosteriorMixin):
         if scale < 0:
             raise ValueError(f"scale must be >= 0, got {scale}")
         shape = _shape(sample_shape)
-        num, size, k = math.prod(shape), self.layout.size, self.rank
-        dev, dt = self.mean.device, self.mean.dtype
+        size = self.layout.size
+        spans = list(zip(self.layout.offsets, self.layout.numels, strict=True))
         coef = self._lowrank_coef(diagonal)
-        blocks = len(self.layout.names) if blockwise else 1
-        z2 = (
-            torch.randn(num, blocks, k, device=dev, dtype=dt, generator=generator) if coef else None
+        out = draw(
+            self.mean,
+            self.std,
+            self.deviations,
+            math.prod(shape),
+            size,
+            spans,
+            scale=scale,
+            coef=coef,
+            blockwise=blockwise,
+            generator=generator,
+            take=None,
         )
-        out = torch.randn(num, size, device=dev, dtype=dt, generator=generator)
-        torch.addcmul(self.mean, out, self.std, value=math.sqrt(scale), out=out)
-        if z2 is not None:
-            alpha = math.sqrt(scale) * coef
-            d = self.deviations
-            if blockwise:
-                for b, (o, m) in enumerate(
-                    zip(self.layout.offsets, self.layout.numels, strict=True)
-                ):
-                    out[:, o : o + m] += alpha * (z2[:, b].to(d.dtype) @ d[:, o : o + m]).to(
-                        out.dtype
-                    )
-            elif d.dtype == out.dtype:
-                out.addmm_(z2[:, 0], d, alpha=alpha)
-            else:
-                out.add_((z2[:, 0].to(d.dtype) @ d).to(out.dtype), alpha=alpha)
         return out.view(*shape, size)
 
     def to_distribution(
@@ -245,3 +238,45 @@ class SWAGPosterior(PosteriorMixin):
             layout=layout,
             n=int(_io.require(meta, "n", where)),
         )
+
+
+def draw(
+    mean: Tensor,
+    std: Tensor,
+    deviations: Tensor,
+    num: int,
+    size: int,
+    spans: Sequence[tuple[int, int]],
+    *,
+    scale: float,
+    coef: float,
+    blockwise: bool,
+    generator: torch.Generator | None,
+    take: Callable[[Tensor], Tensor] | None,
+) -> Tensor:
+    """``num`` draws ``mean + √scale · (std ⊙ z₁ + coef · D̂ᵀ z₂)``, shape ``(num, L)``.
+
+    z₂ ``(num, blocks, K)`` is drawn before z₁ ``(num, size)``; ``take`` (default: all of it)
+    picks the ``L`` entries that ``mean``, ``std`` and ``deviations`` ``(K, L)`` describe, so a
+    shard of the statistics draws exactly its entries of the unsharded sample. ``spans`` lists
+    each parameter's ``(offset, numel)`` in the ``L`` entries (the blocks of ``blockwise``).
+    """
+    dev, dt = mean.device, mean.dtype
+    blocks = len(spans) if blockwise else 1
+    k = deviations.shape[0]
+    z2 = torch.randn(num, blocks, k, device=dev, dtype=dt, generator=generator) if coef else None
+    out = torch.randn(num, size, device=dev, dtype=dt, generator=generator)
+    if take is not None:
+        out = take(out)
+    torch.addcmul(mean, out, std, value=math.sqrt(scale), out=out)
+    if z2 is not None:
+        alpha = math.sqrt(scale) * coef
+        d = deviations
+        if blockwise:
+            for b, (o, m) in enumerate(spans):
+                out[:, o : o + m] += alpha * (z2[:, b].to(d.dtype) @ d[:, o : o + m]).to(out.dtype)
+        elif d.dtype == out.dtype:
+            out.addmm_(z2[:, 0], d, alpha=alpha)
+        else:
+            out.add_((z2[:, 0].to(d.dtype) @ d).to(out.dtype), alpha=alpha)
+    return out

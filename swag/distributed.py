@@ -1,0 +1,298 @@
+"""Running at scale: sharded statistics (DDP, FSDP2), sharded checkpoints, parallel MultiSWAG.
+
+Sharded statistics split every covered parameter along its first dimension as FSDP2's
+``Shard(0)`` does (``torch.chunk``: ``ceil(d₀ / W)`` rows per rank), so a rank holds about
+``P / W`` of every flat statistic. Collecting communicates nothing; assembling a sample, the
+full posterior or a MultiSWAG takes one ``all_gather``. Checkpoints go through
+``torch.distributed.checkpoint`` with each statistic stored per parameter as a DTensor, so they
+load at any world size, or in a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from swag import _io
+from swag._params import ParamLayout
+from swag._shard import ShardedPosterior, ShardPlan
+from swag.multiswag import MultiSWAG
+from swag.posterior import KIND as SWAG_KIND
+from swag.posterior import SWAGPosterior
+
+if TYPE_CHECKING:
+    from swag.collector import Collector
+
+__all__ = [
+    "ShardPlan",
+    "ShardedPosterior",
+    "gather_multiswag",
+    "load_collector",
+    "load_posterior",
+    "save",
+]
+
+_META = "swag.json"
+
+
+# -- checkpoints (torch.distributed.checkpoint) ----------------------------------------------
+
+
+def _state(
+    flat: dict[str, Tensor], plan: ShardPlan, group: dist.ProcessGroup | None
+) -> dict[str, Any]:
+    """Per-parameter views ``{stat}/{param}`` of flat ``(..., L)`` statistics, for DCP.
+
+    Each view has the row shape ``(..., d₀, *shape[1:])`` (``d₀ = 1`` for a 0-dim parameter);
+    sharded, it is a DTensor ``Shard`` along the rows, so DCP can reshard it.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    sharded = plan.world > 1
+    mesh = None
+    if sharded:
+        from torch.distributed.device_mesh import DeviceMesh
+
+        device = next(iter(flat.values())).device.type
+        mesh = DeviceMesh.from_group(cast(dist.ProcessGroup, group or dist.group.WORLD), device)
+    out: dict[str, Any] = {}
+    for stat, t in flat.items():
+        lead = tuple(t.shape[:-1])
+        for name, view, shape in zip(
+            plan.layout.names, plan.views(t), plan.layout.shapes, strict=True
+        ):
+            rows = (*lead, shape[0] if shape else 1, *shape[1:])
+            if mesh is None:
+                out[f"{stat}/{name}"] = view
+                continue
+            stride = tuple(math.prod(rows[i + 1 :]) for i in range(len(rows)))
+            out[f"{stat}/{name}"] = DTensor.from_local(
+                view, mesh, [Shard(len(lead))], shape=torch.Size(rows), stride=stride
+            )
+    return out
+
+
+def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) -> None:
+    """Write a collector or posterior, sharded or not, as a DCP checkpoint folder at ``path``.
+
+    Sharded, every rank of the object's group calls it and writes its own part. Whole (not
+    sharded), it is written by this process alone; in a distributed job call it on one rank.
+    The layout and counts go to ``path/swag.json`` (JSON, written atomically by rank 0 once the
+    tensors are down).
+    """
+    from swag.collector import Collector
+
+    meta: dict[str, Any] = {"format": _io.FORMAT, "version": _io.VERSION}
+    if isinstance(obj, Collector):
+        names = ("shift", "shifted_mean", "m2", "deviations")
+        flat = {name: getattr(obj, name) for name in names}
+        meta.update(kind="collector", **obj._meta())
+        plan, group = obj.plan, obj.process_group
+    else:
+        flat = {"mean": obj.mean, "std": obj.std, "deviations": obj.deviations}
+        meta.update(kind=SWAG_KIND, n=obj.n, layout=obj.layout.to_json(), max_rank=obj.rank)
+        plan, group = (obj.plan, obj.group) if isinstance(obj, ShardedPosterior) else (None, None)
+    meta.update(dtype=str(flat["std" if "std" in flat else "m2"].dtype).removeprefix("torch."))
+    meta["deviation_dtype"] = str(flat["deviations"].dtype).removeprefix("torch.")
+    meta.pop("shard", None)
+    whole = plan is None
+    plan = ShardPlan(obj.layout, 0, 1) if plan is None else plan
+    with _quiet():
+        dcp_save(_state(flat, plan, group), checkpoint_id=path, no_dist=whole, process_group=group)
+    if whole or dist.get_rank(group) == 0:
+        _write_json(Path(path) / _META, meta)
+    if not whole:
+        dist.barrier(group)
+
+
+def _write_json(path: Path, meta: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: _io.PathLike, kind: str) -> dict[str, Any]:
+    file = Path(path) / _META
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a swag checkpoint folder (no {_META})")
+    meta: dict[str, Any] = json.loads(file.read_text())
+    if meta.get("format") != _io.FORMAT or int(meta.get("version", 0)) > _io.VERSION:
+        raise ValueError(f"{file} is not a {_io.FORMAT} v{_io.VERSION} checkpoint: {meta}")
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
+    return meta
+
+
+def _load(
+    path: _io.PathLike, flat: dict[str, Tensor], plan: ShardPlan, group: dist.ProcessGroup | None
+) -> None:
+    """Fill the flat statistics ``flat`` (this rank's part, as ``plan`` says) from ``path``."""
+    whole = plan.world == 1
+    with _quiet():
+        dcp_load(_state(flat, plan, group), checkpoint_id=path, no_dist=whole, process_group=group)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP warns that a single-process save or load is single-process: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
+
+
+def _dtypes(meta: dict[str, Any]) -> tuple[torch.dtype, torch.dtype]:
+    return getattr(torch, str(meta["dtype"])), getattr(torch, str(meta["deviation_dtype"]))
+
+
+def load_collector(
+    path: _io.PathLike,
+    model: nn.Module,
+    *,
+    shard: bool = False,
+    process_group: dist.ProcessGroup | None = None,
+    device: torch.device | str | None = None,
+) -> Collector:
+    """Resume a collector written by :func:`save`, at any world size or in one process.
+
+    ``shard`` and ``process_group`` mean what they mean for :class:`~swag.Collector` (an FSDP2
+    model is always sharded). Continuing to collect gives the same numbers as a run that was
+    never interrupted, at whatever world size it was saved.
+
+    Raises:
+        ValueError: if ``model`` does not have the saved parameters, or the folder is foreign.
+    """
+    from swag.collector import Collector
+
+    meta = _read_json(path, "collector")
+    layout = ParamLayout.from_json(str(meta["layout"]))
+    dtype, deviation_dtype = _dtypes(meta)
+    collector = Collector(
+        model,
+        int(meta["max_rank"]),
+        params=list(layout.names),
+        device=device,
+        dtype=dtype,
+        deviation_dtype=deviation_dtype,
+        shard=shard,
+        process_group=process_group,
+    )
+    diff = collector.layout.mismatch(layout)
+    if diff:
+        raise ValueError(f"{path} does not fit this model: {diff}")
+    plan = collector.plan or ShardPlan(layout, 0, 1)
+    names = ("shift", "shifted_mean", "m2", "deviations")
+    _load(path, {name: getattr(collector, name) for name in names}, plan, collector.process_group)
+    collector._n = int(meta["n"])
+    return collector
+
+
+def load_posterior(
+    path: _io.PathLike,
+    *,
+    shard: bool = False,
+    process_group: dist.ProcessGroup | None = None,
+    device: torch.device | str = "cpu",
+) -> SWAGPosterior | ShardedPosterior:
+    """Read a posterior written by :func:`save`: whole, or this rank's shard (``shard=True``).
+
+    Raises:
+        ValueError: if the folder is foreign; RuntimeError: ``shard=True`` without a group.
+    """
+    meta = _read_json(path, SWAG_KIND)
+    layout = ParamLayout.from_json(str(meta["layout"]))
+    if shard and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("shard=True needs an initialised process group; or pass shard=False")
+    group = (process_group or dist.group.WORLD) if shard else None
+    plan = ShardPlan(layout, dist.get_rank(group), dist.get_world_size(group)) if shard else None
+    plan = plan or ShardPlan(layout, 0, 1)
+    dtype, deviation_dtype = _dtypes(meta)
+    kw: dict[str, Any] = {"device": device, "dtype": dtype}
+    k = int(meta["max_rank"])
+    flat = {
+        "mean": torch.empty(plan.size, **kw),
+        "std": torch.empty(plan.size, **kw),
+        "deviations": torch.empty(k, plan.size, device=device, dtype=deviation_dtype),
+    }
+    _load(path, flat, plan, group)
+    if not shard:
+        return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, int(meta["n"]))
+    return ShardedPosterior(
+        flat["mean"], flat["std"], flat["deviations"], plan, int(meta["n"]), group
+    )
+
+
+# -- MultiSWAG, one member per rank ------------------------------------------------------------
+
+
+def gather_multiswag(
+    posterior: SWAGPosterior, *, process_group: dist.ProcessGroup | None = None
+) -> MultiSWAG:
+    """Each rank's own posterior (one member each), gathered into one MultiSWAG on every rank.
+
+    Members are in rank order. Tensors travel by collectives, the layout as JSON bytes (no
+    pickle): two small ``all_gather`` for the descriptions, one of ``(K_max + 2) · P`` entries
+    per member.
+
+    Raises:
+        ValueError: if a member covers other parameters or has other dtypes than this rank's.
+    """
+    group = process_group or dist.group.WORLD
+    world = dist.get_world_size(group)
+    dev = posterior.mean.device
+    desc = {
+        "layout": posterior.layout.to_json(),
+        "dtype": str(posterior.mean.dtype),
+        "deviation_dtype": str(posterior.deviations.dtype),
+    }
+    blob = json.dumps({**desc, "n": posterior.n, "k": posterior.rank}).encode()
+    size = torch.tensor([len(blob)], device=dev)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    width = int(max(sizes).item())
+    mine = torch.zeros(width, dtype=torch.uint8, device=dev)
+    mine[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    blobs = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(blobs, mine, group=group)
+    descs = [
+        json.loads(bytes(b[: int(s.item())].tolist()).decode())
+        for b, s in zip(blobs, sizes, strict=True)
+    ]
+    for r, d in enumerate(descs):
+        if {key: d[key] for key in desc} != desc:
+            raise ValueError(
+                f"rank {r}'s posterior differs from this rank's in its layout or dtypes; build "
+                "every member from the same architecture, params= and dtype"
+            )
+    k_max = max(int(d["k"]) for d in descs)
+    rows = posterior.mean.new_zeros(k_max + 2, posterior.layout.size)
+    rows[0], rows[1] = posterior.mean, posterior.std
+    rows[2 : 2 + posterior.rank] = posterior.deviations
+    parts = [torch.empty_like(rows) for _ in range(world)]
+    dist.all_gather(parts, rows, group=group)
+    members = [
+        SWAGPosterior(
+            p[0],
+            p[1],
+            p[2 : 2 + int(d["k"])].to(posterior.deviations.dtype),
+            posterior.layout,
+            int(d["n"]),
+        )
+        for p, d in zip(parts, descs, strict=True)
+    ]
+    return MultiSWAG(members)
