@@ -127,3 +127,13 @@ def test_sharded_checkpoint_folder_is_validated(tmp_path: Path) -> None:
         sd.load_collector(tmp_path / "p", make_model())
     sample = sd.load_posterior(tmp_path / "p").sample(generator=torch.Generator().manual_seed(SEED))
     assert sample.shape == (113,)
+
+
+@pytest.mark.slow
+def test_multiswag_torchrun_example_runs() -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = ROOT / "experiments" / "multiswag_torchrun.py"
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), "--epochs", "4"]
+    done = subprocess.run(cmd, cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "MultiSWAG of 2" in done.stdout
