@@ -32,12 +32,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_problem(name: str) -> str | None:
+    """Why ``--device name`` cannot be used here, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name!r} is not a device name; use cpu or cuda (cuda:1, ...)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "--device cuda, but this torch build sees no CUDA GPU; use --device cpu"
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        return f"--device {name!r}: swag bench runs on cpu or cuda"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swag`` console script."""
     args = _parser().parse_args(argv)
     from swag.bench import PRESETS, run_bench
     from swag.bench.report import table
 
+    problem = _device_problem(args.device)
+    if problem:
+        print(f"swag bench: error: {problem}", file=sys.stderr)
+        return 2
     cfg = PRESETS[args.preset]
     overrides = {"epochs": args.epochs, "swa_epochs": args.swa_epochs, "num_samples": args.samples}
     try:

@@ -297,7 +297,10 @@ def synthetic_shift(
         A new tensor shaped and typed like ``images``.
     """
     if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float (N, C, H, W) tensor, got {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a float (N, C, H, W) tensor, got shape {tuple(images.shape)} and "
+            f"dtype {images.dtype}; convert uint8 pixels with images.float() / 255"
+        )
     if kind == "noise":
         if severity < 0:
             raise ValueError(f"noise severity (a standard deviation) must be >= 0, got {severity}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, overload
 
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, Wei
 from tqdm.auto import tqdm
 
 from swag.bn import InputFn, call_model, default_input_fn, has_batchnorm, move_to, update_bn
+from swag.metrics._validation import looks_like_probabilities
 from swag.multiswag import MultiSWAG, iter_samples
 from swag.point import PointPosterior
 from swag.posterior import Posterior
@@ -102,7 +105,8 @@ def predict(
 
     Regression (``output="gaussian"``): the model returns ``(mean, variance)``, a tensor with
     last dimension 2 (``[..., 0]`` mean, ``[..., 1]`` variance, not log-variance: adapt with
-    ``output_fn``), or only the mean when ``noise_var`` (σ², float or broadcastable tensor) is
+    ``output_fn``), or only the mean when ``noise_var`` (σ², a float or a tensor that broadcasts
+    to one batch's mean, e.g. ``(D,)``) is
     given. Returns the mixture's mean μ = mean_s μ_s and total variance
     σ² = mean_s σ²_s + var_s μ_s (aleatoric + epistemic; float64 Welford over samples), each
     ``(N,)`` or ``(N, D)``; ``reduce=False`` gives the per-sample ``(S, N, ...)`` pair.
@@ -143,8 +147,11 @@ def predict(
 
     Raises:
         ValueError: for a BatchNorm model without ``bn_loader``, a shuffled ``DataLoader``,
-            ``mc_dropout`` without Dropout layers, or a loader that yields nothing or different
-            data on different passes.
+            ``mc_dropout`` without Dropout layers, logits with one class, or a loader that yields
+            nothing, or outputs of another shape on a later pass (a one-shot generator).
+
+    Warns:
+        UserWarning: when the model's outputs look like probabilities (softmax applied twice).
 
     Example:
         >>> from swag.point import PointPosterior
@@ -176,7 +183,8 @@ def predict(
         thetas = iter_samples(
             posterior, num_samples, scale=scale, diagonal=diagonal, generator=generator
         )
-        for theta in tqdm(thetas, total=num_samples, desc="predict", disable=not progress):
+        progress_bar = tqdm(thetas, total=num_samples, desc="predict", disable=not progress)
+        for passes_done, theta in enumerate(progress_bar):
             posterior.apply_(work, theta)
             if refresh is not None:
                 update_bn(refresh, work, num_batches=bn_batches, input_fn=input_fn, device=device)
@@ -188,7 +196,15 @@ def predict(
                 out = call_model(work, move_to(to_input(batch), device))
                 outs.append(out if output_fn is None else output_fn(out))
             if not outs:
-                raise ValueError("the evaluation loader yielded no batch")
+                raise ValueError(
+                    "the evaluation loader yielded no batch"
+                    + (
+                        " on its second pass: it is exhausted after one. Pass something "
+                        "re-iterable (a list or a DataLoader), not a generator or iterator"
+                        if passes_done
+                        else ""
+                    )
+                )
             yield outs
 
     with torch.no_grad(), _isolated_rng(generator):
@@ -200,24 +216,28 @@ def predict(
 def default_num_samples(posterior: Posterior, mc_dropout: bool = False) -> int:
     """``predict``'s default S: 30 draws, or one per point when every draw would be the same.
 
-    A :class:`~swag.PointPosterior` gives 1 and a mixture of only points (a deep ensemble) one
-    per member, unless ``mc_dropout`` makes each pass random.
+    A :class:`~swag.PointPosterior` gives 1 and a mixture of only points (a deep ensemble, also
+    nested) the smallest S whose stratified allocation weighs every member exactly as the
+    mixture does (one per member for a flat ensemble), unless ``mc_dropout`` makes each pass
+    random.
     """
-    if mc_dropout:
-        return 30
+    exact = None if mc_dropout else _exact_point_samples(posterior)
+    return 30 if exact is None else exact
+
+
+def _exact_point_samples(posterior: Posterior) -> int | None:
+    """S for a point or a mixture of only points; None for anything stochastic."""
     if isinstance(posterior, PointPosterior):
         return 1
-    if isinstance(posterior, MultiSWAG) and all(
-        isinstance(c, PointPosterior) for c in posterior.components
-    ):
-        return len(posterior)
-    return 30
+    if isinstance(posterior, MultiSWAG):
+        sizes = [_exact_point_samples(c) for c in posterior.components]
+        if all(n is not None for n in sizes):
+            return len(sizes) * math.lcm(*(n for n in sizes if n is not None))
+    return None
 
 
 def _reduce_probs(passes: Iterator[list[Any]], reduce: bool) -> Tensor:
-    samples = (
-        torch.cat([_float(_tensor(o, "logits")).softmax(-1) for o in outputs]) for outputs in passes
-    )
+    samples = (torch.cat([_probs(_tensor(o, "logits")) for o in outputs]) for outputs in passes)
     first = next(samples)
     if not reduce:
         return torch.stack([first, *(_same_shape(first, p) for p in samples)])
@@ -226,6 +246,25 @@ def _reduce_probs(passes: Iterator[list[Any]], reduce: bool) -> Tensor:
         total += _same_shape(first, probs)
         count += 1
     return (total / count).to(first.dtype)
+
+
+def _probs(logits: Tensor) -> Tensor:
+    """Softmax over the last dimension, after checking that it holds logits of 2+ classes."""
+    if logits.dim() == 0 or logits.shape[-1] < 2:
+        raise ValueError(
+            f"the model returned logits of shape {tuple(logits.shape)}: the class dimension "
+            "(last) needs 2+ entries, softmax over one is always 1. For a binary classifier "
+            "with one logit pass output_fn=lambda z: torch.cat([torch.zeros_like(z), z], -1)"
+        )
+    if looks_like_probabilities(logits):
+        warnings.warn(
+            "the model's outputs are non-negative and sum to 1: they look like probabilities, "
+            "and predict applies softmax to them again. Return logits (drop the final Softmax) "
+            "or pass output_fn=torch.log",
+            UserWarning,
+            stacklevel=5,
+        )
+    return _float(logits).softmax(-1)
 
 
 def _reduce_gaussian(
@@ -261,7 +300,14 @@ def _split(out: Any, noise_var: float | Tensor | None) -> tuple[Tensor, Tensor]:
     if noise_var is not None:
         mean = _float(_tensor(out, "mean"))
         var = torch.as_tensor(noise_var, dtype=mean.dtype, device=mean.device)
-        return mean, var.expand_as(mean)
+        try:
+            return mean, var.expand_as(mean)
+        except RuntimeError:
+            raise ValueError(
+                f"noise_var of shape {tuple(var.shape)} does not broadcast to a batch's mean of "
+                f"shape {tuple(mean.shape)}: it is applied batch by batch, so give a float or a "
+                "per-output tensor (e.g. shape (D,)), not one value per example"
+            ) from None
     if isinstance(out, (tuple, list)) and len(out) == 2:
         return _float(_tensor(out[0], "mean")), _float(_tensor(out[1], "variance"))
     if isinstance(out, Tensor) and out.dim() >= 2 and out.shape[-1] == 2:
@@ -306,11 +352,13 @@ def _check_fixed_order(loader: Iterable[Any]) -> None:
     if not isinstance(loader, DataLoader):
         return
     samplers = (loader.sampler, getattr(loader.batch_sampler, "sampler", None))
-    if any(isinstance(s, _SHUFFLING) for s in samplers):
+    shuffling = [isinstance(s, _SHUFFLING) or getattr(s, "shuffle", False) for s in samplers]
+    if any(shuffling):
         raise ValueError(
             "the evaluation loader shuffles (its sampler is random): every sampled network would "
             "see the examples in a different order, and the averaged predictions would not line "
-            "up with the targets. Build it with shuffle=False"
+            "up with the targets. Build it with shuffle=False (for a DistributedSampler: "
+            "DistributedSampler(dataset, shuffle=False))"
         )
 
 

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from swag.metrics._validation import as_float64, check_targets
+from swag.metrics._validation import as_float64, check_targets, looks_like_probabilities
 
 
 def fit_temperature(
@@ -57,6 +57,13 @@ def fit_temperature(
     if not tol > 0.0:
         raise ValueError(f"tol must be > 0, got {tol}")
     z, z_target = _check_logits(logits, targets)
+    if looks_like_probabilities(z):
+        warnings.warn(
+            "fit_temperature got rows that are non-negative and sum to 1: probabilities, not "
+            "logits. Pass logits, or log-probabilities (probs.log()) for an averaged prediction",
+            UserWarning,
+            stacklevel=2,
+        )
     if _flat(z):
         return 1.0
 

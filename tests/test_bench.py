@@ -67,3 +67,16 @@ def test_missing_data_is_a_clear_cli_error(
     code = main(["bench", "--preset", "smoke", "--data-dir", str(tmp_path), "--no-progress"])
     assert code == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "is not a device name"), ("cuda", "sees no CUDA GPU")],
+)
+def test_unusable_device_is_a_clear_cli_error_before_any_work(
+    device: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "--preset", "smoke", "--device", device, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err

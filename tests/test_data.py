@@ -293,3 +293,8 @@ def test_noise_shift(device: torch.device) -> None:
     assert torch.equal(synthetic_shift(x, "noise", 0.0), x)
     with pytest.raises(ValueError, match="kind"):
         synthetic_shift(x, "blur", 1.0)
+
+
+def test_synthetic_shift_names_the_dtype_and_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"dtype torch.uint8; convert uint8 pixels"):
+        synthetic_shift(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "rotate", 45.0)

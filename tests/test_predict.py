@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from swag import Collector, SWAGPosterior, update_bn
 from swag.multiswag import MultiSWAG
@@ -231,8 +231,16 @@ def test_loader_checks() -> None:
     torch.testing.assert_close(tuples, predict(point, model, data(), num_samples=1))
     with pytest.raises(ValueError, match="shuffle=False"):
         predict(point, model, DataLoader(dataset, batch_size=7, shuffle=True))
-    with pytest.raises(ValueError, match="no batch"):
+    with pytest.raises(ValueError, match="no batch on its second pass: it is exhausted"):
         predict(point, model, (x for x in data()), num_samples=2)  # one-shot generator
+    with pytest.raises(ValueError, match=r"yielded no batch$"):
+        predict(point, model, [], num_samples=2)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0)  # shuffles by default
+    with pytest.raises(ValueError, match=r"DistributedSampler\(dataset, shuffle=False\)"):
+        predict(point, model, DataLoader(dataset, batch_size=7, sampler=sampler))
+    in_order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
+    got = predict(point, model, DataLoader(dataset, batch_size=7, sampler=in_order))
+    torch.testing.assert_close(got, tuples)
     with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
         predict(point, model, data(), num_samples=0)
 
@@ -283,3 +291,31 @@ def test_default_num_samples_is_one_pass_per_distinct_network(
     }[kind]()
     per_sample = predict(posterior, model, data(n=1), reduce=False, mc_dropout=mc_dropout)
     assert per_sample.shape == (expected, 10, 3)
+
+
+def test_outputs_that_are_not_logits_of_two_or_more_classes() -> None:
+    one_logit = nn.Linear(4, 1)
+    with pytest.raises(ValueError, match=r"softmax over one is always 1.*torch.zeros_like"):
+        predict(PointPosterior.from_model(one_logit), one_logit, data())
+    softmaxed = nn.Sequential(mlp(), nn.Softmax(-1))
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        predict(PointPosterior.from_model(softmaxed), softmaxed, data())
+
+
+def test_nested_deep_ensemble_weighs_members_as_the_mixture_does() -> None:
+    members = [PointPosterior.from_model(mlp(seed)) for seed in range(3)]
+    nested = MultiSWAG([members[0], MultiSWAG(members[1:])])  # weights 1/2, 1/4, 1/4
+    per_sample = predict(nested, mlp(), data(), reduce=False)
+    assert per_sample.shape[0] == 4  # 2 · lcm(1, 2): the smallest exact allocation
+    singles = [predict(m, mlp(), data()) for m in members]
+    expected = singles[0] / 2 + (singles[1] + singles[2]) / 4
+    torch.testing.assert_close(per_sample.mean(0), expected)
+
+
+def test_noise_var_must_broadcast_per_batch() -> None:
+    model = mlp(out=1)
+    point = PointPosterior.from_model(model)
+    with pytest.raises(ValueError, match="noise_var of shape \\(30,\\) does not broadcast"):
+        predict(point, model, data(), output="gaussian", noise_var=torch.ones(30))
+    mean, var = predict(point, model, data(), output="gaussian", noise_var=torch.tensor([0.5]))
+    assert torch.equal(var, torch.full_like(mean, 0.5))

@@ -133,3 +133,10 @@ def test_invalid_inputs() -> None:
             apply_temperature(z, bad)
     with pytest.raises(TypeError, match="floating-point"):
         apply_temperature(torch.ones(2, dtype=torch.int64), 1.0)
+
+
+def test_probabilities_instead_of_logits_warn() -> None:
+    z = torch.randn(50, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(4, (50,), generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="probabilities, not logits"):
+        fit_temperature(z.softmax(-1), y)

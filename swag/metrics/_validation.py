@@ -84,3 +84,14 @@ def check_n_bins(n_bins: int) -> None:
 
 def _shape_name(ndim: int) -> str:
     return {2: "(N, C)", 3: "(S, N, C)"}[ndim]
+
+
+def looks_like_probabilities(logits: Tensor) -> bool:
+    """Whether every row of supposed logits is non-negative and sums to 1 (within 1e-4).
+
+    Logits rarely do; probabilities (a model ending in ``Softmax``) always do.
+    """
+    if logits.numel() == 0 or logits.shape[-1] < 2:
+        return False
+    z = logits.detach().to(torch.float64)
+    return bool((z >= 0).all()) and bool(((z.sum(-1) - 1.0).abs() <= 1e-4).all())

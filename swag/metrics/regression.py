@@ -44,6 +44,7 @@ def gaussian_mixture_nll(means: Tensor, variances: Tensor, target: Tensor) -> fl
         target: Observed values, any shape.
     """
     y = _check_tensor("target", target)
+    _check_tensor("means", means)
     if means.dim() <= y.dim():
         raise ValueError(
             f"means must have a leading sample dimension: shape (S, {', '.join(map(str, y.shape))})"

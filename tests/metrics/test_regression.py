@@ -149,3 +149,8 @@ def test_gaussian_mixture_nll_needs_a_sample_dimension() -> None:
         gaussian_mixture_nll(mean, var, target)
     with pytest.raises(ValueError, match="var must be > 0"):
         gaussian_mixture_nll(mean[None], torch.zeros(1, 5), target)
+
+
+def test_gaussian_mixture_nll_rejects_non_tensors() -> None:
+    with pytest.raises(TypeError, match=r"means must be a torch\.Tensor, got list"):
+        gaussian_mixture_nll([[0.0]], torch.ones(1, 1), torch.zeros(1))  # type: ignore[arg-type]
