@@ -121,6 +121,7 @@ class Collector(nn.Module):
         self.plan, self.process_group, fsdp = shard_plan(self.layout, tensors, shard, process_group)
         self._slices = self.plan.spans if self.plan is not None and not fsdp else None
         numels = self.layout.numels if self.plan is None else self.plan.numels
+        self._numels = numels
         size = sum(numels)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         for name in ("shift", "shifted_mean", "m2"):
@@ -208,6 +209,12 @@ class Collector(nn.Module):
         bound = self._bound
         if bound is None or bound.model is not model or not bound.current():
             bound = self._bound = self.layout.bind(model)
+            numels = self.layout.numels if self._slices is not None else self._numels
+            if [f.numel() for f in bound.flats()] != list(numels):
+                raise ValueError(
+                    "the model's parameters are not sharded as at creation (an FSDP2 model "
+                    "between forward and backward?); collect after optimizer.step()"
+                )
         if self._slices is None:
             return bound.flats()
         return [f[a:b] for f, (a, b) in zip(bound.flats(), self._slices, strict=True)]
