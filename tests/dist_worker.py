@@ -9,8 +9,6 @@ another world size) and gathers a MultiSWAG. Rank 0 writes what it measured to
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 from pathlib import Path
 
@@ -49,9 +47,10 @@ def _set_fsdp(model: nn.Module, theta: Tensor, plan: ShardPlan) -> None:
             local_part(p).copy_(full[lo:hi])
 
 
-def run(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def run(rank: int, world: int, out: str, checkpoint: str) -> None:
+    # rendezvous through a file, not a TCP port that another process could take meanwhile
+    store = Path(out).resolve() / f"rendezvous_w{world}"
+    dist.init_process_group("gloo", init_method=store.as_uri(), rank=rank, world_size=world)
     torch.set_num_threads(1)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -151,13 +150,7 @@ def _held(collector: nn.Module) -> int:
     return sum(b.numel() * b.element_size() for b in state if isinstance(b, Tensor))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 if __name__ == "__main__":
     world, out = int(sys.argv[1]), sys.argv[2]
     checkpoint = sys.argv[3] if len(sys.argv) > 3 else ""
-    mp.spawn(run, args=(world, free_port(), out, checkpoint), nprocs=world)
+    mp.spawn(run, args=(world, out, checkpoint), nprocs=world)
