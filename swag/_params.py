@@ -183,7 +183,7 @@ class ParamLayout:
         """Views of a flat ``(..., P)`` tensor, one ``(..., *shape)`` per covered parameter."""
         lead = flat.shape[:-1]
         return [
-            flat[..., o : o + n].view(*lead, *s)
+            flat[..., o : o + n].view(torch.Size((*lead, *s)))
             for o, n, s in zip(self.offsets, self.numels, self.shapes, strict=True)
         ]
 

@@ -61,11 +61,14 @@ class Collector(nn.Module):
             collecting. Needs an initialised process group. An FSDP2 model (``fully_shard``)
             is always collected sharded, from each rank's local shards.
         process_group: the ranks sharing the statistics (default: the default group).
+            Sharded, each collect makes one ``all_reduce`` of one number over it, so that a
+            NaN/inf in any rank's rows stops every rank.
         compiled: fuse each collect into one pass with ``torch.compile`` (opt-in). The first
             collects compile it, which takes seconds to tens of seconds (a C++ compiler is
             needed on CPU); after that a collect moves about half the memory of the eager
             path. Results agree with the eager path to rounding, not bit for bit. If compiling
             fails, a ``RuntimeWarning`` says why and the eager path is used from then on.
+            A sharded collector always runs the eager path.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -165,12 +168,19 @@ class Collector(nn.Module):
         """
         flats = self._flats(self.__dict__["_model"] if model is None else model)
         direct = self._direct(flats)
-        if self.compiled and direct and self._n > 0 and self._collect_compiled(flats):
+        sharded = self.plan is not None
+        if (
+            self.compiled
+            and not sharded
+            and direct
+            and self._n > 0
+            and self._collect_compiled(flats)
+        ):
             return
         n = self._n + 1
         slot = self.deviations[(n - 1) % self.max_rank] if self.max_rank else None
         whole = len(self._chunks) == 1
-        if n == 1 or not whole:
+        if n == 1 or not whole or sharded:
             self._check_finite(flats)  # before any write: chunks update the state one by one
         if n == 1:
             self.layout.gather(flats, self.shift)
@@ -184,7 +194,7 @@ class Collector(nn.Module):
             parts = flats if whole else [flats[i][a:b] for i, a, b in pieces]
             if whole:
                 self.layout.gather(parts, x).sub_(self.shift)  # x = θ_n − θ_1
-                if not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
+                if not sharded and not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
                     self._check_finite(flats)  # names the culprits, or was a false alarm
             else:
                 self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
@@ -270,6 +280,29 @@ class Collector(nn.Module):
         return self.shift + self.shifted_mean
 
     def _check_finite(self, flats: list[Tensor]) -> None:
+        """Raise, before any write, if the iterate has NaN/inf; sharded, on every rank at once.
+
+        A sharded collector sees only its rows, so the ranks agree through one ``all_reduce`` of
+        one number: otherwise a NaN in one rank's rows would be recorded by the others, and the
+        ranks' counts would part.
+        """
+        bad = self._nonfinite(flats)
+        if self.plan is not None:
+            flag = torch.tensor(float(bool(bad)), device=self.m2.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
+            if flag.item() and not bad:
+                raise ValueError(
+                    f"iterate {self._n + 1} has NaN or inf in another rank's shard; nothing was "
+                    "recorded on any rank. Lower the learning rate or skip this step."
+                )
+        if bad:
+            raise ValueError(
+                f"iterate {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
+                "Lower the learning rate or skip this step."
+            )
+
+    def _nonfinite(self, flats: list[Tensor]) -> list[str]:
+        """Names of the covered parameters with NaN/inf entries (in this rank's part)."""
         # One read of each parameter: a sum is NaN/inf whenever an entry is. Its only false
         # alarm, a finite sum overflowing (|Σθ| > 3e38 in float32), is re-checked entry-wise.
         sums = torch.stack(
@@ -279,13 +312,8 @@ class Collector(nn.Module):
             ]
         )
         if bool(torch.isfinite(sums).all()):
-            return
-        bad = [n for n, t in zip(self.layout.names, flats, strict=True) if not t.isfinite().all()]
-        if bad:
-            raise ValueError(
-                f"iterate {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
-                "Lower the learning rate or skip this step."
-            )
+            return []
+        return [n for n, t in zip(self.layout.names, flats, strict=True) if not t.isfinite().all()]
 
     def posterior(self, *, min_variance: float = 1e-30) -> SWAGPosterior:
         """A frozen snapshot: the SWAG posterior of the iterates collected so far.

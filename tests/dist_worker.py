@@ -128,6 +128,23 @@ def run(rank: int, world: int, out: str, checkpoint: str) -> None:
         for name in ("mean", "std", "deviations"):
             res[f"resumed_{name}"] = getattr(again, name)
 
+    # A NaN in rows only the last rank holds (row 4 of the (5, 9) weight): every rank refuses
+    nan_collector = swag.Collector(ddp, max_rank=K, shard=True)
+    for theta in thetas[:2]:
+        layout.scatter(theta, model)
+        nan_collector.collect()
+    with torch.no_grad():
+        model[2].weight[4, 0] = float("nan")
+    try:
+        nan_collector.collect()
+        raised = 0
+    except ValueError:
+        raised = 1
+    flags = torch.tensor([raised, nan_collector.n])
+    every = [torch.empty_like(flags) for _ in range(world)]
+    dist.all_gather(every, flags)
+    res["nan_raised_and_n"] = torch.stack(every)
+
     # MultiSWAG: one member per rank, gathered on every rank
     member = swag.SWAGPosterior(
         post.mean + rank, post.std * (rank + 1), post.deviations, layout, post.n

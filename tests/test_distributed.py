@@ -112,6 +112,12 @@ def test_gather_multiswag_holds_every_rank_in_order(runs, world: int) -> None:
         assert torch.equal(r[f"member{m}_std"], r["ddp_std"] * (m + 1))
 
 
+@pytest.mark.parametrize("world", WORLDS)
+def test_nan_in_one_rank_shard_stops_every_rank(runs, world: int) -> None:
+    raised_and_n = runs[1][world]["nan_raised_and_n"]
+    assert raised_and_n.tolist() == [[1, 2]] * world  # all raised, all still at n = 2
+
+
 def test_shard_without_process_group_names_the_fix() -> None:
     with pytest.raises(RuntimeError, match="init_process_group"):
         swag.Collector(make_model(), max_rank=2, shard=True)

@@ -167,3 +167,25 @@ def test_errors() -> None:
         SWAGPosterior(post.mean[:3], post.std, post.deviations, post.layout, 3)
     with pytest.raises(ValueError, match=r"deviations must have shape \(K, 14\)"):
         SWAGPosterior(post.mean, post.std, post.deviations[:, :3], post.layout, 3)
+
+
+def test_zero_dim_parameters_are_sampled_and_written_back() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = nn.Parameter(torch.tensor(1.5))  # 0-dim: shape ()
+            self.linear = nn.Linear(2, 2)
+
+    model = Scaled()
+    collector = Collector(model, max_rank=3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        collector.collect()
+    post = collector.posterior()
+    theta = post.sample(generator=torch.Generator().manual_seed(1))
+    copy = post.to_model(model, theta)
+    assert copy.gain.shape == () and copy.gain.item() == theta[0].item()  # own params come first
+    assert torch.equal(copy.linear.weight.flatten(), theta[1:5])
