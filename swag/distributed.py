@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 _META = "swag.json"
+_COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json
+_FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
 
 
 # -- checkpoints (torch.distributed.checkpoint) ----------------------------------------------
@@ -110,8 +113,15 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
     meta.pop("shard", None)
     whole = plan is None
     plan = ShardPlan(obj.layout, 0, 1) if plan is None else plan
+    # An interrupted overwrite must not leave new tensors beside the old swag.json: remove it
+    # first (a folder without it does not load), and record the count among the tensors too.
+    if whole or dist.get_rank(group) == 0:
+        (Path(path) / _META).unlink(missing_ok=True)
+    if not whole:
+        dist.barrier(group)
+    state = _state(flat, plan, group) | {_COUNT: torch.tensor([int(meta["n"])])}
     with _quiet():
-        dcp_save(_state(flat, plan, group), checkpoint_id=path, no_dist=whole, process_group=group)
+        dcp_save(state, checkpoint_id=path, no_dist=whole, process_group=group)
     if whole or dist.get_rank(group) == 0:
         _write_json(Path(path) / _META, meta)
     if not whole:
@@ -136,16 +146,44 @@ def _read_json(path: _io.PathLike, kind: str) -> dict[str, Any]:
         raise ValueError(f"{file} is not a {_io.FORMAT} v{_io.VERSION} checkpoint: {meta}")
     if meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
+    for key in _FIELDS:
+        _io.require(meta, key, file)
+    for key in ("dtype", "deviation_dtype"):
+        dtype = getattr(torch, str(meta[key]), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"{file}: {key} {meta[key]!r} is not a floating torch dtype")
+    for key in ("n", "max_rank"):
+        if not isinstance(meta[key], int) or meta[key] < 0:
+            raise ValueError(f"{file}: {key} must be an integer >= 0, got {meta[key]!r}")
     return meta
 
 
 def _load(
-    path: _io.PathLike, flat: dict[str, Tensor], plan: ShardPlan, group: dist.ProcessGroup | None
+    path: _io.PathLike,
+    flat: dict[str, Tensor],
+    plan: ShardPlan,
+    group: dist.ProcessGroup | None,
+    n: int,
 ) -> None:
-    """Fill the flat statistics ``flat`` (this rank's part, as ``plan`` says) from ``path``."""
+    """Fill the flat statistics ``flat`` (this rank's part, as ``plan`` says) from ``path``.
+
+    ``n`` is the count swag.json gives; the tensors must have been saved with the same.
+    """
     whole = plan.world == 1
-    with _quiet():
-        dcp_load(_state(flat, plan, group), checkpoint_id=path, no_dist=whole, process_group=group)
+    count = torch.tensor([-1])
+    state = _state(flat, plan, group) | {_COUNT: count}
+    try:
+        with _quiet():
+            dcp_load(state, checkpoint_id=path, no_dist=whole, process_group=group)
+    except CheckpointException as exc:
+        raise ValueError(
+            f"{path}: the saved tensors do not fit {_META} (shapes, or a damaged folder): {exc}"
+        ) from None
+    if int(count.item()) != n:
+        raise ValueError(
+            f"{path}: the tensors were saved after {int(count.item())} collects but {_META} "
+            f"says {n}: they come from different saves (an interrupted overwrite?). Save again"
+        )
 
 
 @contextlib.contextmanager
@@ -197,7 +235,8 @@ def load_collector(
         raise ValueError(f"{path} does not fit this model: {diff}")
     plan = collector.plan or ShardPlan(layout, 0, 1)
     names = ("shift", "shifted_mean", "m2", "deviations")
-    _load(path, {name: getattr(collector, name) for name in names}, plan, collector.process_group)
+    stats = {name: getattr(collector, name) for name in names}
+    _load(path, stats, plan, collector.process_group, int(meta["n"]))
     collector._n = int(meta["n"])
     return collector
 
@@ -229,7 +268,7 @@ def load_posterior(
         "std": torch.empty(plan.size, **kw),
         "deviations": torch.empty(k, plan.size, device=device, dtype=deviation_dtype),
     }
-    _load(path, flat, plan, group)
+    _load(path, flat, plan, group, int(meta["n"]))
     if not shard:
         return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, int(meta["n"]))
     return ShardedPosterior(

@@ -6,6 +6,7 @@ W = 2 checkpoint); each test checks one thing it measured.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,34 @@ def test_multiswag_torchrun_example_runs() -> None:
     done = subprocess.run(cmd, cwd=ROOT, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "MultiSWAG of 2" in done.stdout
+
+
+def _edit_json(folder: Path, **changes: object) -> None:
+    meta = json.loads((folder / "swag.json").read_text())
+    meta.update(changes)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    (folder / "swag.json").write_text(json.dumps(meta))
+
+
+def test_checkpoint_tensors_and_json_must_come_from_one_save(tmp_path: Path) -> None:
+    model = make_model()
+    collector = swag.Collector(model, max_rank=2)
+    for _ in range(3):
+        collector.collect()
+    folder = tmp_path / "c"
+    sd.save(collector, folder)
+    assert sd.load_collector(folder, make_model()).n == 3
+    original = (folder / "swag.json").read_text()
+    _edit_json(folder, n=5)  # an interrupted overwrite: new swag.json, old tensors
+    with pytest.raises(ValueError, match=r"saved after 3 collects but swag\.json says 5"):
+        sd.load_collector(folder, make_model())
+    cases = [
+        ({"n": None}, "lacks the metadata field 'n'"),
+        ({"dtype": "Tensor"}, "dtype 'Tensor' is not a floating torch dtype"),
+        ({"max_rank": 3}, r"do not fit swag\.json"),
+    ]
+    for changes, message in cases:
+        (folder / "swag.json").write_text(original)
+        _edit_json(folder, **changes)
+        with pytest.raises(ValueError, match=message):
+            sd.load_collector(folder, make_model())
