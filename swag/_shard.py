@@ -205,9 +205,11 @@ class ShardedPosterior:
     ) -> Tensor:
         """This rank's entries ``(*sample_shape, L)`` of a sample; no communication.
 
-        Bit-identical to the same entries of :meth:`SWAGPosterior.sample` on the assembled
-        posterior with a generator in the same state: z₂ (K per block) is drawn whole, and so is
-        z₁ (all ``P`` entries, of which this rank keeps its ``L``), in the same order. Pass a
+        The same entries of :meth:`SWAGPosterior.sample` on the assembled posterior with a
+        generator in the same state, up to the float rounding of the low-rank product D̂ᵀz₂
+        (its BLAS kernel may sum the K terms in another order for ``L`` columns than for ``P``;
+        ≤ 1 ulp seen): z₂ (K per block) is drawn whole, and so is z₁ (all ``P`` entries, of
+        which this rank keeps its ``L``), in the same order, so the noise is identical. Pass a
         generator seeded the same on every rank.
         """
         if scale < 0:

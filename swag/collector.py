@@ -57,8 +57,8 @@ class Collector(nn.Module):
             halve its memory at a small error in the low-rank covariance.
         shard: keep only this rank's ``1/W`` of the statistics (``W`` = world size of
             ``process_group``), split as :mod:`swag.distributed` describes; the model is then
-            the same on every rank (plain or DDP-wrapped) and nothing is communicated while
-            collecting. Needs an initialised process group. An FSDP2 model (``fully_shard``)
+            the same on every rank (plain or DDP-wrapped) and a collect communicates one
+            number (see ``process_group``). Needs an initialised process group. An FSDP2 model (``fully_shard``)
             is always collected sharded, from each rank's local shards.
         process_group: the ranks sharing the statistics (default: the default group).
             Sharded, each collect makes one ``all_reduce`` of one number over it, so that a

@@ -2,8 +2,8 @@
 
 Sharded statistics split every covered parameter along its first dimension as FSDP2's
 ``Shard(0)`` does (``torch.chunk``: ``ceil(d₀ / W)`` rows per rank), so a rank holds about
-``P / W`` of every flat statistic. Collecting communicates nothing; assembling a sample, the
-full posterior or a MultiSWAG takes one ``all_gather``. Checkpoints go through
+``P / W`` of every flat statistic. Collecting communicates one number (whether any rank saw
+NaN/inf); assembling a sample, the full posterior or a MultiSWAG takes one ``all_gather``. Checkpoints go through
 ``torch.distributed.checkpoint`` with each statistic stored per parameter as a DTensor, so they
 load at any world size, or in a single process.
 """

@@ -63,10 +63,14 @@ def test_replicated_and_sharded_statistics_match_float64(runs, world: int) -> No
 @pytest.mark.parametrize("world", WORLDS)
 def test_sharded_samples_equal_unsharded_samples(runs, world: int) -> None:
     r = runs[1][world]
+    # the same noise: equal up to the rounding of the K-term product D̂ᵀz₂ (a BLAS kernel may
+    # sum it in another order for a shard's columns); misaligned noise would be off by O(σ)
+    exact = {"atol": 1e-5, "rtol": 0}
     for variant in ("full", "diag", "block"):
-        assert torch.equal(r[f"ddp_sample_{variant}"], r[f"ddp_sample_{variant}_ref"]), variant
-    assert r["fsdp_local_diff"].item() == 0.0
-    assert torch.equal(r["fsdp_sample"], r["fsdp_sample_ref"])
+        ref = r[f"ddp_sample_{variant}_ref"]
+        torch.testing.assert_close(r[f"ddp_sample_{variant}"], ref, **exact, msg=variant)
+    assert r["fsdp_local_diff"].item() <= 1e-5
+    torch.testing.assert_close(r["fsdp_sample"], r["fsdp_sample_ref"], **exact)
     assert torch.equal(r["fsdp_mean"], r["ddp_mean"])
 
 
