@@ -58,8 +58,8 @@ class Collector(nn.Module):
         shard: keep only this rank's ``1/W`` of the statistics (``W`` = world size of
             ``process_group``), split as :mod:`swag.distributed` describes; the model is then
             the same on every rank (plain or DDP-wrapped) and a collect communicates one
-            number (see ``process_group``). Needs an initialised process group. An FSDP2 model (``fully_shard``)
-            is always collected sharded, from each rank's local shards.
+            number (see ``process_group``). Needs an initialised process group. An FSDP2
+            model (``fully_shard``) is always collected sharded, from each rank's local shards.
         process_group: the ranks sharing the statistics (default: the default group).
             Sharded, each collect makes one ``all_reduce`` of one number over it, so that a
             NaN/inf in any rank's rows stops every rank.

@@ -3,9 +3,9 @@
 Sharded statistics split every covered parameter along its first dimension as FSDP2's
 ``Shard(0)`` does (``torch.chunk``: ``ceil(d₀ / W)`` rows per rank), so a rank holds about
 ``P / W`` of every flat statistic. Collecting communicates one number (whether any rank saw
-NaN/inf); assembling a sample, the full posterior or a MultiSWAG takes one ``all_gather``. Checkpoints go through
-``torch.distributed.checkpoint`` with each statistic stored per parameter as a DTensor, so they
-load at any world size, or in a single process.
+NaN/inf); assembling a sample, the full posterior or a MultiSWAG takes one ``all_gather``.
+Checkpoints go through ``torch.distributed.checkpoint`` with each statistic stored per parameter
+as a DTensor, so they load at any world size, or in a single process.
 """
 
 from __future__ import annotations
