@@ -237,7 +237,10 @@ def _exact_point_samples(posterior: Posterior) -> int | None:
 
 
 def _reduce_probs(passes: Iterator[list[Any]], reduce: bool) -> Tensor:
-    samples = (torch.cat([_probs(_tensor(o, "logits")) for o in outputs]) for outputs in passes)
+    samples = (
+        torch.cat([_probs(_tensor(o, "logits"), check=s + b == 0) for b, o in enumerate(outputs)])
+        for s, outputs in enumerate(passes)
+    )
     first = next(samples)
     if not reduce:
         return torch.stack([first, *(_same_shape(first, p) for p in samples)])
@@ -248,15 +251,18 @@ def _reduce_probs(passes: Iterator[list[Any]], reduce: bool) -> Tensor:
     return (total / count).to(first.dtype)
 
 
-def _probs(logits: Tensor) -> Tensor:
-    """Softmax over the last dimension, after checking that it holds logits of 2+ classes."""
+def _probs(logits: Tensor, check: bool) -> Tensor:
+    """Softmax over the last dimension of logits of 2+ classes.
+
+    With ``check`` (the first batch of the first pass), warn if they look like probabilities.
+    """
     if logits.dim() == 0 or logits.shape[-1] < 2:
         raise ValueError(
             f"the model returned logits of shape {tuple(logits.shape)}: the class dimension "
             "(last) needs 2+ entries, softmax over one is always 1. For a binary classifier "
             "with one logit pass output_fn=lambda z: torch.cat([torch.zeros_like(z), z], -1)"
         )
-    if looks_like_probabilities(logits):
+    if check and looks_like_probabilities(logits):
         warnings.warn(
             "the model's outputs are non-negative and sum to 1: they look like probabilities, "
             "and predict applies softmax to them again. Return logits (drop the final Softmax) "
