@@ -105,9 +105,9 @@ def predict(
 
     Regression (``output="gaussian"``): the model returns ``(mean, variance)``, a tensor with
     last dimension 2 (``[..., 0]`` mean, ``[..., 1]`` variance, not log-variance: adapt with
-    ``output_fn``), or only the mean when ``noise_var`` (σ², a float or a tensor that broadcasts
-    to one batch's mean, e.g. ``(D,)``) is
-    given. Returns the mixture's mean μ = mean_s μ_s and total variance
+    ``output_fn``), or only the mean when ``noise_var`` is given (σ², a float or a tensor that
+    broadcasts to one batch's mean, e.g. ``(D,)``). Returns the mixture's mean μ = mean_s μ_s and
+    total variance
     σ² = mean_s σ²_s + var_s μ_s (aleatoric + epistemic; float64 Welford over samples), each
     ``(N,)`` or ``(N, D)``; ``reduce=False`` gives the per-sample ``(S, N, ...)`` pair.
 
