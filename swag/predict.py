@@ -107,8 +107,8 @@ def predict(
     last dimension 2 (``[..., 0]`` mean, ``[..., 1]`` variance, not log-variance: adapt with
     ``output_fn``), or only the mean when ``noise_var`` is given (σ², a float or a tensor that
     broadcasts to one batch's mean, e.g. ``(D,)``). Returns the mixture's mean μ = mean_s μ_s and
-    total variance
-    σ² = mean_s σ²_s + var_s μ_s (aleatoric + epistemic; float64 Welford over samples), each
+    total variance σ² = mean_s σ²_s + var_s μ_s (aleatoric + epistemic; float64 Welford over
+    samples), each
     ``(N,)`` or ``(N, D)``; ``reduce=False`` gives the per-sample ``(S, N, ...)`` pair.
 
     Randomness: with ``generator=None`` everything random (posterior draws, dropout, a shuffled
