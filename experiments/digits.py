@@ -60,7 +60,7 @@ def epoch(
         idx = order[i : i + batch]
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
 

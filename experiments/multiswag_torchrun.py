@@ -39,7 +39,7 @@ def train_member(
             idx = perm[i : i + 64]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         if epoch >= epochs // 2:
             collector.collect()

@@ -75,4 +75,4 @@ if __name__ == "__main__":
     parser.add_argument("--max-world", type=int, default=3)
     args = parser.parse_args()
     for world in range(1, args.max_world + 1):
-        mp.spawn(run, args=(world, free_port()), nprocs=world)
+        mp.spawn(run, args=(world, free_port()), nprocs=world)  # type: ignore[attr-defined,no-untyped-call]
