@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from swag._params import ParamLayout, local_part
-from swag.posterior import SampleShape, SWAGPosterior, _shape, draw
+from swag.posterior import SampleShape, SWAGPosterior, draw
 
 
 def rows_of(rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -212,26 +212,20 @@ class ShardedPosterior:
         which this rank keeps its ``L``), in the same order, so the noise is identical. Pass a
         generator seeded the same on every rank.
         """
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
-        shape = _shape(sample_shape)
-        k = self.rank
-        coef = 0.0 if diagonal or k < 2 else 1.0 / math.sqrt(k - 1)
         spans = list(zip(self.plan.offsets, self.plan.numels, strict=True))
-        out = draw(
+        return draw(
             self.mean,
             self.std,
             self.deviations,
-            math.prod(shape),
+            sample_shape,
             self.layout.size,
             spans,
             scale=scale,
-            coef=coef,
+            diagonal=diagonal,
             blockwise=blockwise,
             generator=generator,
             take=self.plan.take,
         )
-        return out.view(*shape, self.plan.size)
 
     def sample(
         self,

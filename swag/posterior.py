@@ -110,10 +110,6 @@ class SWAGPosterior(PosteriorMixin):
         var: Tensor = self.std.square()
         return var
 
-    def _lowrank_coef(self, diagonal: bool) -> float:
-        """1/√(K−1), or 0 when the low-rank term is off (``diagonal``, or under 2 deviations)."""
-        return 0.0 if diagonal or self.rank < 2 else 1.0 / math.sqrt(self.rank - 1)
-
     def sample(
         self,
         sample_shape: SampleShape = (),
@@ -141,26 +137,20 @@ class SWAGPosterior(PosteriorMixin):
         Returns:
             ``(*sample_shape, P)`` flat parameter vectors.
         """
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
-        shape = _shape(sample_shape)
-        size = self.layout.size
         spans = list(zip(self.layout.offsets, self.layout.numels, strict=True))
-        coef = self._lowrank_coef(diagonal)
-        out = draw(
+        return draw(
             self.mean,
             self.std,
             self.deviations,
-            math.prod(shape),
-            size,
+            sample_shape,
+            self.layout.size,
             spans,
             scale=scale,
-            coef=coef,
+            diagonal=diagonal,
             blockwise=blockwise,
             generator=generator,
             take=None,
         )
-        return out.view(*shape, size)
 
     def to_distribution(
         self, *, scale: float = 0.5, diagonal: bool = False
@@ -177,7 +167,7 @@ class SWAGPosterior(PosteriorMixin):
                 "some variances are 0, so the covariance is singular; "
                 "build the posterior with Collector.posterior(min_variance=1e-30) or larger"
             )
-        coef = self._lowrank_coef(diagonal)
+        coef = lowrank_coef(self.rank, diagonal)
         if coef:
             factor = self.deviations.t().to(self.mean.dtype) * (math.sqrt(scale) * coef)
         else:
@@ -244,26 +234,32 @@ def draw(
     mean: Tensor,
     std: Tensor,
     deviations: Tensor,
-    num: int,
+    sample_shape: SampleShape,
     size: int,
     spans: Sequence[tuple[int, int]],
     *,
     scale: float,
-    coef: float,
+    diagonal: bool,
     blockwise: bool,
     generator: torch.Generator | None,
     take: Callable[[Tensor], Tensor] | None,
 ) -> Tensor:
-    """``num`` draws ``mean + √scale · (std ⊙ z₁ + coef · D̂ᵀ z₂)``, shape ``(num, L)``.
+    """Draws ``mean + √scale · (std ⊙ z₁ + D̂ᵀ z₂ / √(K − 1))``, shape ``(*sample_shape, L)``.
 
-    z₂ ``(num, blocks, K)`` is drawn before z₁ ``(num, size)``; ``take`` (default: all of it)
+    The low-rank term is dropped when ``diagonal`` or K < 2. z₂ ``(num, blocks, K)`` is drawn
+    before z₁ ``(num, size)``; ``take`` (default: all of it)
     picks the ``L`` entries that ``mean``, ``std`` and ``deviations`` ``(K, L)`` describe, so a
     shard of the statistics draws exactly its entries of the unsharded sample. ``spans`` lists
     each parameter's ``(offset, numel)`` in the ``L`` entries (the blocks of ``blockwise``).
     """
+    if scale < 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    shape = _shape(sample_shape)
+    num = math.prod(shape)
     dev, dt = mean.device, mean.dtype
     blocks = len(spans) if blockwise else 1
     k = deviations.shape[0]
+    coef = lowrank_coef(k, diagonal)
     z2 = torch.randn(num, blocks, k, device=dev, dtype=dt, generator=generator) if coef else None
     out = torch.randn(num, size, device=dev, dtype=dt, generator=generator)
     if take is not None:
@@ -279,4 +275,9 @@ def draw(
             out.addmm_(z2[:, 0], d, alpha=alpha)
         else:
             out.add_((z2[:, 0].to(d.dtype) @ d).to(out.dtype), alpha=alpha)
-    return out
+    return out.view(*shape, out.shape[-1])
+
+
+def lowrank_coef(rank: int, diagonal: bool) -> float:
+    """1/√(K−1), or 0 when the low-rank term is off (``diagonal``, or under 2 deviations)."""
+    return 0.0 if diagonal or rank < 2 else 1.0 / math.sqrt(rank - 1)
