@@ -40,8 +40,8 @@ class CollectEvery:
 
     Example:
         >>> when = CollectEvery(every=3, first=10)
-        >>> [s for s in range(1, 20) if when(s)]
-        [10, 13, 16, 19]
+        >>> tuple(s for s in range(1, 20) if when(s))
+        (10, 13, 16, 19)
     """
 
     every: int
@@ -66,8 +66,8 @@ class SWAGDecay:
 
     Example:
         >>> f = SWAGDecay(swa_start=10, final=0.1)
-        >>> [round(f(k), 3) for k in (0, 5, 7, 9, 10, 50)]
-        [1.0, 1.0, 0.55, 0.1, 0.1, 0.1]
+        >>> tuple(round(f(k), 3) for k in (0, 5, 7, 9, 10, 50))
+        (1.0, 1.0, 0.55, 0.1, 0.1, 0.1)
     """
 
     swa_start: int
@@ -118,10 +118,10 @@ class Cyclic:
 
     Example:
         >>> f = Cyclic(cycle=4, low=0.1)
-        >>> [round(f(k), 3) for k in range(8)]
-        [0.775, 0.55, 0.325, 0.1, 0.775, 0.55, 0.325, 0.1]
-        >>> [s for s in range(1, 9) if f.collect(s)]
-        [4, 8]
+        >>> tuple(round(f(k), 3) for k in range(8))
+        (0.775, 0.55, 0.325, 0.1, 0.775, 0.55, 0.325, 0.1)
+        >>> tuple(s for s in range(1, 9) if f.collect(s))
+        (4, 8)
     """
 
     cycle: int
@@ -196,7 +196,8 @@ def swag_schedule(
         optimizer: any optimizer; its groups' rates now are the base rates.
         swa_start: the step at which the constant phase (and collecting) starts.
         swa_lr: the constant rate, for every group or one per group (as ``SWALR``).
-        decay_start, decay_end: where the decay starts and ends, as fractions of ``swa_start``.
+        decay_start: where the decay starts, as a fraction of ``swa_start``.
+        decay_end: where it ends (the rate is ``swa_lr`` from there), likewise.
     """
     bases = _base_lrs(optimizer)
     targets = _per_group("swa_lr", swa_lr, len(bases))

@@ -170,3 +170,29 @@ def test_swag_schedule_drives_a_collector_run() -> None:
             collector.collect()
     assert collector.n == 5  # steps 23, 26, 29, 32, 35
     assert rates[20:] == pytest.approx([0.02] * 15)
+
+
+def test_fge_of_a_batchnorm_model_refreshes_each_member() -> None:
+    """Snapshots hold parameters only; predict recomputes each member's BN statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    _, x, _ = problem(7)
+    snaps = Snapshots(model, max_snapshots=2)
+    thetas = []
+    for shift in (0.0, 0.5):
+        with torch.no_grad():
+            model[0].bias.add_(shift)
+        snaps.collect()
+        thetas.append(flat(model).clone())
+    probs = swag.predict(snaps.posterior(), model, [x], bn_loader=[x])
+    expected = torch.zeros(len(x), 3)
+    for theta in thetas:
+        work = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        torch.nn.utils.vector_to_parameters(theta, work.parameters())
+        work.train()
+        with torch.no_grad():
+            work[1].momentum = None  # cumulative average over the one batch: its statistics
+            work(x)
+        work.eval()
+        expected += work(x).softmax(-1).detach() / 2
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-5)
