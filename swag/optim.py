@@ -125,6 +125,7 @@ class SAM(Optimizer):
         self.param_groups = base.param_groups  # one list of groups: schedulers see one rate
         self.max_grad_norm = max_grad_norm
         self.model = model
+        self._perturbed: list[Tensor] = []  # moved by first_step, restored by second_step
 
     @torch.no_grad()
     def first_step(self) -> None:
@@ -144,18 +145,23 @@ class SAM(Optimizer):
         ).item()
         for (group, p), s in zip(pairs, scaled, strict=True):
             e = s * (p.abs() + group["eta"]) if group["adaptive"] else s  # T² g or g
-            self.state[p]["theta"] = p.detach().clone()
+            state = self.state[p]
+            if "theta" in state:  # reuse the copy's memory from step to step
+                state["theta"].copy_(p)
+            else:
+                state["theta"] = p.detach().clone()
             p.add_(e, alpha=group["rho"] / (norm + _TINY))
+        self._perturbed = [p for _, p in pairs]
         self.zero_grad()
 
     @torch.no_grad()
     def second_step(self) -> None:
         """Descent: restore θ exactly, then let the base optimizer step with g' = ∇L(θ + ε̂)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                theta = self.state[p].pop("theta", None)
-                if theta is not None:
-                    p.copy_(theta)
+        if not self._perturbed:
+            raise RuntimeError("second_step() without first_step(): nothing to restore")
+        for p in self._perturbed:
+            p.copy_(self.state[p]["theta"])
+        self._perturbed = []
         if self.max_grad_norm is not None:
             params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
             nn.utils.clip_grad_norm_(params, self.max_grad_norm)

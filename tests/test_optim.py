@@ -244,3 +244,5 @@ def test_bad_use_is_named() -> None:
         opt.step()
     with pytest.raises(RuntimeError, match=r"call loss\.backward"):
         opt.first_step()
+    with pytest.raises(RuntimeError, match="without first_step"):
+        opt.second_step()
