@@ -151,7 +151,7 @@ def test_drifts_towards_the_flatter_minima() -> None:
     def final(sam: bool) -> Tensor:
         p = nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
         base = torch.optim.SGD([p], lr=0.1)
-        opt = SAM(base, rho=0.1) if sam else base
+        opt = SAM(base, rho=0.2) if sam else base
 
         def closure() -> Tensor:
             opt.zero_grad()
@@ -159,7 +159,7 @@ def test_drifts_towards_the_flatter_minima() -> None:
             loss.backward()  # type: ignore[no-untyped-call]
             return loss
 
-        for _ in range(3000):
+        for _ in range(500):
             if sam:
                 opt.step(closure)
             else:
@@ -169,7 +169,8 @@ def test_drifts_towards_the_flatter_minima() -> None:
 
     gd, sam = final(False), final(True)
     assert abs(gd[0]) < 1e-6 and abs(gd[1]) > 1.5  # GD: a sharp minimum (curvature ≈ 4)
-    assert abs(sam[0]) < 0.01 and abs(sam[1]) < 0.2  # SAM: near the flattest (curvature ≈ 1)
+    # SAM: near the flattest (curvature ≈ 1), x bouncing at about ηhρ/(2 − ηh) ≈ 0.01
+    assert abs(sam[0]) < 0.05 and abs(sam[1]) < 0.3
 
 
 def test_second_forward_leaves_batchnorm_statistics_alone(generator: torch.Generator) -> None:
