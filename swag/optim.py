@@ -1,0 +1,202 @@
+"""SAM and ASAM: sharpness-aware minimisation around any torch optimizer.
+
+SAM (Foret et al., 2021) minimises ``max_{‖ε‖₂ ≤ ρ} L(θ + ε)``. Each step takes two
+gradients: ``g = ∇L(θ)``, the ascent ``ε̂ = ρ g / ‖g‖₂`` (one norm over all parameters), then
+``g' = ∇L(θ + ε̂)``; the weights go back to θ and the base optimizer steps with ``g'``.
+ASAM (Kwon et al., 2021) makes the neighbourhood scale-invariant with ``T = |θ| + η``
+(element-wise): ``ε̂ = ρ T² g / ‖T g‖₂``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+
+_TINY = 1e-12  # keeps ε̂ = 0 (not NaN) when the gradient is exactly zero
+
+
+@contextlib.contextmanager
+def frozen_bn(model: nn.Module) -> Iterator[None]:
+    """Run forwards that must not move BatchNorm's running statistics.
+
+    Inside, BatchNorm layers still normalise with the batch's statistics (training mode is
+    untouched, so gradients are those of a training forward), but on exit their
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` are restored exactly. SAM's
+    second forward, at the perturbed weights θ + ε̂, runs under it: the statistics should
+    describe θ, the weights kept (the SAM authors' implementation keeps the state of the first
+    forward and drops that of the second).
+    """
+    saved = [
+        (buf, buf.clone())
+        for m in model.modules()
+        if isinstance(m, _BatchNorm)
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, old in saved:
+                buf.copy_(old)
+
+
+class SAM(Optimizer):
+    """Sharpness-aware minimisation wrapping ``base``, any torch optimizer.
+
+    SAM shares ``base``'s parameter groups (each also gets ``rho``, ``adaptive`` and ``eta``
+    entries), so a learning-rate scheduler works on either, and ``state_dict()`` is the base
+    optimizer's. Use it with a closure that computes the loss and calls ``backward()``::
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)  # two forward/backward passes
+
+    or by hand: ``loss.backward(); opt.first_step(); loss_fn(model(x), y).backward();
+    opt.second_step()`` (with ``with frozen_bn(model):`` around the second forward).
+
+    Weight decay: ε̂ is computed from the gradient of the loss alone; the base optimizer's
+    weight decay is applied in the descent step, at θ. This is the paper's objective
+    ``min_θ max_ε L(θ + ε) + λ‖θ‖²``, with the regulariser outside the maximisation, and it
+    keeps ``SAM(SGD(weight_decay=λ))`` and ``SAM(AdamW(weight_decay=λ))`` meaning what their
+    base optimizers mean. (A penalty added to the loss inside the closure is, of course, part
+    of the gradient that ε̂ follows.)
+
+    Gradient clipping: clipping by the global norm inside the closure leaves ε̂ unchanged
+    (only g's direction enters it) and clips g'. ``max_grad_norm`` clips g' alone, just before
+    the base step.
+
+    Args:
+        base: the optimizer that takes the descent step (SGD, Adam, ...).
+        rho: ρ, the neighbourhood radius (0.05 in the SAM paper; ASAM uses larger values,
+            e.g. 0.5 to 2).
+        adaptive: ASAM's scale-invariant neighbourhood.
+        eta: η in ASAM's ``T = |θ| + η`` (0.01 in the ASAM paper).
+        max_grad_norm: clip the descent gradient g' to this global norm (default: no clip).
+        model: the network; when given, :meth:`step` runs the second forward under
+            :func:`frozen_bn` so BatchNorm statistics are only updated at θ.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
+        >>> x, y = torch.ones(4, 2), torch.zeros(4, 1)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = torch.nn.functional.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
+    """
+
+    def __init__(
+        self,
+        base: Optimizer,
+        *,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        max_grad_norm: float | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        if not isinstance(base, Optimizer):
+            raise TypeError(f"base must be a torch.optim.Optimizer, got {type(base).__name__}")
+        if isinstance(base, SAM):
+            raise TypeError("base is already a SAM optimizer; wrap the plain optimizer once")
+        if not rho >= 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm must be > 0 (or None for no clipping), got {max_grad_norm}"
+            )
+        super().__init__(base.param_groups, {"rho": rho, "adaptive": adaptive, "eta": eta})
+        self.base = base
+        self.param_groups = base.param_groups  # one list of groups: schedulers see one rate
+        self.max_grad_norm = max_grad_norm
+        self.model = model
+        self._perturbed: list[Tensor] = []  # moved by first_step, restored by second_step
+
+    @torch.no_grad()
+    def first_step(self) -> None:
+        """Ascent: θ ← θ + ε̂ from the current gradients, which are then cleared.
+
+        Parameters without a gradient are not moved.
+        """
+        pairs = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not pairs:
+            raise RuntimeError("first_step() found no gradient: call loss.backward() first")
+        # T g for ASAM, g for SAM
+        scaled: list[Tensor] = [
+            (p.abs() + g["eta"]) * p.grad if g["adaptive"] else p.grad for g, p in pairs
+        ]
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(s.double()) for s in scaled])
+        ).item()
+        for (group, p), s in zip(pairs, scaled, strict=True):
+            e = s * (p.abs() + group["eta"]) if group["adaptive"] else s  # T² g or g
+            state = self.state[p]
+            if "theta" in state:  # reuse the copy's memory from step to step
+                state["theta"].copy_(p)
+            else:
+                state["theta"] = p.detach().clone()
+            p.add_(e, alpha=group["rho"] / (norm + _TINY))
+        self._perturbed = [p for _, p in pairs]
+        self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        """Descent: restore θ exactly, then let the base optimizer step with g' = ∇L(θ + ε̂)."""
+        if not self._perturbed:
+            raise RuntimeError("second_step() without first_step(): nothing to restore")
+        for p in self._perturbed:
+            p.copy_(self.state[p]["theta"])
+        self._perturbed = []
+        if self.max_grad_norm is not None:
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        self.base.step()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One SAM step: ``closure()`` at θ, the ascent, ``closure()`` at θ + ε̂, the descent.
+
+        ``closure`` must compute the loss and call ``backward()`` (zeroing gradients first is
+        fine but not needed). Returns its first loss, the loss at θ.
+
+        Raises:
+            ValueError: without a closure.
+        """
+        if closure is None:
+            raise ValueError(
+                "SAM needs a closure that computes the loss and calls backward() (two passes "
+                "per step); or call first_step() and second_step() yourself"
+            )
+        with torch.enable_grad():
+            loss = closure()
+        self.first_step()
+        frozen = frozen_bn(self.model) if self.model is not None else contextlib.nullcontext()
+        with torch.enable_grad(), frozen:
+            closure()
+        self.second_step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state (SAM keeps nothing between steps)."""
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base.load_state_dict(state_dict)
+        self.param_groups = self.base.param_groups  # load_state_dict rebuilt them

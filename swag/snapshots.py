@@ -1,0 +1,164 @@
+"""FGE and MultiSWA: ensembles of weight vectors, gathered flat, posing as posteriors.
+
+Fast geometric ensembling (FGE, Garipov et al. 2018) keeps the weights at the low-rate points
+of a short cyclical schedule and ensembles them; :class:`Snapshots` stores them in one
+preallocated ``(M, P)`` buffer (no model copies) and :meth:`Snapshots.posterior` turns them
+into an equal-weight :class:`~swag.MultiSWAG` of :class:`~swag.PointPosterior` s, which
+:func:`swag.predict`, the metrics and ``save``/``load`` take as they are. MultiSWA
+(:func:`multi_swa`) is the same mixture over the SWA means of independent runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior
+
+ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+"""As :class:`swag.Collector`'s ``params=``."""
+
+
+class Snapshots(nn.Module):
+    """Up to ``max_snapshots`` copies of a model's parameters, as rows of one flat buffer.
+
+    ``collect()`` copies the covered parameters into the next row (``P`` elements, no
+    allocation); call it where a :class:`~swag.schedules.Cyclic` schedule's ``collect`` says,
+    as you would :meth:`swag.Collector.collect`. Only parameters are stored: a BatchNorm model's
+    running statistics are recomputed per member by :func:`swag.predict` (``bn_loader=``).
+
+    Memory: ``max_snapshots · P`` elements, allocated at creation. An ``nn.Module``: ``.to()``
+    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`.
+
+    Args:
+        model: the network being trained (only a reference is kept).
+        max_snapshots: M, the number of rows.
+        params: which parameters to cover, as for :class:`~swag.Collector`.
+        device: where the buffer lives (default: the parameters' device).
+        dtype: its dtype (default: the widest covered parameter dtype, so snapshots are exact).
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> snaps = Snapshots(model, max_snapshots=4)
+        >>> for _ in range(3):
+        ...     _ = model.weight.data.add_(0.1)  # stands in for a cycle of training
+        ...     snaps.collect()
+        >>> fge = snaps.posterior()
+        >>> len(fge), fge.sample((3,)).shape
+        (3, torch.Size([3, 8]))
+    """
+
+    snapshots: Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        max_snapshots: int,
+        *,
+        params: ParamSelector = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int):
+            raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
+        if max_snapshots < 1:
+            raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
+        self.layout = ParamLayout.from_model(model, params)
+        tensors = self.layout.resolve(model)
+        dtype = dtype or functools.reduce(torch.promote_types, self.layout.dtypes)
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        device = device or tensors[0].device
+        self.register_buffer(
+            "snapshots", torch.zeros(max_snapshots, self.layout.size, dtype=dtype, device=device)
+        )
+        self._n = 0
+        self.__dict__["_model"] = model  # a plain reference: not a submodule, not in state_dict
+
+    @property
+    def max_snapshots(self) -> int:
+        return self.snapshots.shape[0]
+
+    @property
+    def n(self) -> int:
+        """The number of snapshots taken."""
+        return self._n
+
+    @torch.no_grad()
+    def collect(self, model: nn.Module | None = None) -> None:
+        """Copy the covered parameters of ``model`` (default: the one given at creation).
+
+        Raises:
+            RuntimeError: if all ``max_snapshots`` rows are taken.
+            ValueError: if the parameters no longer match the layout or hold NaN/inf; nothing
+                is recorded.
+        """
+        if self._n == self.max_snapshots:
+            raise RuntimeError(
+                f"all {self.max_snapshots} snapshots are taken; create Snapshots with a larger "
+                "max_snapshots, or take fewer (e.g. collect every other cycle)"
+            )
+        pieces = [t.reshape(-1) for t in self.layout.resolve(model or self.__dict__["_model"])]
+        row = self.snapshots[self._n]
+        ParamLayout.gather(pieces, row)
+        if not bool(row.isfinite().all()):
+            bad = [
+                n for n, t in zip(self.layout.names, pieces, strict=True) if not t.isfinite().all()
+            ]
+            raise ValueError(
+                f"snapshot {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
+                "Lower the learning rate."
+            )
+        self._n += 1
+
+    @property
+    def mean(self) -> Tensor:
+        """``(P,)``, the average of the snapshots taken (computed in float64): their SWA."""
+        self._require_some()
+        return self.snapshots[: self._n].double().mean(0).to(self.snapshots.dtype)
+
+    def posterior(self) -> MultiSWAG:
+        """The FGE ensemble: an equal-weight mixture of the ``n`` snapshots (copied)."""
+        self._require_some()
+        rows = self.snapshots[: self._n].clone()
+        return MultiSWAG([PointPosterior(row, self.layout) for row in rows])
+
+    def swa(self) -> PointPosterior:
+        """The SWA solution of the same snapshots (one network: one model's test cost)."""
+        return PointPosterior(self.mean, self.layout)
+
+    def _require_some(self) -> None:
+        if self._n == 0:
+            raise RuntimeError("no snapshot taken yet: call collect() at least once first")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"n": self._n, "layout": self.layout.to_json()}
+
+    def set_extra_state(self, state: Any) -> None:
+        diff = self.layout.mismatch(ParamLayout.from_json(state["layout"]))
+        if diff:
+            raise ValueError(f"cannot load snapshots: parameter layout differs: {diff}")
+        self._n = int(state["n"])
+
+    def extra_repr(self) -> str:
+        return f"P={self.layout.size}, n={self._n}/{self.max_snapshots}"
+
+
+def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
+    """MultiSWA: the equal-weight mixture of the SWA means of independent runs.
+
+    Each run's mean (a :class:`~swag.Collector`'s or :class:`Snapshots`' average, or a
+    posterior's ``mean``) becomes one :class:`~swag.PointPosterior`; the result is a deep
+    ensemble of SWA solutions, one pass per member in :func:`swag.predict`.
+
+    Raises:
+        ValueError: if ``runs`` is empty, or the runs cover different parameters.
+    """
+    if not runs:
+        raise ValueError("multi_swa needs at least one run, got none")
+    return MultiSWAG([PointPosterior(run.mean.clone(), run.layout) for run in runs])

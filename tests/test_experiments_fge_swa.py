@@ -1,0 +1,52 @@
+"""experiments/fge_swa.py: both studies run end to end on tiny settings and write their tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "fge_swa.py"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One thread, restored afterwards: these runs are tiny, and the CI's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fge_swa_experiment", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_both_tables(tmp_path: Path) -> None:
+    exp = script()
+    results = exp.main(["--quick", "--seeds", "0", "--out", str(tmp_path)])
+    assert set(results) == {"fge", "sam"}
+    (fge,) = results["fge"]
+    (sam,) = results["sam"]
+    assert set(fge) == set(exp.FGE_METHODS) and set(sam) == set(exp.SAM_METHODS)
+    for row in [*fge.values(), *sam.values()]:
+        assert all(math.isfinite(v) for v in row.values())
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["auroc"] <= 1
+    # with whole cycles, the final weights are the last snapshot
+    assert fge["last snapshot"]["accuracy"] >= 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["results"] == results
+    text = (tmp_path / "results.md").read_text()
+    assert "## fge" in text and "## sam" in text and "| SWAG (SAM) |" in text
