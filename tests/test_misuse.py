@@ -497,3 +497,24 @@ def test_the_table_covers_every_argument_of_every_function() -> None:
     for target, names in covered.items():
         params = set(inspect.signature(target).parameters) - {"self"}
         assert params <= names, f"{target.__qualname__}: no case for {sorted(params - names)}"
+
+
+def test_nan_in_the_loader_is_refused_not_averaged_into_the_result() -> None:
+    """NaN inputs would give NaN predictions and NaN BatchNorm statistics without an error."""
+    nan_batches = [torch.full((5, 4), NAN)]
+    model = net()
+    point = PointPosterior.from_model(model)
+    with pytest.raises(ValueError, match=r"predictions contain NaN.*loader"):
+        predict(point, model, nan_batches)
+    regression = nn.Linear(4, 1)
+    with pytest.raises(ValueError, match=r"predictions contain NaN.*loader"):
+        predict(
+            PointPosterior.from_model(regression), regression, nan_batches, output="gaussian",
+            noise_var=0.1, output_fn=lambda out: out.squeeze(-1),
+        )  # fmt: skip
+    bn_model = net(bn=True)
+    before = {k: v.clone() for k, v in bn_model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"NaN or infinite.*loader"):
+        update_bn(nan_batches, bn_model)
+    for k, v in bn_model.state_dict().items():  # the previous statistics are put back
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True)
