@@ -123,7 +123,8 @@ def predict(
     ``bn_loader``) comes from the global RNG, as usual. With a generator the same seed gives the
     same result and the global RNG is left as it was: one seed is drawn from ``generator``
     first and seeds a forked global RNG (``torch.random.fork_rng``) for the run, which drives
-    ``nn.Dropout`` and ``bn_loader`` shuffling; the posterior draws come from ``generator``.
+    ``nn.Dropout`` and ``bn_loader`` shuffling; the posterior draws (and a mixture's random
+    choice of members for the ``num_samples % M`` remainder) come from ``generator``.
 
     Args:
         posterior: a SWAGPosterior, PointPosterior, MultiSWAG (deep ensemble) or any

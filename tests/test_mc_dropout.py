@@ -166,6 +166,28 @@ def test_a_float_rate_that_cannot_be_switched_on_is_refused_by_name() -> None:
     predict(PointPosterior.from_model(inert), inert, batches(), num_samples=2, mc_dropout=True)
 
 
+class RateAndModule(nn.Module):
+    """Keeps its rate as a float only to build the Dropout it calls: nothing is hidden."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.dropout_rate = rate
+        self.drop = nn.Dropout(rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.drop(x)
+        return out
+
+
+def test_a_float_rate_that_built_a_dropout_child_is_not_refused() -> None:
+    model = nn.Sequential(nn.Linear(4, 24), RateAndModule(0.3), nn.Linear(24, 3))
+    probs = predict(
+        PointPosterior.from_model(model), model, batches(), num_samples=2, mc_dropout=True,
+        reduce=False,
+    )  # fmt: skip
+    assert (probs[0] - probs[1]).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize(
     "model",
     [
