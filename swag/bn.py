@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
+from swag._checks import check_bool, check_callable, check_count, check_device, check_loader
+
 InputFn = Callable[[Any], Any]
 
 
@@ -69,7 +71,8 @@ def update_bn(
     as ``torch.optim.swa_utils.update_bn`` does; momenta and the train/eval mode of every
     submodule are restored afterwards. If the loader yields nothing or raises, the previous
     statistics are put back before the error propagates. A model without BatchNorm is left
-    untouched and no batch is read.
+    untouched and no batch is read. Statistics that come out NaN or infinite (NaN in the
+    inputs, or activations that overflow) are refused the same way.
 
     Args:
         loader: batches; tensors, tuples/lists (first item is the input) or dicts (passed as
@@ -80,9 +83,18 @@ def update_bn(
             arguments, or a dict of keyword arguments).
         device: move inputs here before the forward pass.
         progress: show a progress bar.
+
+    Raises:
+        ValueError: if the loader yields nothing, or the statistics come out NaN or infinite.
+        TypeError: for an argument of the wrong type (the message names it).
     """
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
+    check_loader(loader, "loader", empty_ok=True)  # emptiness is found while reading it
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_count(num_batches, "num_batches", optional=True)
+    check_callable(input_fn, "input_fn")
+    check_device(device)
+    check_bool(progress, "progress")
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not layers:
         return
@@ -105,6 +117,13 @@ def update_bn(
                 "the loader yielded no batch, so the BatchNorm statistics were left as they "
                 "were; pass a loader of training batches (a list or a re-iterable DataLoader)"
             )
+        bad = [m for m in layers if not _finite_stats(m)]
+        if bad:
+            raise ValueError(
+                f"the BatchNorm statistics came out NaN or infinite ({len(bad)} of {len(layers)} "
+                "layers), so the previous ones were put back: the loader's inputs hold NaN or "
+                "inf, or the model's activations overflow with these weights"
+            )
     except BaseException:
         for m, buffers in zip(layers, saved, strict=True):
             for name, value in buffers.items():
@@ -115,3 +134,8 @@ def update_bn(
             m.momentum = momentum
         for module, training in modes.items():
             module.train(training)
+
+
+def _finite_stats(layer: _BatchNorm) -> bool:
+    stats = [t for t in (layer.running_mean, layer.running_var) if t is not None]
+    return all(bool(torch.isfinite(t).all()) for t in stats)

@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from swag import _io
+from swag._checks import check_generator, check_scale, check_shape
 from swag.point import KIND as POINT_KIND
 from swag.point import PointPosterior
 from swag.posterior import KIND as SWAG_KIND
-from swag.posterior import Posterior, PosteriorMixin, SampleShape, SWAGPosterior, _shape
+from swag.posterior import Posterior, PosteriorMixin, SampleShape, SWAGPosterior
 
 KIND = "multiswag"
 
@@ -27,12 +28,13 @@ class MultiSWAG(PosteriorMixin):
     :class:`~swag.PointPosterior` (a deep ensemble: ``MultiSWAG([PointPosterior, ...])``), a mix
     of both, or nested mixtures (each level weighs its own components equally).
 
-    Sampling is stratified, not random over components: ``S`` samples give component ``m``
-    ``S // M`` of them, plus one more for each of the first ``S % M`` components (see
-    :meth:`allocation`), returned in component order. This removes the allocation noise of
-    drawing components at random; a single draw (``sample()``) comes from the first component.
-    When M does not divide S the first components weigh slightly more in an average over the
-    draws: choose S a multiple of M for exactly equal weights.
+    Sampling is stratified: ``S`` samples give every component ``S // M`` of them, and the
+    ``S % M`` left over go to distinct components picked uniformly at random (from
+    ``generator``; see :meth:`allocation`), returned in component order. This removes most of
+    the allocation noise of drawing components at random, while every component is equally
+    likely to be drawn: a single draw (``sample()``) comes from a uniformly random component,
+    so a loop over ``sample()`` averages the whole mixture. Choose S a multiple of M for
+    exactly equal weights in one average (no random choice is then made).
 
     Args:
         components: the posteriors, all with the same layout, device and dtype.
@@ -49,8 +51,8 @@ class MultiSWAG(PosteriorMixin):
     Example:
         >>> members = [PointPosterior.from_model(torch.nn.Linear(3, 2)) for _ in range(3)]
         >>> ensemble = MultiSWAG(members)
-        >>> ensemble.allocation(31)
-        [11, 10, 10]
+        >>> ensemble.allocation(30)
+        [10, 10, 10]
     """
 
     def __init__(self, components: Sequence[Posterior]) -> None:
@@ -81,39 +83,57 @@ class MultiSWAG(PosteriorMixin):
     def __len__(self) -> int:
         return len(self.components)
 
-    def allocation(self, num_samples: int) -> list[int]:
+    def allocation(
+        self, num_samples: int, *, generator: torch.Generator | None = None
+    ) -> list[int]:
         """How many of ``num_samples`` draws each component gets, in component order.
 
-        ``num_samples // M`` each, and one more for each of the first ``num_samples % M``:
-        30 over 3 is ``[10, 10, 10]``, 31 is ``[11, 10, 10]``, 2 is ``[1, 1, 0]`` (a component
-        with 0 draws is skipped).
+        ``num_samples // M`` each, and one more for each of ``num_samples % M`` distinct
+        components chosen uniformly at random (one ``torch.randperm(M)`` from ``generator``,
+        or the global RNG without one): 30 over 3 is ``[10, 10, 10]``, 31 is one of
+        ``[11, 10, 10]``, ``[10, 11, 10]``, ``[10, 10, 11]``, each with probability 1/3. Every
+        component's expected count is exactly ``num_samples / M``. When M divides
+        ``num_samples`` nothing random is drawn and the generator is not advanced.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
             raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
-        base, extra = divmod(num_samples, len(self.components))
-        return [base + (i < extra) for i in range(len(self.components))]
+        check_generator(generator)
+        m = len(self.components)
+        base, extra = divmod(num_samples, m)
+        counts = [base] * m
+        if extra:
+            device = generator.device if generator is not None else "cpu"
+            for i in torch.randperm(m, generator=generator, device=device)[:extra].tolist():
+                counts[i] += 1
+        return counts
 
     def sample(
         self,
         sample_shape: SampleShape = (),
         *,
-        scale: float = 0.5,
+        scale: float | None = None,
         diagonal: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Stratified draws from the mixture, ``(*sample_shape, P)``.
 
-        The ``S = prod(sample_shape)`` draws are split by :meth:`allocation`; component ``m``
+        The ``S = prod(sample_shape)`` draws are split by :meth:`allocation` (which draws the
+        components of the ``S % M`` remainder from ``generator`` first); component ``m``
         contributes ``component.sample((n_m,), scale=scale, diagonal=diagonal,
         generator=generator)``, concatenated in component order. All components share
-        ``generator``, consumed in that order.
+        ``generator``, consumed in that order. ``scale=None`` is the mode's default (0.5, or
+        1.0 with ``diagonal=True``), resolved here and passed on as a float.
+
+        Raises:
+            ValueError: for a NaN, infinite or negative ``scale`` or a negative size in
+                ``sample_shape``.
         """
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
-        shape = _shape(sample_shape)
+        scale = check_scale(scale, diagonal)
+        shape = check_shape(sample_shape)
+        counts = self.allocation(math.prod(shape), generator=generator)
         parts = [
             c.sample((n,), scale=scale, diagonal=diagonal, generator=generator)
-            for c, n in zip(self.components, self.allocation(math.prod(shape)), strict=True)
+            for c, n in zip(self.components, counts, strict=True)
             if n
         ]
         flat = torch.cat(parts) if parts else self.mean.new_empty(0, self.layout.size)
@@ -187,7 +207,7 @@ def iter_samples(
     posterior: Posterior,
     num_samples: int,
     *,
-    scale: float = 0.5,
+    scale: float | None = None,
     diagonal: bool = False,
     generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
@@ -198,11 +218,14 @@ def iter_samples(
     posterior yields ``posterior.sample((), scale=scale, diagonal=diagonal,
     generator=generator)`` ``num_samples`` times. Single draws consume a generator differently
     from one batched ``sample((S,))``, so the values differ from it for the same seed.
+    ``scale=None`` is resolved to the mode's default before any posterior sees it.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    scale = check_scale(scale, diagonal)
     if isinstance(posterior, MultiSWAG):
-        for c, n in zip(posterior.components, posterior.allocation(num_samples), strict=True):
+        counts = posterior.allocation(num_samples, generator=generator)
+        for c, n in zip(posterior.components, counts, strict=True):
             yield from iter_samples(c, n, scale=scale, diagonal=diagonal, generator=generator)
     else:
         for _ in range(num_samples):

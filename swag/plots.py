@@ -35,6 +35,8 @@ def reliability_diagram(
     Returns:
         The figure holding the plot.
     """
+    if ax is not None and not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     curve = reliability_curve(probs, targets, n_bins=n_bins)
     conf, acc = curve.confidence.cpu().numpy(), curve.accuracy.cpu().numpy()
     counts = curve.counts.cpu().numpy()
@@ -90,6 +92,10 @@ def ood_histogram(
     Returns:
         The new figure.
     """
+    if not isinstance(label, str):
+        raise TypeError(f"label must be a string, got {type(label).__name__}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
     value = auroc(scores_in, scores_out)
     s_in = scores_in.detach().cpu().to(torch.float64).numpy()
     s_out = scores_out.detach().cpu().to(torch.float64).numpy()
@@ -118,8 +124,18 @@ def compare_methods(
     Returns:
         The new figure.
     """
+    if not isinstance(results, Mapping) or not all(
+        isinstance(v, Mapping) for v in results.values()
+    ):
+        raise TypeError(
+            "results must map method names to {metric: value} dicts, got " + type(results).__name__
+        )
     if not results:
         raise ValueError("results must map at least one method name to its metrics, got {}")
+    if metrics is not None and (
+        isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics)
+    ):
+        raise TypeError(f"metrics must be a sequence of metric names (strings), got {metrics!r}")
     methods = list(results)
     if metrics is None:
         metrics = [m for m in results[methods[0]] if all(m in results[k] for k in methods)]
@@ -132,6 +148,12 @@ def compare_methods(
         missing = [m for m in metrics if m not in results[method]]
         if missing:
             raise ValueError(f"method {method!r} has no value for metrics {missing}")
+        for m in metrics:
+            value = results[method][m]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"results[{method!r}][{m!r}] must be a number, got {value!r}")
+            if not np.isfinite(value):
+                raise ValueError(f"results[{method!r}][{m!r}] is {value}; plot finite values only")
 
     fig = Figure(figsize=(max(3.0 * len(metrics), 4.0), 3.5), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]

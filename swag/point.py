@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from swag import _io
+from swag._checks import check_generator, check_scale, check_shape
 from swag._params import ParamLayout, ParamSelector
-from swag.posterior import PosteriorMixin, SampleShape, _shape
+from swag.posterior import PosteriorMixin, SampleShape
 
 KIND = "point_posterior"
 
@@ -76,7 +77,7 @@ class PointPosterior(PosteriorMixin):
         self,
         sample_shape: SampleShape = (),
         *,
-        scale: float = 0.5,
+        scale: float | None = None,
         diagonal: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -86,11 +87,13 @@ class PointPosterior(PosteriorMixin):
         covariance is zero); no random number is drawn, so ``generator`` is not advanced.
 
         Raises:
-            ValueError: if ``scale < 0``, as for every swag posterior.
+            ValueError: for a NaN, infinite or negative ``scale`` or a negative size in
+                ``sample_shape``, as for every swag posterior.
+            TypeError: for arguments of the wrong type.
         """
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
-        return self.mean.expand(*_shape(sample_shape), self.layout.size).clone()
+        check_scale(scale, diagonal)
+        check_generator(generator)
+        return self.mean.expand(*check_shape(sample_shape), self.layout.size).clone()
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

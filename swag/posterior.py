@@ -13,9 +13,10 @@ from torch import Tensor, nn
 from torch.distributions import LowRankMultivariateNormal
 
 from swag import _io
+from swag._checks import SampleShape as SampleShape
+from swag._checks import check_bool, check_generator, check_scale, check_shape
 from swag._params import ParamLayout
 
-SampleShape = int | Sequence[int] | torch.Size
 KIND = "swag_posterior"
 
 
@@ -26,7 +27,9 @@ class Posterior(Protocol):
     ``sample`` returns flat parameter vectors of shape ``(*sample_shape, P)`` in
     ``layout`` order; ``apply_`` writes one into a model in place. Every posterior accepts
     ``scale`` and ``diagonal`` (a zero-variance one ignores them), so one prediction routine
-    serves them all.
+    serves them all. swag's callers (:func:`swag.predict`, :class:`~swag.MultiSWAG`) always
+    pass ``scale`` as a float, the mode's default (0.5 full, 1.0 diagonal) already resolved;
+    swag's own posteriors also take ``scale=None`` for that default.
     """
 
     @property
@@ -39,7 +42,7 @@ class Posterior(Protocol):
         self,
         sample_shape: SampleShape = (),
         *,
-        scale: float = 0.5,
+        scale: float = ...,
         diagonal: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor: ...
@@ -61,10 +64,6 @@ class PosteriorMixin:
     def to_model(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module:
         """A deep copy of ``model`` holding ``theta`` (default: the mean, e.g. the SWA model)."""
         return self.apply_(copy.deepcopy(model), theta)
-
-
-def _shape(sample_shape: SampleShape) -> tuple[int, ...]:
-    return (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,7 +113,7 @@ class SWAGPosterior(PosteriorMixin):
         self,
         sample_shape: SampleShape = (),
         *,
-        scale: float = 0.5,
+        scale: float | None = None,
         diagonal: bool = False,
         blockwise: bool = False,
         generator: torch.Generator | None = None,
@@ -125,17 +124,29 @@ class SWAGPosterior(PosteriorMixin):
 
         At ``scale=0.5`` this is the SWAG paper's θ̄ + Σ_diag^½ z₁/√2 + D̂ z₂/√(2(K − 1)), and
         ``scale`` means what it means in swa_gaussian's ``SWAG.sample(scale, cov=True)``. With
-        ``diagonal=True`` (SWAG-Diag; the paper uses scale 1 there) or fewer than two deviations
-        the low-rank term is dropped. With ``blockwise=True`` each parameter tensor gets its own
-        z₂, so the covariance's low-rank part is block-diagonal over parameter tensors.
+        ``diagonal=True`` (SWAG-Diag; the paper uses scale 1 there, the default in that mode) or
+        fewer than two deviations the low-rank term is dropped. With ``blockwise=True`` each
+        parameter tensor gets its own z₂, so the covariance's low-rank part is block-diagonal
+        over parameter tensors.
 
         Args:
-            sample_shape: leading shape of the result.
+            sample_shape: leading shape of the result: an int or a sequence of ints >= 0
+                (numpy integers are fine).
+            scale: the covariance multiplier, finite and >= 0 (0 gives the mean). Default
+                None: 0.5 (the paper's SWAG), or 1.0 with ``diagonal=True`` (the paper's
+                SWAG-Diag).
+            diagonal: drop the low-rank term (SWAG-Diag).
+            blockwise: one z₂ per parameter tensor.
             generator: a ``torch.Generator`` on this posterior's device, for reproducible draws
                 (z₂ is drawn before z₁).
 
         Returns:
             ``(*sample_shape, P)`` flat parameter vectors.
+
+        Raises:
+            ValueError: for a NaN, infinite or negative ``scale``, or a negative size in
+                ``sample_shape``.
+            TypeError: for a ``scale`` or ``sample_shape`` that is not a number / an integer.
         """
         spans = list(zip(self.layout.offsets, self.layout.numels, strict=True))
         return draw(
@@ -153,31 +164,87 @@ class SWAGPosterior(PosteriorMixin):
         )
 
     def to_distribution(
-        self, *, scale: float = 0.5, diagonal: bool = False
+        self, *, scale: float | None = None, diagonal: bool = False
     ) -> LowRankMultivariateNormal:
         """The same Gaussian as :meth:`sample` (not ``blockwise``), as a torch distribution.
 
+        ``scale`` and its default are as in :meth:`sample`, except that 0 is refused: the
+        distribution would be a point mass at the mean, which has no density.
+
         Raises:
-            ValueError: if some σ is 0 (rebuild the posterior with ``min_variance > 0``).
+            ValueError: for a NaN, infinite, negative or zero ``scale``; if some σ is 0
+                (rebuild the posterior with ``min_variance > 0``); if ``scale · σ²`` under- or
+                overflows the statistics' dtype; or if the covariance is too ill-conditioned
+                to factor in that dtype (the message says how to fix each).
         """
-        if scale <= 0:
-            raise ValueError(f"scale must be > 0 for a proper distribution, got {scale}")
+        scale = check_scale(scale, diagonal)
+        if scale == 0:
+            raise ValueError(
+                "scale must be > 0 for a proper distribution, got 0: N(mean, 0) is a point mass "
+                "at the mean with no density (sample(scale=0) gives the mean)"
+            )
         if not bool((self.std > 0).all()):
             raise ValueError(
                 "some variances are 0, so the covariance is singular; "
                 "build the posterior with Collector.posterior(min_variance=1e-30) or larger"
+            )
+        cov_diag = scale * self.variance
+        if not bool(((cov_diag > 0) & torch.isfinite(cov_diag)).all()):
+            raise ValueError(
+                f"scale={scale!r} times the variances under- or overflows {self.mean.dtype} "
+                "(some scale·σ² is 0 or inf); pick a scale nearer 1 or convert the posterior "
+                "with .to(dtype=torch.float64)"
             )
         coef = lowrank_coef(self.rank, diagonal)
         if coef:
             factor = self.deviations.t().to(self.mean.dtype) * (math.sqrt(scale) * coef)
         else:
             factor = self.mean.new_zeros(self.layout.size, 1)
-        return LowRankMultivariateNormal(self.mean, factor, scale * self.variance)
+        try:
+            dist = LowRankMultivariateNormal(self.mean, factor, cov_diag)
+            tril = getattr(dist, "_capacitance_tril", None)  # Cholesky of I + Wᵀ D⁻¹ W (K × K)
+            healthy = tril is None or bool(torch.isfinite(tril).all())
+        except RuntimeError:  # torch.linalg.LinAlgError: that factorisation failed
+            healthy = False
+        if not healthy:
+            raise ValueError(
+                "the covariance diag(scale·σ²) + low rank is too ill-conditioned to factor in "
+                f"{self.mean.dtype} (σ tiny next to the deviations); convert the posterior with "
+                ".to(dtype=torch.float64), build it with a larger min_variance, or pass "
+                "diagonal=True"
+            )
+        return dist
 
-    def log_prob(self, theta: Tensor, *, scale: float = 0.5, diagonal: bool = False) -> Tensor:
-        """Log density of ``theta`` ``(..., P)`` under the posterior, in nats; shape ``(...)``."""
+    def log_prob(
+        self, theta: Tensor, *, scale: float | None = None, diagonal: bool = False
+    ) -> Tensor:
+        """Log density of ``theta`` ``(..., P)`` under the posterior, in nats; shape ``(...)``.
+
+        ``scale`` and ``diagonal`` are as in :meth:`to_distribution`.
+
+        Raises:
+            TypeError: if ``theta`` is not a floating-point tensor.
+            ValueError: if its last dimension is not P, if the density overflows the
+                statistics' dtype (NaN for a finite ``theta``), or as :meth:`to_distribution`.
+        """
+        if not isinstance(theta, Tensor) or not theta.is_floating_point():
+            raise TypeError(
+                "theta must be a floating-point tensor of shape (..., P), got "
+                + (f"dtype {theta.dtype}" if isinstance(theta, Tensor) else type(theta).__name__)
+            )
+        if theta.dim() == 0 or theta.shape[-1] != self.layout.size:
+            raise ValueError(
+                f"theta must have shape (..., {self.layout.size}), got {tuple(theta.shape)}"
+            )
         dist = self.to_distribution(scale=scale, diagonal=diagonal)
+        theta = theta.to(self.mean.dtype)
         log_p: Tensor = dist.log_prob(theta)  # type: ignore[no-untyped-call]
+        if bool((torch.isnan(log_p) & torch.isfinite(theta).all(-1)).any()):
+            raise ValueError(
+                f"log_prob overflowed in {self.mean.dtype} (a Mahalanobis term beyond its "
+                "range: σ tiny next to θ − θ̄ or the deviations); convert the posterior with "
+                ".to(dtype=torch.float64) or build it with a larger min_variance"
+            )
         return log_p
 
     def to(
@@ -238,7 +305,7 @@ def draw(
     size: int,
     spans: Sequence[tuple[int, int]],
     *,
-    scale: float,
+    scale: float | None,
     diagonal: bool,
     blockwise: bool,
     generator: torch.Generator | None,
@@ -251,10 +318,13 @@ def draw(
     picks the ``L`` entries that ``mean``, ``std`` and ``deviations`` ``(K, L)`` describe, so a
     shard of the statistics draws exactly its entries of the unsharded sample. ``spans`` lists
     each parameter's ``(offset, numel)`` in the ``L`` entries (the blocks of ``blockwise``).
+    ``scale=None`` is the mode's default (1.0 with ``diagonal``, else 0.5); a NaN, infinite or
+    negative one is refused.
     """
-    if scale < 0:
-        raise ValueError(f"scale must be >= 0, got {scale}")
-    shape = _shape(sample_shape)
+    scale = check_scale(scale, diagonal)
+    check_bool(blockwise, "blockwise")
+    check_generator(generator)
+    shape = check_shape(sample_shape)
     num = math.prod(shape)
     dev, dt = mean.device, mean.dtype
     blocks = len(spans) if blockwise else 1

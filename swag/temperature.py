@@ -20,7 +20,12 @@ import warnings
 import torch
 from torch import Tensor
 
-from swag.metrics._validation import as_float64, check_targets, looks_like_probabilities
+from swag.metrics._validation import (
+    as_float64,
+    check_targets,
+    is_real,
+    looks_like_probabilities,
+)
 
 
 def fit_temperature(
@@ -49,13 +54,20 @@ def fit_temperature(
     Returns:
         The fitted temperature; 1.0 when the NLL does not depend on ``T`` (constant logit rows).
     """
+    if (
+        not isinstance(bounds, (tuple, list))
+        or len(bounds) != 2
+        or not all(is_real(b) for b in bounds)
+        or not 0.0 < bounds[0] < bounds[1] < math.inf
+    ):
+        raise ValueError(
+            f"bounds must satisfy 0 < T_min < T_max < inf (a pair of numbers), got {bounds!r}"
+        )
     t_min, t_max = bounds
-    if not 0.0 < t_min < t_max < math.inf:
-        raise ValueError(f"bounds must satisfy 0 < T_min < T_max < inf, got {bounds}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not tol > 0.0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    if not is_real(tol) or not 0.0 < tol < math.inf:
+        raise ValueError(f"tol must be > 0 and finite, got {tol!r}")
     z, z_target = _check_logits(logits, targets)
     if looks_like_probabilities(z):
         warnings.warn(
@@ -103,13 +115,22 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     Args:
         logits: Logits or averaged logits of any shape, classes last.
         temperature: ``T > 0``, e.g. from :func:`fit_temperature`.
+
+    Raises:
+        TypeError: if ``logits`` is not a floating-point tensor.
+        ValueError: for empty logits, NaN or +inf in them (-inf is allowed), or a ``temperature``
+            that is not a finite number > 0.
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if not 0.0 < temperature < math.inf:
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if logits.numel() == 0:
+        raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
+    if bool(torch.isnan(logits).any()) or bool((logits == math.inf).any()):
+        raise ValueError("logits contain NaN or +inf; check the model outputs")
+    if not is_real(temperature) or not 0.0 < temperature < math.inf:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     return logits / temperature
 
 

@@ -95,7 +95,7 @@ def test_no_batchnorm_reads_no_batch() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="num_batches must be >= 1"):
+    with pytest.raises(ValueError, match="num_batches must be an int >= 1"):
         update_bn(batches(1), bn_net(), num_batches=0)
     with pytest.raises(ValueError, match="yielded no batch"):
         update_bn([], bn_net())

@@ -36,12 +36,25 @@ def points(n: int) -> list[PointPosterior]:
     return [PointPosterior.from_model(net(seed)) for seed in range(n)]
 
 
-@pytest.mark.parametrize(
-    ("num", "expected"),
-    [(30, [10, 10, 10]), (31, [11, 10, 10]), (32, [11, 11, 10]), (2, [1, 1, 0]), (0, [0, 0, 0])],
-)
-def test_allocation_is_stratified_remainder_first(num: int, expected: list[int]) -> None:
-    assert MultiSWAG(points(3)).allocation(num) == expected
+@pytest.mark.parametrize(("num", "expected"), [(30, [10, 10, 10]), (0, [0, 0, 0]), (3, [1, 1, 1])])
+def test_allocation_of_a_multiple_of_m_is_exact_and_draws_nothing(
+    num: int, expected: list[int]
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert MultiSWAG(points(3)).allocation(num, generator=g) == expected
+    assert torch.equal(g.get_state(), state), "no random choice when M divides S"
+
+
+@pytest.mark.parametrize("num", [1, 2, 31, 32])
+def test_allocation_gives_the_remainder_to_distinct_random_members(num: int) -> None:
+    base, extra = divmod(num, 3)
+    seen = set()
+    for seed in range(20):
+        counts = MultiSWAG(points(3)).allocation(num, generator=torch.Generator().manual_seed(seed))
+        assert sum(counts) == num and sorted(counts) == [base] * (3 - extra) + [base + 1] * extra
+        seen.add(tuple(counts))
+    assert len(seen) == 3, "each choice of remainder members must occur (3 of them for 3 members)"
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True])
@@ -58,13 +71,16 @@ def owners(draws: Tensor, members: list[PointPosterior]) -> list[int]:
 def test_sample_order_follows_allocation_and_skips_empty_components() -> None:
     members = points(3)
     ensemble = MultiSWAG(members)
-    assert owners(ensemble.sample((31,)), members) == [0] * 11 + [1] * 10 + [2] * 10
-    assert owners(ensemble.sample(2), members) == [0, 1]
-    torch.testing.assert_close(ensemble.sample(), members[0].mean, rtol=0, atol=0)
+    for num in (31, 2, 1):
+        g = torch.Generator().manual_seed(num)
+        counts = ensemble.allocation(num, generator=torch.Generator().manual_seed(num))
+        expected = [i for i, n in enumerate(counts) for _ in range(n)]
+        assert owners(ensemble.sample((num,), generator=g), members) == expected
     grid = ensemble.sample((2, 3))
     assert grid.shape == (2, 3, members[0].layout.size)
     assert owners(grid.reshape(6, -1), members) == [0, 0, 1, 1, 2, 2]
     assert ensemble.sample((0,)).shape == (0, members[0].layout.size)
+    assert ensemble.sample().shape == (members[0].layout.size,)
 
 
 def test_sample_draws_each_component_in_turn_from_one_generator() -> None:
@@ -72,10 +88,11 @@ def test_sample_draws_each_component_in_turn_from_one_generator() -> None:
     mix = MultiSWAG(comps)
     got = mix.sample((7,), scale=0.3, diagonal=True, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
+    counts = mix.allocation(7, generator=g)  # the remainder's members are drawn first
     expected = torch.cat(
         [
             c.sample((n,), scale=0.3, diagonal=True, generator=g)
-            for c, n in zip(comps, [3, 2, 2], strict=True)
+            for c, n in zip(comps, counts, strict=True)
         ]
     )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -105,8 +122,8 @@ def test_iter_samples_is_lazy_and_in_allocation_order() -> None:
     first = next(draws)  # nothing else drawn yet: a generator, O(P) at a time
     rest = list(draws)
     g = torch.Generator().manual_seed(3)
-    expected = [comps[0].sample(generator=g) for _ in range(2)]
-    expected += [comps[1].mean, comps[1].mean, comps[2].sample(generator=g)]
+    counts = mix.allocation(5, generator=g)
+    expected = [c.sample(generator=g) for c, n in zip(comps, counts, strict=True) for _ in range(n)]
     assert len(rest) == 4
     for got, want in zip([first, *rest], expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -115,8 +132,12 @@ def test_iter_samples_is_lazy_and_in_allocation_order() -> None:
 def test_nested_mixtures_allocate_recursively() -> None:
     members = points(3)
     nested = MultiSWAG([MultiSWAG(members[:2]), members[2]])
-    assert owners(nested.sample((5,)), members) == [0, 0, 1, 2, 2]
-    assert owners(torch.stack(list(iter_samples(nested, 5))), members) == [0, 0, 1, 2, 2]
+    assert owners(nested.sample((8,)), members) == [0, 0, 1, 1, 2, 2, 2, 2]  # exact: no choice
+    for seed in range(10):  # 5 = 2·2 + 1: the nested mixture gets 2 or 3, split 1+1 or 1+2/2+1
+        drawn = owners(nested.sample((5,), generator=torch.Generator().manual_seed(seed)), members)
+        lazily = iter_samples(nested, 5, generator=torch.Generator().manual_seed(seed))
+        assert owners(torch.stack(list(lazily)), members) == drawn
+        assert drawn == sorted(drawn) and drawn.count(2) in (2, 3) and 0 in drawn and 1 in drawn
 
 
 def test_components_must_share_layout_device_and_dtype() -> None:

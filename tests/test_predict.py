@@ -102,12 +102,23 @@ def test_multiswag_of_identical_components_equals_the_component() -> None:
 def test_multiswag_samples_follow_the_stratified_allocation() -> None:
     members = [PointPosterior.from_model(mlp(seed)) for seed in range(3)]
     xs = data()
-    per_sample = predict(MultiSWAG(members), mlp(), xs, num_samples=5, reduce=False)
     singles = [predict(m, mlp(), xs, num_samples=1) for m in members]
-    for got, owner in zip(per_sample, [0, 0, 1, 1, 2], strict=True):
-        torch.testing.assert_close(got, singles[owner], rtol=0, atol=0)
-    two = predict(MultiSWAG(members), mlp(), xs, num_samples=2)  # third member gets 0 draws
-    torch.testing.assert_close(two, (singles[0] + singles[1]) / 2)
+    for seed in range(3):
+        # predict draws its RNG seed first, then the allocation's remainder members
+        g = gen(seed)
+        torch.randint(SEED_HIGH, (), generator=g)
+        counts = MultiSWAG(members).allocation(5, generator=g)
+        per_sample = predict(
+            MultiSWAG(members), mlp(), xs, num_samples=5, reduce=False, generator=gen(seed)
+        )
+        owners = [i for i, n in enumerate(counts) for _ in range(n)]
+        for got, owner in zip(per_sample, owners, strict=True):
+            torch.testing.assert_close(got, singles[owner], rtol=0, atol=0)
+    two = predict(MultiSWAG(members), mlp(), xs, num_samples=2, generator=gen(0))
+    g = gen(0)
+    torch.randint(SEED_HIGH, (), generator=g)
+    picked = [i for i, n in enumerate(MultiSWAG(members).allocation(2, generator=g)) if n]
+    torch.testing.assert_close(two, (singles[picked[0]] + singles[picked[1]]) / 2)
 
 
 def test_seeded_reproducibility_without_touching_global_rng() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -74,6 +76,11 @@ def check_classification(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor
     """Validates ``probs`` ``(N, C)`` and ``targets`` ``(N,)``; returns float64 and int64."""
     p = check_probs(probs)
     return p, check_targets(targets, p.shape[0], p.shape[1], p.device)
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number (int, float, numpy scalar), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_n_bins(n_bins: int) -> None:

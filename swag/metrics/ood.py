@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from swag.metrics._validation import as_float64
+from swag.metrics._validation import as_float64, is_real
 
 
 def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
@@ -82,7 +82,7 @@ def fpr_at_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> floa
     Returns:
         False-positive rate in ``[0, 1]``; lower is better.
     """
-    if not 0.0 < tpr <= 1.0:
+    if not is_real(tpr) or not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     s_in, s_out = _check_scores(scores_in, scores_out)
     tp, fp = _roc_counts(s_out, s_in)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from swag.metrics._validation import as_float64
+from swag.metrics._validation import as_float64, is_real
 
 
 def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> float:
@@ -52,7 +52,7 @@ def gaussian_mixture_nll(means: Tensor, variances: Tensor, target: Tensor) -> fl
         )
     shape = (means.shape[0], *y.shape)
     mu = _check_like("means", means, y.expand(shape))
-    v = _check_var(variances, mu)
+    v = _check_var(variances, mu, "variances")
     log_p = -0.5 * (torch.log(2.0 * math.pi * v) + (y - mu).square() / v)
     log_mixture = log_p.logsumexp(0) - math.log(shape[0])
     return -log_mixture.mean().item()
@@ -91,7 +91,12 @@ def interval_coverage(
         >>> interval_coverage(torch.zeros(4), torch.ones(4), torch.tensor([0.1, -0.5, 1.0, 3.0]))
         {0.5: 0.5, 0.9: 0.75, 0.95: 0.75}
     """
-    if len(levels) == 0 or any(not 0.0 < a < 1.0 for a in levels):
+    if (
+        isinstance(levels, (str, bytes))
+        or not isinstance(levels, Sequence)
+        or len(levels) == 0
+        or any(not is_real(a) or not 0.0 < a < 1.0 for a in levels)
+    ):
         raise ValueError(f"levels must be a non-empty sequence of values in (0, 1), got {levels}")
     y = _check_tensor("target", target)
     mu, v = _check_like("mean", mean, y), _check_var(var, y)
@@ -102,11 +107,11 @@ def interval_coverage(
     return dict(zip(levels, covered.tolist(), strict=True))
 
 
-def _check_var(var: Tensor, y: Tensor) -> Tensor:
-    v = _check_like("var", var, y)
+def _check_var(var: Tensor, y: Tensor, name: str = "var") -> Tensor:
+    v = _check_like(name, var, y)
     if (v <= 0).any():
         raise ValueError(
-            f"var must be > 0 (variances, not log-variances), got {v.min().item():.3g}"
+            f"{name} must be > 0 (variances, not log-variances), got {v.min().item():.3g}"
         )
     return v
 

@@ -147,7 +147,7 @@ def test_gaussian_mixture_nll_needs_a_sample_dimension() -> None:
     mean, var, target = make_regression(5, seed=0)
     with pytest.raises(ValueError, match=r"leading sample dimension.*use gaussian_nll"):
         gaussian_mixture_nll(mean, var, target)
-    with pytest.raises(ValueError, match="var must be > 0"):
+    with pytest.raises(ValueError, match="variances must be > 0"):
         gaussian_mixture_nll(mean[None], torch.zeros(1, 5), target)
 
 

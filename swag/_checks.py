@@ -1,0 +1,134 @@
+"""Argument checks shared by the public functions; each error names the argument.
+
+``scale`` (and its per-mode default), ``sample_shape``, counts, flags, loaders, callables.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Iterable, Sequence, Sized
+from typing import Any, NoReturn, SupportsIndex
+
+import torch
+
+SampleShape = int | Sequence[int] | torch.Size
+
+FULL_SCALE = 0.5
+"""Default ``scale`` of full SWAG: the paper's ½(Σ_diag + Σ_low-rank)."""
+DIAGONAL_SCALE = 1.0
+"""Default ``scale`` of SWAG-Diag (``diagonal=True``), as in the paper."""
+
+
+def check_scale(scale: object, diagonal: object, *, name: str = "scale") -> float:
+    """``scale`` as a float: None gives the mode's default, 1.0 diagonal and 0.5 full.
+
+    Raises:
+        TypeError: if ``scale`` is not a real number (a bool or a tensor is refused too).
+        ValueError: if it is NaN, infinite or negative.
+    """
+    check_bool(diagonal, "diagonal")
+    if scale is None:
+        return DIAGONAL_SCALE if diagonal else FULL_SCALE
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number (float) or None for the default, got "
+            f"{type(scale).__name__}" + ("; pass float(t) for a tensor" if _tensor(scale) else "")
+        )
+    value = float(scale)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 and finite, got {scale!r}")
+    return value
+
+
+def check_shape(sample_shape: object) -> tuple[int, ...]:
+    """``sample_shape`` as a tuple of non-negative ints (numpy integers are accepted).
+
+    Raises:
+        TypeError: for a float, a bool or anything else that is not an integer (or a sequence
+            of them).
+        ValueError: for a negative size.
+    """
+    if isinstance(sample_shape, (str, bytes)):
+        raise TypeError(f"sample_shape must be an int or a sequence of ints, got {sample_shape!r}")
+    entries = sample_shape if isinstance(sample_shape, Sequence) else (sample_shape,)
+    sizes = []
+    for item in entries:
+        if isinstance(item, bool) or not isinstance(item, SupportsIndex):
+            _not_an_int(sample_shape, item)
+        size = operator.index(item)
+        if size < 0:
+            raise ValueError(f"sample_shape must not hold negative sizes, got {sample_shape!r}")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def _not_an_int(sample_shape: object, item: object) -> NoReturn:
+    raise TypeError(
+        f"sample_shape must be an int or a sequence of ints (numpy integers are fine), got "
+        f"{sample_shape!r} (the entry {item!r} is a {type(item).__name__})"
+    )
+
+
+def check_bool(value: object, name: str) -> None:
+    """Raises TypeError unless ``value`` is a bool (a truthy string would silently act as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_generator(generator: object) -> None:
+    """Raises TypeError unless ``generator`` is a ``torch.Generator`` or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "build one with torch.Generator().manual_seed(seed)"
+        )
+
+
+def _tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def check_count(value: object, name: str, *, minimum: int = 1, optional: bool = False) -> None:
+    """Raises unless ``value`` is an int >= ``minimum`` (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int >= {minimum}"
+            + (" or None" if optional else "")
+            + f", got {type(value).__name__} {value!r}"
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+
+
+def check_loader(loader: Any, name: str, *, empty_ok: bool = False) -> None:
+    """Raises unless ``loader`` is iterable, and not empty where its length is known."""
+    if isinstance(loader, (str, bytes, torch.Tensor)) or not isinstance(loader, Iterable):
+        raise TypeError(
+            f"{name} must be an iterable of batches (a DataLoader or a list), got "
+            f"{type(loader).__name__}" + ("; wrap one batch as [x]" if _tensor(loader) else "")
+        )
+    if not empty_ok and isinstance(loader, Sized) and len(loader) == 0:
+        raise ValueError(f"{name} is empty: it yielded no batch")
+
+
+def check_callable(fn: Any, name: str) -> None:
+    """Raises unless ``fn`` is callable or None."""
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be a callable or None, got {type(fn).__name__}")
+
+
+def check_device(device: Any) -> None:
+    """Raises unless ``device`` is None, a ``torch.device`` or a device string / index."""
+    if device is None or isinstance(device, torch.device):
+        return
+    if isinstance(device, (str, int)) and not isinstance(device, bool):
+        try:
+            torch.device(device)
+            return
+        except RuntimeError as err:
+            raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
+    raise TypeError(f"device must be a torch.device, a string or None, got {type(device).__name__}")
