@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -100,14 +101,11 @@ class Collector(nn.Module):
         compiled: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
-            raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
-        for name, dt in (("dtype", dtype), ("deviation_dtype", deviation_dtype)):
-            if not dt.is_floating_point:
-                raise ValueError(f"{name} must be a floating-point dtype, got {dt}")
+        _check_args(max_rank, dtype, deviation_dtype, shard, compiled)
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
+        _check_storage(self.layout, tensors, device)
         if device is None:
             devices = {t.device for t in tensors}
             if len(devices) > 1:
@@ -144,6 +142,11 @@ class Collector(nn.Module):
         self._sum_dtypes = [torch.promote_types(d, torch.float32) for d in self.layout.dtypes]
         self._sum_dtype = torch.promote_types(dtype, torch.float32)
         self._param_dtypes = set(self.layout.dtypes)
+        # parameters whose dtype reaches beyond the statistics' (float64 into float32): finite
+        # values there may still overflow when cast, so they are range-checked on each collect
+        top = torch.finfo(dtype).max
+        self._wider = [i for i, d in enumerate(self.layout.dtypes) if torch.finfo(d).max > top]
+        self._step: Callable[..., Tensor] | None = None  # compiled on first use, per collector
         self._bound: BoundParams | None = None
         self._n = 0
         self.__dict__["_model"] = model  # a plain reference: not a submodule, not in state_dict
@@ -195,7 +198,7 @@ class Collector(nn.Module):
             if whole:
                 self.layout.gather(parts, x).sub_(self.shift)  # x = θ_n − θ_1
                 if not sharded and not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
-                    self._check_finite(flats)  # names the culprits, or was a false alarm
+                    self._check_finite(flats, x)  # names the culprits, or was a false alarm
             else:
                 self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
             mean = self.shifted_mean[span]
@@ -236,7 +239,9 @@ class Collector(nn.Module):
         spans = self._spans
         kw: dict[str, Any] = {"device": self.m2.device, "dtype": self.m2.dtype}
         try:
-            finite = compiled_step()(
+            if self._step is None:
+                self._step = compiled_step()
+            finite = self._step(
                 flats,
                 [self.shift[span] for span in spans],
                 [self.shifted_mean[span] for span in spans],
@@ -274,23 +279,50 @@ class Collector(nn.Module):
             torch.sub(part, shift[pos:end], out=out[pos:end])
             pos = end
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Collector:
+        """Let device moves (``.to(device)``, ``.cuda()``) reach the statistics, not casts.
+
+        An attached collector (a submodule of the model) would otherwise follow
+        ``model.half()`` or ``model.to(torch.bfloat16)``, rounding its statistics to a dtype
+        chosen for the weights. Each buffer goes where ``fn`` sends it, in its own dtype.
+        """
+
+        def move(t: Tensor) -> Tensor:
+            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+            return fn(t) if probe.dtype == t.dtype else t.to(probe.device)
+
+        apply: Callable[..., Any] = super()._apply  # untyped in torch's stubs
+        apply(move, recurse)
+        return self
+
     @property
     def mean(self) -> Tensor:
         """θ̄_n ``(P,)``, the SWA mean of the iterates collected so far (a new tensor)."""
         return self.shift + self.shifted_mean
 
-    def _check_finite(self, flats: list[Tensor]) -> None:
-        """Raise, before any write, if the iterate has NaN/inf; sharded, on every rank at once.
+    def _check_finite(self, flats: list[Tensor], written: Tensor | None = None) -> None:
+        """Raise, before any write, if the iterate has NaN/inf or would overflow when stored.
 
-        A sharded collector sees only its rows, so the ranks agree through one ``all_reduce`` of
-        one number: otherwise a NaN in one rank's rows would be recorded by the others, and the
-        ranks' counts would part.
+        Besides NaN/inf in the parameters themselves, this checks what is written: parameters
+        of a wider dtype than the statistics' (float64 into float32) must fit when cast, and
+        ``written`` (``θ_n − θ_1`` in the statistics' dtype, when the caller has it) must be
+        finite. A sharded collector sees only its rows, so the ranks agree through one
+        ``all_reduce`` of one number: otherwise a NaN in one rank's rows would be recorded by
+        the others, and the ranks' counts would part.
         """
         bad = self._nonfinite(flats)
+        huge = [] if bad else self._overflowing(flats)
+        if not bad and not huge and written is not None and not bool(written.isfinite().all()):
+            x = written[: self.layout.size]
+            huge = [
+                n
+                for n, s in zip(self.layout.names, self._spans, strict=True)
+                if not x[s].isfinite().all()
+            ]
         if self.plan is not None:
-            flag = torch.tensor(float(bool(bad)), device=self.m2.device)
+            flag = torch.tensor(float(bool(bad or huge)), device=self.m2.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
-            if flag.item() and not bad:
+            if flag.item() and not (bad or huge):
                 raise ValueError(
                     f"iterate {self._n + 1} has NaN or inf in another rank's shard; nothing was "
                     "recorded on any rank. Lower the learning rate or skip this step."
@@ -299,6 +331,12 @@ class Collector(nn.Module):
             raise ValueError(
                 f"iterate {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
                 "Lower the learning rate or skip this step."
+            )
+        if huge:
+            raise ValueError(
+                f"iterate {self._n + 1} has values in {huge[:5]} that overflow to inf in the "
+                f"statistics' dtype {self.m2.dtype}; nothing was recorded. Collect with "
+                "dtype=torch.float64, or keep the parameters in range."
             )
 
     def _nonfinite(self, flats: list[Tensor]) -> list[str]:
@@ -315,6 +353,16 @@ class Collector(nn.Module):
             return []
         return [n for n, t in zip(self.layout.names, flats, strict=True) if not t.isfinite().all()]
 
+    def _overflowing(self, flats: list[Tensor]) -> list[str]:
+        """Names of the parameters of a wider dtype whose values overflow the statistics'."""
+        out = []
+        for i in self._wider:
+            if flats[i].numel():
+                ends = torch.stack(torch.aminmax(flats[i])).to(self.m2.dtype)
+                if not bool(ends.isfinite().all()):
+                    out.append(self.layout.names[i])
+        return out
+
     def posterior(self, *, min_variance: float = 1e-30) -> SWAGPosterior:
         """A frozen snapshot: the SWAG posterior of the iterates collected so far.
 
@@ -323,6 +371,8 @@ class Collector(nn.Module):
                 ``log_prob``; the SWAG paper's code uses 1e-30).
 
         Raises:
+            ValueError: if ``min_variance`` is negative, NaN or inf, or the statistics
+                overflowed their dtype (iterates ~1e19 apart in float32).
             RuntimeError: if nothing was collected yet, or the collector is sharded (use
                 :meth:`sharded_posterior`).
         """
@@ -337,6 +387,7 @@ class Collector(nn.Module):
         """This rank's part of :meth:`posterior`, for a sharded collector; no communication.
 
         Raises:
+            ValueError: if ``min_variance`` is negative, NaN or inf.
             RuntimeError: if nothing was collected yet, or the collector is not sharded.
         """
         if self.plan is None:
@@ -347,6 +398,15 @@ class Collector(nn.Module):
 
     def _snapshot(self, min_variance: float) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, σ and the ring oldest first (new tensors)."""
+        if (
+            isinstance(min_variance, bool)
+            or not isinstance(min_variance, (int, float))
+            or not math.isfinite(min_variance)
+            or min_variance < 0
+        ):
+            raise ValueError(
+                f"min_variance must be a finite number >= 0 (a floor for σ²), got {min_variance!r}"
+            )
         if self._n == 0:
             raise RuntimeError("nothing collected yet: call collect() at least once first")
         rank, cursor = self.rank, self._n % self.max_rank if self.max_rank else 0
@@ -354,7 +414,16 @@ class Collector(nn.Module):
         # Oldest first; torch.cat already copies, so the ring is copied once either way.
         ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else None
         std = (self.m2 / self._n).clamp_min_(min_variance).sqrt_()
-        return self.mean, std, ring.clone() if ordered is None else ordered
+        mean = self.mean
+        if not (bool(std.isfinite().all()) and bool(mean.isfinite().all())):
+            # collect() refuses what overflows when written, except M2 = Σ (θ − θ̄)², whose
+            # terms overflow float32 only for deviations beyond ~1e19: caught here, not hidden
+            raise ValueError(
+                f"the statistics overflowed their dtype {self.m2.dtype} (iterates that far "
+                "apart, or min_variance that large, give inf σ); collect with "
+                "dtype=torch.float64, or keep the parameters in range"
+            )
+        return mean, std, ring.clone() if ordered is None else ordered
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -362,7 +431,7 @@ class Collector(nn.Module):
         return {"version": _io.VERSION, **self._meta()}
 
     def set_extra_state(self, state: Any) -> None:
-        self._n = int(state["n"])
+        self._n = int(state["n"])  # checked by _state_problem before anything was copied
 
     def _load_from_state_dict(
         self,
@@ -374,17 +443,45 @@ class Collector(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # Validate before anything is copied, so a mismatched checkpoint changes nothing.
-        extra = state_dict.get(prefix + "_extra_state")
-        problem = "the state has no swag collector metadata" if extra is None else None
-        if extra is not None:
-            problem = self._describe_mismatch({k: str(v) for k, v in extra.items()})
+        # Validate everything before anything is copied, whatever `strict` says: a refused or
+        # partial state changes nothing (a mix of two states would be a wrong posterior).
+        problem = self._state_problem(state_dict, prefix)
         if problem:
-            error_msgs.append(f"cannot load collector state: {problem}")
+            error_msgs.append(f"cannot load collector state: {problem}; nothing was loaded")
             return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
+        """What is wrong with ``state_dict`` as this collector's state; ``None`` if it fits.
+
+        Checks the metadata (layout, ``max_rank``, dtypes, shard, ``n``) and every statistic:
+        present, a tensor of this collector's shape and dtype, finite (``m2`` >= 0).
+        """
+        extra = state_dict.get(prefix + "_extra_state")
+        if not isinstance(extra, dict):
+            return "the state has no swag collector metadata"
+        problem = self._describe_mismatch({k: str(v) for k, v in extra.items()})
+        if problem:
+            return problem
+        n = extra.get("n")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return f"n must be an integer >= 0, got {n!r}"
+        for name in _STATE:
+            mine, t = getattr(self, name), state_dict.get(prefix + name)
+            if t is None:
+                return f"{prefix + name} is missing (a partial state is never loaded)"
+            if not isinstance(t, Tensor):
+                return f"{prefix + name} is a {type(t).__name__}, not a tensor"
+            if t.shape != mine.shape or t.dtype != mine.dtype:
+                return (
+                    f"{prefix + name} has shape {tuple(t.shape)} {t.dtype}, expected "
+                    f"{tuple(mine.shape)} {mine.dtype}"
+                )
+            if not bool(t.isfinite().all()) or (name == "m2" and bool((t < 0).any())):
+                return f"{prefix + name} holds NaN, inf or a negative M2: it is damaged"
+        return None
 
     def save(self, path: _io.PathLike) -> None:
         """Write the collector's state to ``path`` (safetensors, atomic) to resume later.
@@ -406,13 +503,18 @@ class Collector(nn.Module):
 
     @classmethod
     def load(
-        cls, path: _io.PathLike, model: nn.Module, *, device: torch.device | str | None = None
+        cls,
+        path: _io.PathLike,
+        model: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        compiled: bool = False,
     ) -> Collector:
         """Resume a collector saved with :meth:`save`, attached to ``model``.
 
         The covered parameters are those recorded in the file; ``model`` must have them with the
         same shapes and dtypes. Continuing to collect gives bit-identical results to a run that
-        was never interrupted.
+        was never interrupted (on the eager path; ``compiled`` is as for :class:`Collector`).
 
         Raises:
             ValueError: naming what does not match, or if the file is damaged or foreign.
@@ -427,6 +529,7 @@ class Collector(nn.Module):
             device=device,
             dtype=dtype,
             deviation_dtype=getattr(torch, _io.require(meta, "deviation_dtype", path)),
+            compiled=compiled,
         )
         problem = collector._describe_mismatch(meta)
         if problem:
@@ -467,6 +570,46 @@ class Collector(nn.Module):
     def extra_repr(self) -> str:
         shard = "" if self.plan is None else f", shard {self.plan.rank}/{self.plan.world}"
         return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}{shard}"
+
+
+def _check_args(
+    max_rank: int, dtype: torch.dtype, deviation_dtype: torch.dtype, shard: bool, compiled: bool
+) -> None:
+    """Refuse bad constructor arguments, naming them (see :class:`Collector`)."""
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
+        raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
+    for name, dt in (("dtype", dtype), ("deviation_dtype", deviation_dtype)):
+        if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+            raise ValueError(f"{name} must be a floating-point dtype, got {dt}")
+        if dt == torch.float16:
+            raise ValueError(
+                f"{name}=torch.float16 is refused: σ² and the deviations of typical weights "
+                "(1e-8 and below) underflow float16 to 0, and values above 65504 overflow to "
+                "inf. Use torch.bfloat16 (same memory, float32's range) or torch.float32"
+            )
+    for name, flag in (("shard", shard), ("compiled", compiled)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "a Collector cannot be created under torch.inference_mode(): its statistics would "
+            "be inference tensors, which collect() cannot update afterwards. Create it outside "
+            "inference_mode (collect() itself runs without autograd)"
+        )
+
+
+def _check_storage(
+    layout: ParamLayout, tensors: list[Tensor], device: torch.device | str | None
+) -> None:
+    """Refuse parameters (or a ``device``) on the ``meta`` device: there are no values."""
+    meta = [n for n, t in zip(layout.names, tensors, strict=True) if t.device.type == "meta"]
+    if meta or (device is not None and torch.device(device).type == "meta"):
+        where = f"parameters {meta[:5]} are" if meta else "device='meta' is"
+        raise ValueError(
+            f"the {where} on the meta device, which holds shapes but no values. Materialise "
+            "the model first (model.to_empty(device=...) then load or initialise its weights) "
+            "and create the Collector after that, on a real device"
+        )
 
 
 def _starts(numels: tuple[int, ...]) -> list[int]:
