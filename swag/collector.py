@@ -45,17 +45,33 @@ class Collector(nn.Module):
     large model's parameters are read twice (a finiteness check, then ``θ − θ_1`` in one pass).
     Sharded (``shard=True`` or an FSDP2 model), ``P`` above is this rank's ``L ≈ P / W``.
 
+    Parameters are named as in the plain model: the prefixes of DDP (``module.``) and
+    ``torch.compile`` (``_orig_mod.``) are dropped, FSDP2 keeps the names, so a collector, its
+    files and its posteriors move freely between a wrapper and the model inside it. A collector
+    may be a submodule of the model (so that the model's ``state_dict`` checkpoints it):
+    ``.to(device)`` moves its statistics, but casts (``model.half()``, ``.to(torch.bfloat16)``)
+    leave them in their own dtype. A ``collect()`` that would write NaN/inf (a NaN/inf
+    parameter, or a finite one that overflows the statistics' dtype when cast, such as 1e39
+    in float64 with float32 statistics) raises and records nothing.
+
     Args:
         model: the network being trained. Only a reference is kept, to read its parameters.
+            Its parameters must hold values: a model on the ``meta`` device is refused.
         max_rank: K, the number of deviations kept for the low-rank covariance; 0 for
             diagonal-only SWAG (and SWA).
         params: which parameters to cover (default: every floating-point parameter with
             ``requires_grad``); a name prefix, a sequence of prefixes, or a predicate
-            ``(name, param) -> bool``.
+            ``(name, param) -> bool``. A tied parameter (one tensor under several names,
+            e.g. ``out.weight`` shared with ``emb.weight``) is selected when any of its names
+            is, and covered once, under its first name in ``named_parameters()``.
         device: where the statistics live (default: the parameters' device).
-        dtype: the statistics' floating dtype (float32 default).
-        deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 or float16
-            halve its memory at a small error in the low-rank covariance.
+        dtype: the statistics' floating dtype (float32 default). ``torch.float16`` is refused
+            rather than warned about, because it is wrong in ordinary use, not only in rare
+            cases: the variance σ² of typical weights (1e-8 and below) underflows float16's
+            smallest subnormal (6e-8) to exactly 0, and values above 65504 overflow to inf.
+        deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 halves its
+            memory at a relative error of about 2⁻⁸ per stored deviation. float16 is refused,
+            as for ``dtype``: bfloat16 costs the same memory and has float32's range.
         shard: keep only this rank's ``1/W`` of the statistics (``W`` = world size of
             ``process_group``), split as :mod:`swag.distributed` describes; the model is then
             the same on every rank (plain or DDP-wrapped) and a collect communicates one
@@ -69,7 +85,14 @@ class Collector(nn.Module):
             needed on CPU); after that a collect moves about half the memory of the eager
             path. Results agree with the eager path to rounding, not bit for bit. If compiling
             fails, a ``RuntimeWarning`` says why and the eager path is used from then on.
-            A sharded collector always runs the eager path.
+            A sharded collector always runs the eager path. Each collector compiles its own
+            copy of the step (dynamo's cache and recompile limit are per copy), freed with it.
+
+    Raises:
+        ValueError: for a bad argument (named), parameters on the ``meta`` device, or a
+            selection that matches nothing.
+        RuntimeError: when created under ``torch.inference_mode()`` (its statistics would be
+            inference tensors that ``collect()`` cannot update); collecting under it is fine.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
