@@ -12,6 +12,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from swag import _io
+from swag._guards import (
+    check_args,
+    check_min_variance,
+    check_storage,
+    nonfinite,
+    overflowing,
+    state_problem,
+)
 from swag._params import BoundParams, ParamLayout, ParamSelector, plan_chunks
 from swag._shard import ShardedPosterior, shard_plan
 from swag._step import compiled_step
@@ -125,10 +133,10 @@ class Collector(nn.Module):
     ) -> None:
         super().__init__()
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
-        _check_args(max_rank, dtype, deviation_dtype, shard, compiled)
+        check_args(max_rank, dtype, deviation_dtype, shard, compiled)
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
-        _check_storage(self.layout, tensors, device)
+        check_storage(self.layout, tensors, device)
         if device is None:
             devices = {t.device for t in tensors}
             if len(devices) > 1:
@@ -333,15 +341,11 @@ class Collector(nn.Module):
         ``all_reduce`` of one number: otherwise a NaN in one rank's rows would be recorded by
         the others, and the ranks' counts would part.
         """
-        bad = self._nonfinite(flats)
-        huge = [] if bad else self._overflowing(flats)
-        if not bad and not huge and written is not None and not bool(written.isfinite().all()):
-            x = written[: self.layout.size]
-            huge = [
-                n
-                for n, s in zip(self.layout.names, self._spans, strict=True)
-                if not x[s].isfinite().all()
-            ]
+        names = self.layout.names
+        bad = nonfinite(names, flats, self._sum_dtypes, self.m2.device)
+        huge = [] if bad else overflowing(names, flats, self._wider, self.m2.dtype)
+        if not bad and not huge and written is not None:
+            huge = nonfinite(names, [written[s] for s in self._spans], None, self.m2.device)
         if self.plan is not None:
             flag = torch.tensor(float(bool(bad or huge)), device=self.m2.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
@@ -361,30 +365,6 @@ class Collector(nn.Module):
                 f"statistics' dtype {self.m2.dtype}; nothing was recorded. Collect with "
                 "dtype=torch.float64, or keep the parameters in range."
             )
-
-    def _nonfinite(self, flats: list[Tensor]) -> list[str]:
-        """Names of the covered parameters with NaN/inf entries (in this rank's part)."""
-        # One read of each parameter: a sum is NaN/inf whenever an entry is. Its only false
-        # alarm, a finite sum overflowing (|Σθ| > 3e38 in float32), is re-checked entry-wise.
-        sums = torch.stack(
-            [
-                t.sum(dtype=dt).to(self.m2.device)
-                for t, dt in zip(flats, self._sum_dtypes, strict=True)
-            ]
-        )
-        if bool(torch.isfinite(sums).all()):
-            return []
-        return [n for n, t in zip(self.layout.names, flats, strict=True) if not t.isfinite().all()]
-
-    def _overflowing(self, flats: list[Tensor]) -> list[str]:
-        """Names of the parameters of a wider dtype whose values overflow the statistics'."""
-        out = []
-        for i in self._wider:
-            if flats[i].numel():
-                ends = torch.stack(torch.aminmax(flats[i])).to(self.m2.dtype)
-                if not bool(ends.isfinite().all()):
-                    out.append(self.layout.names[i])
-        return out
 
     def posterior(self, *, min_variance: float = 1e-30) -> SWAGPosterior:
         """A frozen snapshot: the SWAG posterior of the iterates collected so far.
@@ -421,15 +401,7 @@ class Collector(nn.Module):
 
     def _snapshot(self, min_variance: float) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, σ and the ring oldest first (new tensors)."""
-        if (
-            isinstance(min_variance, bool)
-            or not isinstance(min_variance, (int, float))
-            or not math.isfinite(min_variance)
-            or min_variance < 0
-        ):
-            raise ValueError(
-                f"min_variance must be a finite number >= 0 (a floor for σ²), got {min_variance!r}"
-            )
+        check_min_variance(min_variance)
         if self._n == 0:
             raise RuntimeError("nothing collected yet: call collect() at least once first")
         rank, cursor = self.rank, self._n % self.max_rank if self.max_rank else 0
@@ -468,43 +440,14 @@ class Collector(nn.Module):
     ) -> None:
         # Validate everything before anything is copied, whatever `strict` says: a refused or
         # partial state changes nothing (a mix of two states would be a wrong posterior).
-        problem = self._state_problem(state_dict, prefix)
+        mine = {name: getattr(self, name) for name in _STATE}
+        problem = state_problem(state_dict, prefix, mine, self._describe_mismatch)
         if problem:
             error_msgs.append(f"cannot load collector state: {problem}; nothing was loaded")
             return
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-    def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
-        """What is wrong with ``state_dict`` as this collector's state; ``None`` if it fits.
-
-        Checks the metadata (layout, ``max_rank``, dtypes, shard, ``n``) and every statistic:
-        present, a tensor of this collector's shape and dtype, finite (``m2`` >= 0).
-        """
-        extra = state_dict.get(prefix + "_extra_state")
-        if not isinstance(extra, dict):
-            return "the state has no swag collector metadata"
-        problem = self._describe_mismatch({k: str(v) for k, v in extra.items()})
-        if problem:
-            return problem
-        n = extra.get("n")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            return f"n must be an integer >= 0, got {n!r}"
-        for name in _STATE:
-            mine, t = getattr(self, name), state_dict.get(prefix + name)
-            if t is None:
-                return f"{prefix + name} is missing (a partial state is never loaded)"
-            if not isinstance(t, Tensor):
-                return f"{prefix + name} is a {type(t).__name__}, not a tensor"
-            if t.shape != mine.shape or t.dtype != mine.dtype:
-                return (
-                    f"{prefix + name} has shape {tuple(t.shape)} {t.dtype}, expected "
-                    f"{tuple(mine.shape)} {mine.dtype}"
-                )
-            if not bool(t.isfinite().all()) or (name == "m2" and bool((t < 0).any())):
-                return f"{prefix + name} holds NaN, inf or a negative M2: it is damaged"
-        return None
 
     def save(self, path: _io.PathLike) -> None:
         """Write the collector's state to ``path`` (safetensors, atomic) to resume later.
@@ -593,46 +536,6 @@ class Collector(nn.Module):
     def extra_repr(self) -> str:
         shard = "" if self.plan is None else f", shard {self.plan.rank}/{self.plan.world}"
         return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}{shard}"
-
-
-def _check_args(
-    max_rank: int, dtype: torch.dtype, deviation_dtype: torch.dtype, shard: bool, compiled: bool
-) -> None:
-    """Refuse bad constructor arguments, naming them (see :class:`Collector`)."""
-    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
-        raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
-    for name, dt in (("dtype", dtype), ("deviation_dtype", deviation_dtype)):
-        if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-            raise ValueError(f"{name} must be a floating-point dtype, got {dt}")
-        if dt == torch.float16:
-            raise ValueError(
-                f"{name}=torch.float16 is refused: σ² and the deviations of typical weights "
-                "(1e-8 and below) underflow float16 to 0, and values above 65504 overflow to "
-                "inf. Use torch.bfloat16 (same memory, float32's range) or torch.float32"
-            )
-    for name, flag in (("shard", shard), ("compiled", compiled)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "a Collector cannot be created under torch.inference_mode(): its statistics would "
-            "be inference tensors, which collect() cannot update afterwards. Create it outside "
-            "inference_mode (collect() itself runs without autograd)"
-        )
-
-
-def _check_storage(
-    layout: ParamLayout, tensors: list[Tensor], device: torch.device | str | None
-) -> None:
-    """Refuse parameters (or a ``device``) on the ``meta`` device: there are no values."""
-    meta = [n for n, t in zip(layout.names, tensors, strict=True) if t.device.type == "meta"]
-    if meta or (device is not None and torch.device(device).type == "meta"):
-        where = f"parameters {meta[:5]} are" if meta else "device='meta' is"
-        raise ValueError(
-            f"the {where} on the meta device, which holds shapes but no values. Materialise "
-            "the model first (model.to_empty(device=...) then load or initialise its weights) "
-            "and create the Collector after that, on a real device"
-        )
 
 
 def _starts(numels: tuple[int, ...]) -> list[int]:
