@@ -107,10 +107,15 @@ class ParamLayout:
 
     @classmethod
     def from_model(cls, model: nn.Module, params: ParamSelector = None) -> ParamLayout:
-        """Select the covered parameters of ``model``.
+        """Select the covered parameters of ``model`` (wrapper prefixes removed: :func:`unwrap`).
+
+        A tied parameter (one tensor under several names) is selected when any of its names
+        is, and recorded once, under its first name in ``named_parameters()``.
 
         Raises:
-            ValueError: if the selection is empty or covers a non-floating-point parameter.
+            ValueError: if the selection is empty, one of its names matches nothing, or it
+                covers a non-floating-point parameter.
+            TypeError: if ``params`` is neither a prefix, a sequence of them, nor callable.
         """
         named = list(_named_parameters(model))
         # A tied parameter has several names: it is selected when any of them is, covered

@@ -390,7 +390,7 @@ class Collector(nn.Module):
         """This rank's part of :meth:`posterior`, for a sharded collector; no communication.
 
         Raises:
-            ValueError: if ``min_variance`` is negative, NaN or inf.
+            ValueError: as :meth:`posterior` (``min_variance``, overflowed statistics).
             RuntimeError: if nothing was collected yet, or the collector is not sharded.
         """
         if self.plan is None:
@@ -426,7 +426,7 @@ class Collector(nn.Module):
         return {"version": _io.VERSION, **self._meta()}
 
     def set_extra_state(self, state: Any) -> None:
-        self._n = int(state["n"])  # checked by _state_problem before anything was copied
+        self._n = int(state["n"])  # checked (state_problem) before anything was copied
 
     def _load_from_state_dict(
         self,
