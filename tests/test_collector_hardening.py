@@ -7,7 +7,9 @@ names, torch internals for meta models, and one shared compile cache.
 
 from __future__ import annotations
 
+import gc
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -379,6 +381,7 @@ def test_each_collector_compiles_its_own_cache(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(swag._step.torch, "compile", eager)
     g = torch.Generator().manual_seed(0)
+    steps = []
     for width in range(1, 11):
         model = nn.Linear(width, 2)
         collector = Collector(model, max_rank=2, compiled=True)
@@ -394,3 +397,7 @@ def test_each_collector_compiles_its_own_cache(monkeypatch: pytest.MonkeyPatch) 
         np.testing.assert_allclose(collector.posterior().variance.double(), var, rtol=1e-5)
         dev = last_deviations(x, 2)
         np.testing.assert_allclose(collector.posterior().deviations.double(), dev, atol=1e-6)
+        steps.append(weakref.ref(collector._step))
+    del collector
+    gc.collect()
+    assert all(step() is None for step in steps)  # each compiled step went with its collector
