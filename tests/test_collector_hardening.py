@@ -381,7 +381,7 @@ def test_each_collector_compiles_its_own_cache(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(swag._step.torch, "compile", eager)
     g = torch.Generator().manual_seed(0)
-    steps = []
+    collectors = []
     for width in range(1, 10):  # one more shape than the limit
         model = nn.Linear(width, 2)
         collector = Collector(model, max_rank=2, compiled=True)
@@ -397,7 +397,8 @@ def test_each_collector_compiles_its_own_cache(monkeypatch: pytest.MonkeyPatch) 
         np.testing.assert_allclose(collector.posterior().variance.double(), var, rtol=1e-5)
         dev = last_deviations(x, 2)
         np.testing.assert_allclose(collector.posterior().deviations.double(), dev, atol=1e-6)
-        steps.append(weakref.ref(collector._step))
-    del collector
+        collectors.append(collector)
+    steps = [weakref.ref(c._step) for c in collectors]
+    del collectors, collector
     gc.collect()
     assert all(step() is None for step in steps)  # each compiled step went with its collector
