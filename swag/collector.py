@@ -445,6 +445,10 @@ class Collector(nn.Module):
         if problem:
             error_msgs.append(f"cannot load collector state: {problem}; nothing was loaded")
             return
+        # Always copy, also under load_state_dict(assign=True): assigned buffers would share
+        # memory with the state's tensors (another collector's, when the state came from its
+        # state_dict()), and collecting into one would silently change the other.
+        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

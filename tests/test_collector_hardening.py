@@ -113,6 +113,18 @@ def test_partial_state_of_an_attached_collector_refused_with_strict_false() -> N
     assert same_bits(bits(other.swag), before)
 
 
+def test_assign_true_still_copies() -> None:
+    model = mlp()
+    source = Collector(model, max_rank=2)
+    walk(source, model, 3)
+    target = Collector(model, max_rank=2)
+    target.load_state_dict(source.state_dict(), assign=True)
+    kept = bits(source)
+    walk(target, model, 2, seed=5)  # collecting into the copy leaves the source alone
+    assert same_bits(bits(source), kept) and target.n == 5
+    assert target.m2.data_ptr() != source.m2.data_ptr()
+
+
 # -- item 3: min_variance ---------------------------------------------------------------------
 
 
