@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,11 +24,34 @@ a name prefix or a sequence of them (``"fc"`` covers ``fc.weight`` and ``fc.bias
 predicate ``(name, parameter) -> bool``."""
 
 
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module inside the wrappers that rename parameters, and the prefix they add.
+
+    DDP adds ``module.``, ``torch.compile`` adds ``_orig_mod.`` (in any nesting, e.g.
+    ``_orig_mod.module.``); FSDP2 (``fully_shard``) keeps the names. Layouts record the inner
+    names, so that what is collected on a wrapper applies to, saves for and loads into the plain
+    model, and back.
+    """
+    prefix = ""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model, prefix = model.module, prefix + "module."
+        elif _is_compiled(model):
+            model, prefix = cast(nn.Module, model._orig_mod), prefix + "_orig_mod."
+        else:
+            return model, prefix
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile``'s wrapper (without importing dynamo if unused)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
+
+
 def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """``model.named_parameters()`` with wrapper prefixes (DDP's ``module.``) removed."""
-    wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
-    for name, param in model.named_parameters():
-        yield (name.removeprefix("module.") if wrapped else name), param
+    """Every name of every parameter, wrapper prefixes removed; a tied one comes once per name."""
+    inner, _ = unwrap(model)
+    yield from inner.named_parameters(remove_duplicate=False)
 
 
 def local_part(t: Tensor) -> Tensor:
@@ -64,8 +88,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _matches_prefix(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+def _heads(name: str) -> set[str]:
+    """The prefixes that select ``name``: ``"a.b.c"`` → ``{"a", "a.b", "a.b.c"}``."""
+    parts = name.split(".")
+    return {".".join(parts[: i + 1]) for i in range(len(parts))}
 
 
 @dataclass(frozen=True)
@@ -81,19 +107,44 @@ class ParamLayout:
 
     @classmethod
     def from_model(cls, model: nn.Module, params: ParamSelector = None) -> ParamLayout:
-        """Select the covered parameters of ``model``.
+        """Select the covered parameters of ``model`` (wrapper prefixes removed: :func:`unwrap`).
+
+        A tied parameter (one tensor under several names) is selected when any of its names
+        is, and recorded once, under its first name in ``named_parameters()``.
 
         Raises:
-            ValueError: if the selection is empty or covers a non-floating-point parameter.
+            ValueError: if the selection is empty, one of its names matches nothing, or it
+                covers a non-floating-point parameter.
+            TypeError: if ``params`` is neither a prefix, a sequence of them, nor callable.
         """
         named = list(_named_parameters(model))
+        # A tied parameter has several names: it is selected when any of them is, covered
+        # once, and recorded under its first name (the one named_parameters() gives).
+        groups: dict[int, tuple[list[str], nn.Parameter]] = {}
+        for n, p in named:
+            groups.setdefault(id(p), ([], p))[0].append(n)
         if params is None:
-            chosen = [(n, p) for n, p in named if p.requires_grad and p.is_floating_point()]
+            chosen = [(ns[0], p) for ns, p in groups.values() if p.requires_grad]
+            chosen = [(n, p) for n, p in chosen if p.is_floating_point()]
         elif callable(params):
-            chosen = [(n, p) for n, p in named if params(n, p)]
+            chosen = [(ns[0], p) for ns, p in groups.values() if any(params(n, p) for n in ns)]
         else:
-            prefixes = [params] if isinstance(params, str) else list(params)
-            chosen = [(n, p) for n, p in named if _matches_prefix(n, prefixes)]
+            if not isinstance(params, str) and not all(isinstance(q, str) for q in params):
+                raise TypeError(
+                    "params must be a name prefix, a sequence of them or a predicate "
+                    f"(name, parameter) -> bool, got {params!r}"
+                )
+            wanted = {params} if isinstance(params, str) else set(params)
+            chosen = [
+                (ns[0], p) for ns, p in groups.values() if any(_heads(n) & wanted for n in ns)
+            ]
+            heads = set().union(*(_heads(n) for n, _ in named))
+            unused = sorted(wanted - heads)
+            if chosen and unused:
+                raise ValueError(
+                    f"params entries {unused} match no parameter of the model; check the "
+                    f"names (available include: {', '.join(n for n, _ in named[:20])})"
+                )
         if not chosen:
             available = ", ".join(n for n, _ in named[:20]) or "(the model has no parameters)"
             raise ValueError(
@@ -163,10 +214,6 @@ class ParamLayout:
             ValueError: as :meth:`resolve`.
         """
         return BoundParams(self, model)
-
-    def chunks(self, chunk: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
-        """Split ``[0, P)`` into ranges of at most ``chunk`` entries (see :func:`plan_chunks`)."""
-        return plan_chunks(self.numels, chunk)
 
     @staticmethod
     def gather(pieces: Sequence[Tensor], out: Tensor) -> Tensor:
@@ -256,11 +303,11 @@ class BoundParams:
         tensors = [local_part(t) for t in layout.resolve(model)]
         self._views = [t.reshape(-1) for t in tensors]
         self._cacheable = all(t.is_contiguous() for t in tensors)
-        wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+        _, prefix = unwrap(model)
         links: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
         self._params: list[tuple[nn.Module, str, nn.Parameter, int, tuple[int, ...]]] = []
         for name, shape in zip(layout.names, layout.shapes, strict=True):
-            *path, attr = (f"module.{name}" if wrapped else name).split(".")
+            *path, attr = (prefix + name).split(".")
             owner = model
             for key in path:
                 child = owner._modules[key]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import types
 from collections.abc import Callable
 
 import torch
@@ -22,7 +22,8 @@ def fused_step(
 
     The same arithmetic as the eager path, per parameter (the lists are views of the flat
     buffers, one per parameter). Every write is ``where(finite, new, old)``: if any θ is NaN/inf
-    the state is rewritten unchanged, and the returned flag says so.
+    the state is rewritten unchanged, and the returned flag says so. It runs only when θ has the
+    statistics' dtype, so θ is what is written (no cast that could overflow).
     """
     finite = torch.stack([t.sum(dtype=torch.float32) for t in thetas]).isfinite().all()
     for i, theta in enumerate(thetas):
@@ -36,7 +37,17 @@ def fused_step(
     return finite
 
 
-@functools.cache
-def compiled_step() -> Callable[..., Tensor]:
-    compiled: Callable[..., Tensor] = torch.compile(fused_step, fullgraph=True, dynamic=False)
+def compiled_step(backend: str = "inductor") -> Callable[..., Tensor]:
+    """A new compiled :func:`fused_step`, with a dynamo cache of its own.
+
+    Dynamo keeps its compiled graphs (and counts recompiles against
+    ``torch._dynamo.config.recompile_limit``, 8) per code object. Each collector compiles its
+    own copy of the code, so collectors of different shapes do not share, and exhaust, one
+    cache, and the graphs are freed with the collector that holds them.
+    """
+    code = fused_step.__code__.replace()  # an equal but distinct code object
+    fresh = types.FunctionType(code, fused_step.__globals__, fused_step.__name__)
+    compiled: Callable[..., Tensor] = torch.compile(
+        fresh, fullgraph=True, dynamic=False, backend=backend
+    )
     return compiled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,6 +12,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from swag import _io
+from swag._guards import (
+    check_args,
+    check_min_variance,
+    check_storage,
+    nonfinite,
+    overflowing,
+    state_problem,
+)
 from swag._params import BoundParams, ParamLayout, ParamSelector, plan_chunks
 from swag._shard import ShardedPosterior, shard_plan
 from swag._step import compiled_step
@@ -44,17 +53,33 @@ class Collector(nn.Module):
     large model's parameters are read twice (a finiteness check, then ``θ − θ_1`` in one pass).
     Sharded (``shard=True`` or an FSDP2 model), ``P`` above is this rank's ``L ≈ P / W``.
 
+    Parameters are named as in the plain model: the prefixes of DDP (``module.``) and
+    ``torch.compile`` (``_orig_mod.``) are dropped, FSDP2 keeps the names, so a collector, its
+    files and its posteriors move freely between a wrapper and the model inside it. A collector
+    may be a submodule of the model (so that the model's ``state_dict`` checkpoints it):
+    ``.to(device)`` moves its statistics, but casts (``model.half()``, ``.to(torch.bfloat16)``)
+    leave them in their own dtype. A ``collect()`` that would write NaN/inf (a NaN/inf
+    parameter, or a finite one that overflows the statistics' dtype when cast, such as 1e39
+    in float64 with float32 statistics) raises and records nothing.
+
     Args:
         model: the network being trained. Only a reference is kept, to read its parameters.
+            Its parameters must hold values: a model on the ``meta`` device is refused.
         max_rank: K, the number of deviations kept for the low-rank covariance; 0 for
             diagonal-only SWAG (and SWA).
         params: which parameters to cover (default: every floating-point parameter with
             ``requires_grad``); a name prefix, a sequence of prefixes, or a predicate
-            ``(name, param) -> bool``.
+            ``(name, param) -> bool``. A tied parameter (one tensor under several names,
+            e.g. ``out.weight`` shared with ``emb.weight``) is selected when any of its names
+            is, and covered once, under its first name in ``named_parameters()``.
         device: where the statistics live (default: the parameters' device).
-        dtype: the statistics' floating dtype (float32 default).
-        deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 or float16
-            halve its memory at a small error in the low-rank covariance.
+        dtype: the statistics' floating dtype (float32 default). ``torch.float16`` is refused
+            rather than warned about, because it is wrong in ordinary use, not only in rare
+            cases: the variance σ² of typical weights (1e-8 and below) underflows float16's
+            smallest subnormal (6e-8) to exactly 0, and values above 65504 overflow to inf.
+        deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 halves its
+            memory at a relative error of about 2⁻⁸ per stored deviation. float16 is refused,
+            as for ``dtype``: bfloat16 costs the same memory and has float32's range.
         shard: keep only this rank's ``1/W`` of the statistics (``W`` = world size of
             ``process_group``), split as :mod:`swag.distributed` describes; the model is then
             the same on every rank (plain or DDP-wrapped) and a collect communicates one
@@ -68,7 +93,14 @@ class Collector(nn.Module):
             needed on CPU); after that a collect moves about half the memory of the eager
             path. Results agree with the eager path to rounding, not bit for bit. If compiling
             fails, a ``RuntimeWarning`` says why and the eager path is used from then on.
-            A sharded collector always runs the eager path.
+            A sharded collector always runs the eager path. Each collector compiles its own
+            copy of the step (dynamo's cache and recompile limit are per copy), freed with it.
+
+    Raises:
+        ValueError: for a bad argument (named), parameters on the ``meta`` device, or a
+            selection that matches nothing.
+        RuntimeError: when created under ``torch.inference_mode()`` (its statistics would be
+            inference tensors that ``collect()`` cannot update); collecting under it is fine.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -100,14 +132,11 @@ class Collector(nn.Module):
         compiled: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
-            raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
-        for name, dt in (("dtype", dtype), ("deviation_dtype", deviation_dtype)):
-            if not dt.is_floating_point:
-                raise ValueError(f"{name} must be a floating-point dtype, got {dt}")
+        check_args(max_rank, dtype, deviation_dtype, shard, compiled)
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
+        check_storage(self.layout, tensors, device)
         if device is None:
             devices = {t.device for t in tensors}
             if len(devices) > 1:
@@ -144,6 +173,11 @@ class Collector(nn.Module):
         self._sum_dtypes = [torch.promote_types(d, torch.float32) for d in self.layout.dtypes]
         self._sum_dtype = torch.promote_types(dtype, torch.float32)
         self._param_dtypes = set(self.layout.dtypes)
+        # parameters whose dtype reaches beyond the statistics' (float64 into float32): finite
+        # values there may still overflow when cast, so they are range-checked on each collect
+        top = torch.finfo(dtype).max
+        self._wider = [i for i, d in enumerate(self.layout.dtypes) if torch.finfo(d).max > top]
+        self._step: Callable[..., Tensor] | None = None  # compiled on first use, per collector
         self._bound: BoundParams | None = None
         self._n = 0
         self.__dict__["_model"] = model  # a plain reference: not a submodule, not in state_dict
@@ -195,7 +229,7 @@ class Collector(nn.Module):
             if whole:
                 self.layout.gather(parts, x).sub_(self.shift)  # x = θ_n − θ_1
                 if not sharded and not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
-                    self._check_finite(flats)  # names the culprits, or was a false alarm
+                    self._check_finite(flats, x)  # names the culprits, or was a false alarm
             else:
                 self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
             mean = self.shifted_mean[span]
@@ -236,7 +270,9 @@ class Collector(nn.Module):
         spans = self._spans
         kw: dict[str, Any] = {"device": self.m2.device, "dtype": self.m2.dtype}
         try:
-            finite = compiled_step()(
+            if self._step is None:
+                self._step = compiled_step()
+            finite = self._step(
                 flats,
                 [self.shift[span] for span in spans],
                 [self.shifted_mean[span] for span in spans],
@@ -274,23 +310,46 @@ class Collector(nn.Module):
             torch.sub(part, shift[pos:end], out=out[pos:end])
             pos = end
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Collector:
+        """Let device moves (``.to(device)``, ``.cuda()``) reach the statistics, not casts.
+
+        An attached collector (a submodule of the model) would otherwise follow
+        ``model.half()`` or ``model.to(torch.bfloat16)``, rounding its statistics to a dtype
+        chosen for the weights. Each buffer goes where ``fn`` sends it, in its own dtype.
+        """
+
+        def move(t: Tensor) -> Tensor:
+            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+            return fn(t) if probe.dtype == t.dtype else t.to(probe.device)
+
+        apply: Callable[..., Any] = super()._apply  # untyped in torch's stubs
+        apply(move, recurse)
+        return self
+
     @property
     def mean(self) -> Tensor:
         """θ̄_n ``(P,)``, the SWA mean of the iterates collected so far (a new tensor)."""
         return self.shift + self.shifted_mean
 
-    def _check_finite(self, flats: list[Tensor]) -> None:
-        """Raise, before any write, if the iterate has NaN/inf; sharded, on every rank at once.
+    def _check_finite(self, flats: list[Tensor], written: Tensor | None = None) -> None:
+        """Raise, before any write, if the iterate has NaN/inf or would overflow when stored.
 
-        A sharded collector sees only its rows, so the ranks agree through one ``all_reduce`` of
-        one number: otherwise a NaN in one rank's rows would be recorded by the others, and the
-        ranks' counts would part.
+        Besides NaN/inf in the parameters themselves, this checks what is written: parameters
+        of a wider dtype than the statistics' (float64 into float32) must fit when cast, and
+        ``written`` (``θ_n − θ_1`` in the statistics' dtype, when the caller has it) must be
+        finite. A sharded collector sees only its rows, so the ranks agree through one
+        ``all_reduce`` of one number: otherwise a NaN in one rank's rows would be recorded by
+        the others, and the ranks' counts would part.
         """
-        bad = self._nonfinite(flats)
+        names = self.layout.names
+        bad = nonfinite(names, flats, self._sum_dtypes, self.m2.device)
+        huge = [] if bad else overflowing(names, flats, self._wider, self.m2.dtype)
+        if not bad and not huge and written is not None:
+            huge = nonfinite(names, [written[s] for s in self._spans], None, self.m2.device)
         if self.plan is not None:
-            flag = torch.tensor(float(bool(bad)), device=self.m2.device)
+            flag = torch.tensor(float(bool(bad or huge)), device=self.m2.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group)
-            if flag.item() and not bad:
+            if flag.item() and not (bad or huge):
                 raise ValueError(
                     f"iterate {self._n + 1} has NaN or inf in another rank's shard; nothing was "
                     "recorded on any rank. Lower the learning rate or skip this step."
@@ -300,20 +359,12 @@ class Collector(nn.Module):
                 f"iterate {self._n + 1} has NaN or inf in {bad[:5]}; nothing was recorded. "
                 "Lower the learning rate or skip this step."
             )
-
-    def _nonfinite(self, flats: list[Tensor]) -> list[str]:
-        """Names of the covered parameters with NaN/inf entries (in this rank's part)."""
-        # One read of each parameter: a sum is NaN/inf whenever an entry is. Its only false
-        # alarm, a finite sum overflowing (|Σθ| > 3e38 in float32), is re-checked entry-wise.
-        sums = torch.stack(
-            [
-                t.sum(dtype=dt).to(self.m2.device)
-                for t, dt in zip(flats, self._sum_dtypes, strict=True)
-            ]
-        )
-        if bool(torch.isfinite(sums).all()):
-            return []
-        return [n for n, t in zip(self.layout.names, flats, strict=True) if not t.isfinite().all()]
+        if huge:
+            raise ValueError(
+                f"iterate {self._n + 1} has values in {huge[:5]} that overflow to inf in the "
+                f"statistics' dtype {self.m2.dtype}; nothing was recorded. Collect with "
+                "dtype=torch.float64, or keep the parameters in range."
+            )
 
     def posterior(self, *, min_variance: float = 1e-30) -> SWAGPosterior:
         """A frozen snapshot: the SWAG posterior of the iterates collected so far.
@@ -323,6 +374,8 @@ class Collector(nn.Module):
                 ``log_prob``; the SWAG paper's code uses 1e-30).
 
         Raises:
+            ValueError: if ``min_variance`` is negative, NaN or inf, or the statistics
+                overflowed their dtype (iterates ~1e19 apart in float32).
             RuntimeError: if nothing was collected yet, or the collector is sharded (use
                 :meth:`sharded_posterior`).
         """
@@ -337,6 +390,7 @@ class Collector(nn.Module):
         """This rank's part of :meth:`posterior`, for a sharded collector; no communication.
 
         Raises:
+            ValueError: as :meth:`posterior` (``min_variance``, overflowed statistics).
             RuntimeError: if nothing was collected yet, or the collector is not sharded.
         """
         if self.plan is None:
@@ -347,6 +401,7 @@ class Collector(nn.Module):
 
     def _snapshot(self, min_variance: float) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, σ and the ring oldest first (new tensors)."""
+        check_min_variance(min_variance)
         if self._n == 0:
             raise RuntimeError("nothing collected yet: call collect() at least once first")
         rank, cursor = self.rank, self._n % self.max_rank if self.max_rank else 0
@@ -354,7 +409,16 @@ class Collector(nn.Module):
         # Oldest first; torch.cat already copies, so the ring is copied once either way.
         ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else None
         std = (self.m2 / self._n).clamp_min_(min_variance).sqrt_()
-        return self.mean, std, ring.clone() if ordered is None else ordered
+        mean = self.mean
+        if not (bool(std.isfinite().all()) and bool(mean.isfinite().all())):
+            # collect() refuses what overflows when written, except M2 = Σ (θ − θ̄)², whose
+            # terms overflow float32 only for deviations beyond ~1e19: caught here, not hidden
+            raise ValueError(
+                f"the statistics overflowed their dtype {self.m2.dtype} (iterates that far "
+                "apart, or min_variance that large, give inf σ); collect with "
+                "dtype=torch.float64, or keep the parameters in range"
+            )
+        return mean, std, ring.clone() if ordered is None else ordered
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -362,7 +426,7 @@ class Collector(nn.Module):
         return {"version": _io.VERSION, **self._meta()}
 
     def set_extra_state(self, state: Any) -> None:
-        self._n = int(state["n"])
+        self._n = int(state["n"])  # checked (state_problem) before anything was copied
 
     def _load_from_state_dict(
         self,
@@ -374,14 +438,17 @@ class Collector(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # Validate before anything is copied, so a mismatched checkpoint changes nothing.
-        extra = state_dict.get(prefix + "_extra_state")
-        problem = "the state has no swag collector metadata" if extra is None else None
-        if extra is not None:
-            problem = self._describe_mismatch({k: str(v) for k, v in extra.items()})
+        # Validate everything before anything is copied, whatever `strict` says: a refused or
+        # partial state changes nothing (a mix of two states would be a wrong posterior).
+        mine = {name: getattr(self, name) for name in _STATE}
+        problem = state_problem(state_dict, prefix, mine, self._describe_mismatch)
         if problem:
-            error_msgs.append(f"cannot load collector state: {problem}")
+            error_msgs.append(f"cannot load collector state: {problem}; nothing was loaded")
             return
+        # Always copy, also under load_state_dict(assign=True): assigned buffers would share
+        # memory with the state's tensors (another collector's, when the state came from its
+        # state_dict()), and collecting into one would silently change the other.
+        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -406,13 +473,18 @@ class Collector(nn.Module):
 
     @classmethod
     def load(
-        cls, path: _io.PathLike, model: nn.Module, *, device: torch.device | str | None = None
+        cls,
+        path: _io.PathLike,
+        model: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        compiled: bool = False,
     ) -> Collector:
         """Resume a collector saved with :meth:`save`, attached to ``model``.
 
         The covered parameters are those recorded in the file; ``model`` must have them with the
         same shapes and dtypes. Continuing to collect gives bit-identical results to a run that
-        was never interrupted.
+        was never interrupted (on the eager path; ``compiled`` is as for :class:`Collector`).
 
         Raises:
             ValueError: naming what does not match, or if the file is damaged or foreign.
@@ -427,6 +499,7 @@ class Collector(nn.Module):
             device=device,
             dtype=dtype,
             deviation_dtype=getattr(torch, _io.require(meta, "deviation_dtype", path)),
+            compiled=compiled,
         )
         problem = collector._describe_mismatch(meta)
         if problem:

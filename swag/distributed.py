@@ -205,12 +205,13 @@ def load_collector(
     shard: bool = False,
     process_group: dist.ProcessGroup | None = None,
     device: torch.device | str | None = None,
+    compiled: bool = False,
 ) -> Collector:
     """Resume a collector written by :func:`save`, at any world size or in one process.
 
-    ``shard`` and ``process_group`` mean what they mean for :class:`~swag.Collector` (an FSDP2
-    model is always sharded). Continuing to collect gives the same numbers as a run that was
-    never interrupted, at whatever world size it was saved.
+    ``shard``, ``process_group`` and ``compiled`` mean what they mean for
+    :class:`~swag.Collector` (an FSDP2 model is always sharded). Continuing to collect gives
+    the same numbers as a run that was never interrupted, at whatever world size it was saved.
 
     Raises:
         ValueError: if ``model`` does not have the saved parameters, or the folder is foreign.
@@ -229,6 +230,7 @@ def load_collector(
         deviation_dtype=deviation_dtype,
         shard=shard,
         process_group=process_group,
+        compiled=compiled,
     )
     diff = collector.layout.mismatch(layout)
     if diff:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,15 @@ from torch.optim.swa_utils import AveragedModel
 
 from swag import Collector
 from tests.reference import flat_params, last_deviations, random_walk, two_pass_moments
+
+
+# Both collect paths run the oracle tests: eager, and fused by torch.compile (inductor; a C
+# compiler is needed on CPU). Compiling takes seconds per distinct graph, so the compiled path
+# runs a few cases. torch.compile imports torch.utils.mkldnn, which warns of a deprecation.
+def compiled(*values: object) -> Any:
+    """A parametrize case ``(*values, True)`` for the compiled path."""
+    ignore = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+    return pytest.param(*values, True, marks=pytest.mark.filterwarnings(ignore), id="compiled")
 
 
 def mlp(seed: int = 0) -> nn.Module:
@@ -28,11 +39,15 @@ def run(collector: Collector, model: nn.Module, steps: int, seed: int = 0) -> np
     return np.stack(out)
 
 
-@pytest.mark.parametrize("max_rank", [0, 1, 4])
-def test_moments_match_two_pass_float64(max_rank: int) -> None:
+@pytest.mark.parametrize(
+    ("max_rank", "is_compiled"),
+    [(0, False), (1, False), (4, False), compiled(0), compiled(4)],
+)
+def test_moments_match_two_pass_float64(max_rank: int, is_compiled: bool) -> None:
     model = mlp()
-    collector = Collector(model, max_rank=max_rank)
+    collector = Collector(model, max_rank=max_rank, compiled=is_compiled)
     iterates = run(collector, model, 25)
+    assert collector.compiled is is_compiled  # the compiled path did not fall back to eager
     mean, var = two_pass_moments(iterates)
     post = collector.posterior()
     # float32 statistics of O(1) values: a few ulps of accumulated rounding.
@@ -66,11 +81,15 @@ def test_welford_survives_cancellation_where_naive_formula_fails() -> None:
     assert np.median(naive_err) > 1.0
 
 
-@pytest.mark.parametrize("steps", [3, 5, 23])  # n < K, n = K, n >> K
-def test_ring_holds_last_k_deviations_in_order(steps: int) -> None:
+@pytest.mark.parametrize(
+    ("steps", "is_compiled"),
+    [(3, False), (5, False), (23, False), compiled(23)],  # n < K, n = K, n >> K
+)
+def test_ring_holds_last_k_deviations_in_order(steps: int, is_compiled: bool) -> None:
     model = mlp()
-    collector = Collector(model, max_rank=5)
+    collector = Collector(model, max_rank=5, compiled=is_compiled)
     iterates = run(collector, model, steps)
+    assert collector.compiled is is_compiled
     expected = last_deviations(iterates, 5)
     post = collector.posterior()
     assert post.deviations.shape == (min(steps, 5), iterates.shape[1])
