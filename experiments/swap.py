@@ -202,15 +202,48 @@ def run_seed(args: argparse.Namespace, seed: int, data: dict[str, Tensor]) -> di
     return {"seed": seed, "results": res, "costs": costs}
 
 
-def table(runs: list[dict[str, Any]], world: int) -> str:
-    lines = [f"| method (W = {world}) | test accuracy % | synchronisations |", "|---|---|---|"]
+def wallclock(costs: dict[str, float], settings: dict[str, Any], e1: float) -> dict[str, float]:
+    """Seconds each method would take on W real workers, from the measured per-step costs.
+
+    ``t_L`` is measured with DDP on W processes, so it includes the gradient all-reduce.
+    """
+    n, e, w = settings["train_size"], settings["epochs"], settings["world"]
+    t_l, t_s, t_ar = costs["large_step"], costs["small_step"], costs["all_reduce"]
+    large_steps, small_steps = (
+        -(-n // (w * settings["large_batch"])),
+        -(-n // settings["small_batch"]),
+    )
+    return {
+        "small batch": e * small_steps * t_s,
+        "large batch": e * large_steps * t_l,
+        "SWAP": e1 * large_steps * t_l + (e - e1) * small_steps * t_s + 2 * t_ar,
+    }
+
+
+def table(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    world = settings["world"]
+    e1 = statistics.mean(r["results"]["SWAP"]["phase1_epochs"] for r in runs)
+    costs = {k: statistics.mean(r["costs"][k] for r in runs) for k in runs[0]["costs"]}
+    clock = wallclock(costs, settings, e1)
+    lines = [
+        f"| method (W = {world}) | test accuracy % | synchronisations | wall clock, formula (s) |",
+        "|---|---|---|---|",
+    ]
     for m in METHODS:
         acc = [100 * r["results"][m]["accuracy"] for r in runs]
         syncs = [r["results"][m]["syncs"] for r in runs]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        t = f"{clock[m]:.1f}" if m in clock else "as SWAP"
         lines.append(
-            f"| {m} | {statistics.mean(acc):.2f} ± {sd:.2f} | {statistics.mean(syncs):g} |"
+            f"| {m} | {statistics.mean(acc):.2f} ± {sd:.2f} | {statistics.mean(syncs):g} | {t} |"
         )
+    lines.append(
+        f"\nPhase 1 took {e1:g} epochs on average. Measured per step: t_L = "
+        f"{costs['large_step'] * 1e3:.1f} ms (batch {settings['large_batch']} per worker, with "
+        f"DDP's all-reduce), t_S = {costs['small_step'] * 1e3:.1f} ms (batch "
+        f"{settings['small_batch']}), t_ar = {costs['all_reduce'] * 1e3:.2f} ms (all-reduce of "
+        f"{costs['P']:g} floats over {world} gloo workers)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -228,7 +261,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         settings["world"] = dist.get_world_size()
         (args.out / "results.json").write_text(json.dumps({"settings": settings, "runs": runs}))
-        (args.out / "results.md").write_text(table(runs, dist.get_world_size()))
+        (args.out / "results.md").write_text(table(runs, settings))
         for run in runs:
             print(json.dumps(run))
     dist.destroy_process_group()

@@ -240,7 +240,9 @@ class QuantizedOptimizer:
 
     Args:
         optimizer: the float optimiser over the model's parameters.
-        weight, grad, state: formats (None: leave that kind of tensor in float).
+        weight: format of the weights (None: leave them in float).
+        grad: format of the gradients (None: float).
+        state: format of the optimiser state named in ``state_keys`` (None: float).
         state_keys: which per-parameter state entries to round.
         generator: randomness of stochastic rounding.
     """
