@@ -97,7 +97,7 @@ class SWAP:
         """
         try:
             yield
-        except BaseException as exc:
+        except Exception as exc:
             with contextlib.suppress(RuntimeError):  # the others may be gone too
                 self._exchange(f"{type(exc).__name__}: {exc}")
             raise
