@@ -1,12 +1,17 @@
 """SWALP at our scale: 8-bit block-floating-point training on Fashion-MNIST, averaged in float32.
 
-Per seed, four training runs of the benchmark's CNN (``swag.bench.train.small_cnn``) with the
-same number of steps, on a subset of Fashion-MNIST:
+Per seed, training runs of the benchmark's CNN (``swag.bench.train.small_cnn``) on a subset of
+Fashion-MNIST, float and 8-bit, under one of two protocols:
 
-- float SGD and 8-bit SGD: the SWAG paper's decaying rate (``lr`` to ``0.01·lr``);
-- float SWA and 8-bit SWALP/SWAG: the same decay over the first ``epochs − swa_epochs``
-  epochs to ``swa_lr``, then constant, with a :class:`swag.Collector` (float32) recording
-  ``--collects`` iterates per epoch. SWALP is the collector's mean, SWAG samples from it.
+- ``--protocol equal`` (four runs, the same number of steps each): float SGD and 8-bit SGD
+  follow the SWAG paper's decaying rate (``lr`` to ``0.01·lr``); float SWA and 8-bit
+  SWALP/SWAG decay over the first ``epochs − swa_epochs`` epochs to ``swa_lr``, then hold it
+  while a :class:`swag.Collector` (float32) records ``--collects`` iterates per epoch;
+- ``--protocol paper`` (two runs, the SWALP reference code's protocol): SGD decays over
+  ``epochs``; averaging continues the same run ``swa_epochs`` more at ``swa_lr``, so SWA and
+  SWALP get ``swa_epochs`` extra epochs.
+
+SWALP is the collector's mean, SWAG samples from it.
 
 "8-bit" is SWALP's setting (:mod:`swag.lowp`): weights, gradients, momentum, activations and
 errors in 8-bit block floating point with stochastic rounding. 8-bit SGD is scored as trained
@@ -22,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -56,34 +62,50 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--samples", type=int, default=10, help="SWAG samples")
     p.add_argument("--max-rank", type=int, default=10)
+    p.add_argument("--protocol", choices=("equal", "paper"), default="equal")
     p.add_argument("--out", type=Path, default=Path("runs/swalp"))
     return p.parse_args(argv)
 
 
 def fit(
     args: argparse.Namespace, x: Tensor, y: Tensor, seed: int, *, low: bool, average: bool
-) -> tuple[nn.Module, swag.Collector | None, float]:
-    """One run; returns the model (with its 8-bit hooks when ``low``) and its collector."""
-    steps_per_epoch = -(-len(x) // args.batch_size)
-    total = args.epochs * steps_per_epoch
-    window = (args.epochs - args.swa_epochs) * steps_per_epoch if average else total
-    final = args.swa_lr if average else args.lr * 0.01
-    every = max(steps_per_epoch // args.collects, 1)
+) -> tuple[nn.Module, swag.Collector | None, dict[str, Tensor], float]:
+    """One run: the model (with its 8-bit hooks when ``low``), its collector, the weights at the
+    end of the decaying schedule (the SGD result), and the seconds per step.
+
+    ``--protocol equal``: an SGD run decays over all ``epochs``; an averaging run decays over the
+    first ``epochs − swa_epochs`` to ``swa_lr`` and collects in the rest. ``--protocol paper``
+    (the SWALP code's): every run decays over ``epochs`` like SGD; an averaging run then goes
+    on ``swa_epochs`` more at ``swa_lr``, collecting, so averaging gets extra epochs.
+    """
+    spe = -(-len(x) // args.batch_size)
+    extend = average and args.protocol == "paper"
+    epochs = args.epochs + (args.swa_epochs if extend else 0)
+    if average and not extend:
+        window, final = (args.epochs - args.swa_epochs) * spe, args.swa_lr
+    else:
+        window, final = args.epochs * spe, args.lr * 0.01
+    sgd_end = args.epochs * spe  # where the decaying schedule ends
+
+    def lr(s: int) -> float:
+        return args.swa_lr if extend and s >= sgd_end else schedule(s, window, args.lr, final)
+
+    every = max(spe // args.collects, 1)
     torch.manual_seed(seed)  # this script owns its process: initialisation and dropout
     model = small_cnn(args.width)
     g = torch.Generator().manual_seed(seed)
     sgd = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        sgd, lambda s: schedule(s, window, args.lr, final) / args.lr
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: lr(s) / args.lr)
     opt: torch.optim.Optimizer | QuantizedOptimizer = sgd
     if low:
         rounding = torch.Generator().manual_seed(10_000 + seed)
         quantize_model(model, BlockFloat(), BlockFloat(), generator=rounding)
         opt = QuantizedOptimizer(sgd, generator=rounding)
     collector = swag.Collector(model, max_rank=args.max_rank) if average else None
-    start, step = time.perf_counter(), 0
-    for _ in range(args.epochs):
+    start = window if not extend else sgd_end  # collecting starts here
+    sgd_state = copy.deepcopy(model.state_dict())
+    clock, step = time.perf_counter(), 0
+    for _ in range(epochs):
         for xb, yb in batches(x, y, args.batch_size, g):
             loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad()
@@ -91,10 +113,12 @@ def fit(
             opt.step()
             sched.step()
             step += 1
-            if collector is not None and step > window and (step - window) % every == 0:
+            if step == sgd_end:
+                sgd_state = copy.deepcopy(model.state_dict())
+            if collector is not None and step > start and (step - start) % every == 0:
                 collector.collect()
     model.eval()
-    return model, collector, (time.perf_counter() - start) / total
+    return model, collector, sgd_state, (time.perf_counter() - clock) / step
 
 
 def noise_share(model: nn.Module, post: swag.SWAGPosterior) -> dict[str, float]:
@@ -128,20 +152,30 @@ def run_seed(args: argparse.Namespace, seed: int, data: dict[str, Tensor]) -> di
         probs = swag.predict(post, model, test, generator=g, **kw)
         return {"accuracy": swag.metrics.accuracy(probs, ty), "nll": swag.metrics.nll(probs, ty)}
 
+    def with_state(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+        out = copy.deepcopy(model)  # keeps the 8-bit hooks of an 8-bit model
+        out.load_state_dict(state)
+        return out
+
     res: dict[str, Any] = {}
     cost: dict[str, float] = {}
-    model, _, cost["float"] = fit(args, x, y, seed, low=False, average=False)
-    res["float SGD"] = score(swag.PointPosterior.from_model(model), model, bn_loader=False)
-    model, col, _ = fit(args, x, y, seed, low=False, average=True)
+    paper = args.protocol == "paper"
+    model, col, state, cost["float"] = fit(args, x, y, seed, low=False, average=paper)
+    sgd_model = with_state(model, state)
+    res["float SGD"] = score(swag.PointPosterior.from_model(sgd_model), sgd_model, bn_loader=False)
+    if not paper:
+        model, col, _, _ = fit(args, x, y, seed, low=False, average=True)
     assert col is not None
     res["float SWA"] = score(swag.PointPosterior(col.mean, col.layout), model, bn_loader=bn)
-    model, _, cost["8-bit"] = fit(args, x, y, seed, low=True, average=False)
-    point = swag.PointPosterior.from_model(model)
-    res["8-bit SGD"] = score(point, model, bn_loader=False)  # the hooks travel with the copy
+    model, col, state, cost["8-bit"] = fit(args, x, y, seed, low=True, average=paper)
+    sgd_model = with_state(model, state)
+    point = swag.PointPosterior.from_model(sgd_model)
+    res["8-bit SGD"] = score(point, sgd_model, bn_loader=False)  # the hooks travel with the copy
     plain = small_cnn(args.width)
-    plain.load_state_dict(model.state_dict())
+    plain.load_state_dict(state)
     res["8-bit SGD (float activations)"] = score(point, plain, bn_loader=False)
-    model, col, _ = fit(args, x, y, seed, low=True, average=True)
+    if not paper:
+        model, col, _, _ = fit(args, x, y, seed, low=True, average=True)
     assert col is not None
     plain = small_cnn(args.width)
     plain.load_state_dict(model.state_dict())
