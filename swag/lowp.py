@@ -32,7 +32,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["BlockFloat", "QuantizedOptimizer", "Quantizer", "quantize", "quantize_model"]
+__all__ = [
+    "BlockFloat",
+    "QuantizedOptimizer",
+    "Quantizer",
+    "quantize",
+    "quantize_model",
+    "representable",
+]
 
 Rounding = Literal["stochastic", "nearest"]
 
