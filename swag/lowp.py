@@ -1,0 +1,314 @@
+"""Low-precision training in block floating point, as in SWALP (Yang et al., 2019).
+
+A *block floating point* (BFP) number format stores each value of a block as a ``W``-bit
+two's-complement integer mantissa ``q ∈ [−2^(W−1), 2^(W−1) − 1]`` and the whole block shares one
+exponent. With ``m`` the block's largest magnitude, the shared exponent is
+``e = clamp(⌊log₂ m⌋, −2^(E−1), 2^(E−1) − 1)`` (``E`` exponent bits) and the grid step is
+``δ = 2^(e − (W − 2))``, so the block's largest value lands in ``[2^(W−2), 2^(W−1))·δ``: one bit is
+the sign and ``W − 1`` bits cover the magnitude. A value ``x`` becomes ``δ · clamp(R(x / δ))``
+with ``R`` rounding to nearest (ties to even) or stochastically (up with probability equal to
+the fractional part, which is unbiased). Values past the range saturate at the extreme codes:
+this happens when the block's maximum rounds up to ``2^(W−1)·δ``, or when the exponent was
+clamped by ``E``. NaN stays NaN (and makes the rest of its block meaningless) and ±inf
+saturates. In float32 the exponent is also capped at 126, so that ``−2^(W−1)·δ`` stays finite.
+This is the definition of the SWALP reference code: 8-bit words, 8-bit exponents, one block
+per tensor for biases and vectors and one block per row (output channel; per sample for
+activations) for everything else.
+
+Arithmetic itself stays in float32 (a simulation, as in the paper): a layer's output is
+rounded to the format, not each multiply-add. :class:`Quantizer` rounds activations forward
+and back-propagated errors backward; :class:`QuantizedOptimizer` rounds gradients, momentum
+buffers and weights around each optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = [
+    "BlockFloat",
+    "QuantizedOptimizer",
+    "Quantizer",
+    "quantize",
+    "quantize_model",
+    "representable",
+]
+
+Rounding = Literal["stochastic", "nearest"]
+
+
+@dataclass(frozen=True)
+class BlockFloat:
+    """A block-floating-point format.
+
+    Args:
+        word_length: ``W``, bits per value including the sign (SWALP: 8).
+        exponent_bits: ``E``, bits of the shared exponent (SWALP: 8), ``e ∈ [−2^(E−1), 2^(E−1)−1]``.
+        block: ``"row"``: one exponent per slice along dim 0 for tensors of 2 or more
+            dimensions (a weight's output row or channel, an activation's sample), one per
+            tensor otherwise; ``"tensor"``: one exponent for the whole tensor.
+        rounding: ``"stochastic"`` (unbiased; SWALP) or ``"nearest"`` (ties to even).
+    """
+
+    word_length: int = 8
+    exponent_bits: int = 8
+    block: Literal["row", "tensor"] = "row"
+    rounding: Rounding = "stochastic"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.word_length, bool) or not 2 <= self.word_length <= 24:
+            raise ValueError(f"word_length must be an int in [2, 24], got {self.word_length!r}")
+        if isinstance(self.exponent_bits, bool) or not 1 <= self.exponent_bits <= 8:
+            raise ValueError(f"exponent_bits must be an int in [1, 8], got {self.exponent_bits!r}")
+        if self.block not in ("row", "tensor"):
+            raise ValueError(f"block must be 'row' or 'tensor', got {self.block!r}")
+        if self.rounding not in ("stochastic", "nearest"):
+            raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {self.rounding!r}")
+
+    @property
+    def codes(self) -> tuple[int, int]:
+        """The smallest and largest integer mantissa, ``(−2^(W−1), 2^(W−1) − 1)``."""
+        half = 1 << (self.word_length - 1)
+        return -half, half - 1
+
+
+def _exponent_range(fmt: BlockFloat, dtype: torch.dtype) -> tuple[int, int]:
+    """Allowed shared exponents; capped so that the code ``−2^(W−1)`` stays finite in ``dtype``."""
+    half = 1 << (fmt.exponent_bits - 1)
+    return -half, min(half - 1, math.frexp(torch.finfo(dtype).max)[1] - 2)
+
+
+def _exponent(amax: Tensor, fmt: BlockFloat) -> Tensor:
+    """The shared exponent ``e = clamp(⌊log₂ m⌋)`` of each block (int32, shaped like ``amax``)."""
+    lo, hi = _exponent_range(fmt, amax.dtype)
+    # ⌊log₂ m⌋ from the float's own exponent: frexp gives m = f·2^k with f in [0.5, 1)
+    _, k = torch.frexp(amax)
+    e = (k - 1).clamp(lo, hi)
+    e = torch.where(amax > 0, e, torch.full_like(e, lo))  # an all-zero block
+    return torch.where(torch.isinf(amax), torch.full_like(e, hi), e)  # ±inf saturates
+
+
+def _step(e: Tensor, fmt: BlockFloat, like: Tensor) -> Tensor:
+    """The grid step ``δ = 2^(e − (W − 2))`` (exact, in ``like``'s dtype and device)."""
+    return torch.ldexp(torch.ones_like(e, dtype=like.dtype), e - (fmt.word_length - 2))
+
+
+def _block_max(x: Tensor, fmt: BlockFloat) -> Tensor:
+    if fmt.block == "row" and x.dim() >= 2:
+        return x.detach().abs().amax(dim=tuple(range(1, x.dim())), keepdim=True)
+    return x.detach().abs().amax()
+
+
+def quantize(
+    x: Tensor, fmt: BlockFloat | None = None, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Round ``x`` to the block-floating-point format ``fmt`` (default: SWALP's 8-bit format).
+
+    Args:
+        x: a floating tensor of any shape (float32 or float64; the result has its dtype).
+        fmt: the format; ``BlockFloat()`` when None.
+        generator: the randomness of stochastic rounding (default: torch's global generator).
+
+    Returns:
+        A new tensor of ``x``'s shape whose every block is ``δ·q`` with integer ``q`` in
+        :attr:`BlockFloat.codes`. Stochastic rounding is unbiased for every value that does not
+        saturate: ``E[quantize(x)] = x``.
+    """
+    fmt = fmt or BlockFloat()
+    if not x.is_floating_point():
+        raise ValueError(f"quantize needs a floating tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return x.clone()
+    step = _step(_exponent(_block_max(x, fmt), fmt), fmt, x)
+    scaled = x.detach() / step  # exact: step is a power of two
+    low = torch.floor(scaled)
+    if fmt.rounding == "nearest":
+        q = torch.round(scaled)
+    else:
+        frac = scaled - low  # exact in floating point
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        q = low + (u < frac).to(x.dtype)
+    lo, hi = fmt.codes
+    return q.clamp_(lo, hi).mul_(step)
+
+
+def representable(x: Tensor, fmt: BlockFloat | None = None) -> bool:
+    """Whether every block of ``x`` is ``δ·q`` with integer ``q`` in range for its exponent.
+
+    A block holding the code ``−2^(W−1)`` has largest magnitude ``2^(W−1)·δ``, one binade above
+    its exponent, so both ``⌊log₂ m⌋`` and one less are tried.
+    """
+    fmt = fmt or BlockFloat()
+    lo, hi = fmt.codes
+    e = _exponent(_block_max(x, fmt), fmt)
+    ok = torch.zeros_like(e, dtype=torch.bool)
+    for shift in (0, 1):  # a coarser exponent's grid lies inside this one's: no need to try it
+        q = x / _step(e - shift, fmt, x)
+        fits = (q == torch.round(q)) & (q >= lo) & (q <= hi)
+        if fmt.block == "row" and x.dim() >= 2:
+            fits = fits.flatten(1).all(dim=1).reshape(e.shape)
+        else:
+            fits = fits.all()
+        valid = e - shift >= _exponent_range(fmt, x.dtype)[0]
+        ok = ok | (fits & valid)
+    return bool(ok.all())
+
+
+class _Round(torch.autograd.Function):
+    """Identity in value up to rounding: ``fwd`` on the way forward, ``bwd`` on the way back."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        fwd: BlockFloat | None,
+        bwd: BlockFloat | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        ctx.bwd, ctx.generator = bwd, generator
+        return x.clone() if fwd is None else quantize(x, fwd, generator=generator)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        if ctx.bwd is None:
+            return grad, None, None, None
+        return quantize(grad, ctx.bwd, generator=ctx.generator), None, None, None
+
+
+class Quantizer(nn.Module):
+    """Rounds activations forward and back-propagated errors backward (straight-through).
+
+    Args:
+        forward: format of the activations (None: leave them in float).
+        backward: format of the errors, the gradients w.r.t. this point (None: float).
+        generator: randomness of stochastic rounding, forward and backward.
+    """
+
+    def __init__(
+        self,
+        forward: BlockFloat | None = BlockFloat(),
+        backward: BlockFloat | None = BlockFloat(),
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.fwd, self.bwd, self.generator = forward, backward, generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = _Round.apply(x, self.fwd, self.bwd, self.generator)  # type: ignore[no-untyped-call]
+        return out
+
+
+def quantize_model(
+    model: nn.Module,
+    forward: BlockFloat | None = BlockFloat(),
+    backward: BlockFloat | None = BlockFloat(),
+    *,
+    generator: torch.Generator | None = None,
+    modules: Callable[[str, nn.Module], bool] | None = None,
+) -> list[RemovableHandle]:
+    """Round the output of every leaf module forward and the error into it backward.
+
+    Registers a forward hook on every module without children (or those ``modules(name,
+    module)`` selects) that passes the output through a :class:`Quantizer`; the model input is
+    rounded too (a forward pre-hook on ``model``). Remove the hooks with ``h.remove()`` on each
+    returned handle, e.g. to evaluate the float network.
+    """
+    quantizer = Quantizer(forward, backward, generator=generator)
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        return quantizer(out) if isinstance(out, Tensor) and out.is_floating_point() else out
+
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(
+            quantizer(a) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args
+        )
+
+    pick = modules or (lambda _n, m: next(iter(m.children()), None) is None)
+    handles = [model.register_forward_pre_hook(pre_hook)]
+    handles += [m.register_forward_hook(hook) for n, m in model.named_modules() if pick(n, m)]
+    return handles
+
+
+class QuantizedOptimizer:
+    """Wraps an optimiser so that gradients, its state and the weights live on a BFP grid.
+
+    ``step()`` rounds every parameter's gradient to ``grad``, runs the wrapped optimiser, then
+    rounds the state tensors named in ``state_keys`` (SGD's ``momentum_buffer``) to ``state``
+    and the parameters to ``weight``. Weight decay and the update are computed in float between
+    the roundings, as in SWALP. Schedulers go on :attr:`optimizer`, the wrapped one.
+
+    Args:
+        optimizer: the float optimiser over the model's parameters.
+        weight: format of the weights (None: leave them in float).
+        grad: format of the gradients (None: float).
+        state: format of the optimiser state named in ``state_keys`` (None: float).
+        state_keys: which per-parameter state entries to round.
+        generator: randomness of stochastic rounding.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        weight: BlockFloat | None = BlockFloat(),
+        grad: BlockFloat | None = BlockFloat(),
+        state: BlockFloat | None = BlockFloat(),
+        state_keys: Iterable[str] = ("momentum_buffer",),
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+        self.optimizer = optimizer
+        self.weight, self.grad, self.state = weight, grad, state
+        self.state_keys = tuple(state_keys)
+        self.generator = generator
+        self.quantize_weights()
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def _params(self) -> Iterable[Tensor]:
+        for group in self.optimizer.param_groups:
+            yield from group["params"]
+
+    @torch.no_grad()
+    def quantize_weights(self) -> None:
+        """Round the parameters to ``weight`` (done at construction and after every step)."""
+        if self.weight is not None:
+            for p in self._params():
+                p.copy_(quantize(p, self.weight, generator=self.generator))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Round gradients, take the wrapped optimiser's step, round its state and the weights."""
+        if self.grad is not None:
+            for p in self._params():
+                if p.grad is not None:
+                    p.grad.copy_(quantize(p.grad, self.grad, generator=self.generator))
+        self.optimizer.step()
+        if self.state is not None:
+            for p in self._params():
+                st = self.optimizer.state.get(p, {})
+                for key in self.state_keys:
+                    t = st.get(key)
+                    if isinstance(t, Tensor) and t.is_floating_point():
+                        t.copy_(quantize(t, self.state, generator=self.generator))
+        self.quantize_weights()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
