@@ -16,27 +16,21 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import SWALR
 
 import swag
 from swag.integrations import _state, missing_extra
+from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
 
 try:
     import lightning.pytorch as pl
-    from lightning.pytorch.strategies import (
-        DDPStrategy,
-        ModelParallelStrategy,
-        SingleDeviceStrategy,
-    )
     from lightning.pytorch.utilities.types import LRSchedulerConfig
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise missing_extra("lightning", "lightning") from exc
 
-__all__ = ["SWAGCallback"]
+__all__ = ["SWAGCallback", "check_strategy"]
 
 Params = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
-_EPOCH = "epoch"
 
 
 class SWAGCallback(pl.Callback):
@@ -95,7 +89,7 @@ class SWAGCallback(pl.Callback):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        _check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
+        check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
         self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn
@@ -225,11 +219,11 @@ class SWAGCallback(pl.Callback):
             self.collector.collect()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._in_phase and self.collect_every == _EPOCH:
+        if self._in_phase and self.collect_every == EPOCH:
             self.collector.collect()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.bn_update or self.collected == 0 or not _has_batchnorm(pl_module):
+        if not self.bn_update or self.collected == 0 or not has_batchnorm(pl_module):
             return
         if any(hasattr(p, "device_mesh") for p in pl_module.parameters()):
             return  # FSDP2: swa_model() explains how to write the mean in place
@@ -282,7 +276,7 @@ class SWAGCallback(pl.Callback):
         """(first epoch of the SWA phase, or None) and its first optimiser step otherwise."""
         if isinstance(self.start, int):
             return self.start, 0
-        if self.collect_every == _EPOCH:
+        if self.collect_every == EPOCH:
             epochs = trainer.max_epochs
             if epochs is None or epochs < 1:
                 raise ValueError(
@@ -317,65 +311,3 @@ class SWAGCallback(pl.Callback):
         self._user_schedulers = list(trainer.lr_scheduler_configs)
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(swalr, interval="step")]
         self._swalr = swalr
-
-
-def check_strategy(strategy: object) -> None:
-    """Raise a ValueError naming the fix when the callback cannot run under ``strategy``."""
-    name = type(strategy).__name__
-    fix = "use strategy='ddp' (statistics replicated, or shard=True) or ModelParallelStrategy"
-    if "XLA" in name:
-        raise ValueError(f"SWAGCallback does not support {name}; {fix}")
-    if isinstance(strategy, DDPStrategy):
-        method = getattr(strategy, "_start_method", "popen")
-        if method != "popen":
-            raise ValueError(
-                f"SWAGCallback does not support DDP launched by {method} (ddp_spawn, ddp_fork, "
-                "ddp_notebook): the statistics would stay in the worker processes. Use "
-                "strategy='ddp' (run the script with torchrun or let Lightning launch it)"
-            )
-        return
-    if isinstance(strategy, ModelParallelStrategy | SingleDeviceStrategy):
-        return
-    detail = {
-        "FSDPStrategy": " (FSDP1 flattens the parameters; use ModelParallelStrategy with "
-        "fully_shard, i.e. FSDP2, on the data-parallel mesh)",
-        "DeepSpeedStrategy": " (DeepSpeed partitions parameters its own way)",
-    }.get(name, "")
-    raise ValueError(f"SWAGCallback does not support {name}{detail}; {fix}")
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
-
-
-def _check_args(
-    max_rank: int,
-    start: int | float,
-    collect_every: int | str,
-    swa_lr: float | None,
-    anneal_steps: int,
-    anneal_strategy: str,
-) -> None:
-    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
-        raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
-    bad_start = (
-        isinstance(start, bool)
-        or not isinstance(start, int | float)
-        or (isinstance(start, int) and start < 0)
-        or (isinstance(start, float) and not 0 <= start < 1)
-    )
-    if bad_start:
-        raise ValueError(
-            f"start must be an epoch (int >= 0) or a fraction in [0, 1), got {start!r}"
-        )
-    every_ok = collect_every == _EPOCH or (
-        isinstance(collect_every, int) and not isinstance(collect_every, bool) and collect_every > 0
-    )
-    if not every_ok:
-        raise ValueError(f"collect_every must be 'epoch' or an int >= 1, got {collect_every!r}")
-    if swa_lr is not None and not (isinstance(swa_lr, int | float) and swa_lr > 0):
-        raise ValueError(f"swa_lr must be a float > 0 or None, got {swa_lr!r}")
-    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 0:
-        raise ValueError(f"anneal_steps must be an int >= 0, got {anneal_steps!r}")
-    if anneal_strategy not in ("cos", "linear"):
-        raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
