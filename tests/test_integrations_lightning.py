@@ -159,12 +159,14 @@ def test_a_checkpoint_from_another_configuration_is_refused(tmp_path: Path) -> N
 
 
 def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> None:
-    cb = SWAGCallback(max_rank=2, start=1, bn_update=True)
+    cb = SWAGCallback(max_rank=2, start=1, params=["body.0", "head"], bn_update=True)
     net = Net()
     trainer(tmp_path, 4, cb, enable_checkpointing=False).fit(net, loader())
     swa = cb.swa_model()
     assert swa is not net and cb.collected == 3
-    post = cb.posterior()
+    post = cb.posterior()  # the BatchNorm's own affine weights are not covered
+    assert post.layout.names == ("body.0.weight", "body.0.bias", "head.weight", "head.bias")
+    assert torch.equal(swa.body[1].weight, net.body[1].weight)
     # the oracle: torch's own update_bn on a copy holding the SWA mean
     ref = post.to_model(net)
     torch.optim.swa_utils.update_bn(loader(), ref)
