@@ -3,8 +3,8 @@
 ``python tests/lightning_worker.py OUT`` starts two ranks that meet through a file store and
 look to Lightning as if torchrun had launched them. They fit under ``ddp`` (statistics
 replicated and sharded, a stop and a resume) and under ``ModelParallelStrategy`` with FSDP2
-(``fully_shard`` on the data-parallel mesh). Rank 0 writes what it saw to ``OUT``;
-``tests/test_integrations_lightning.py`` checks it.
+(``fully_shard`` on the data-parallel mesh; a stop and a resume). Rank 0 writes what it saw
+to ``OUT``; ``tests/test_integrations_lightning.py`` checks it.
 """
 
 from __future__ import annotations
@@ -91,16 +91,30 @@ def run(rank: int, out: str) -> None:
     # FSDP2 through ModelParallelStrategy: statistics sharded like the parameters
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    mp_kw: dict[str, Any] = {
-        "devices": WORLD,
-        "strategy": ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1),
-        "enable_checkpointing": False,
-    }
+    def mp_kw(checkpoints: bool = False) -> dict[str, Any]:  # a strategy serves one Trainer
+        strategy = ModelParallelStrategy(data_parallel_size=WORLD, tensor_parallel_size=1)
+        return {"devices": WORLD, "strategy": strategy, "enable_checkpointing": checkpoints}
+
     fsdp_cb = SWAGCallback(max_rank=3, start=0.25, collect_every=1)
-    trainer(folder / "fsdp2", 4, fsdp_cb, **mp_kw).fit(FSDPNet(), loader())
+    trainer(folder / "fsdp2", 4, fsdp_cb, **mp_kw()).fit(FSDPNet(), loader())
     fpost = fsdp_cb.posterior()
     res["fsdp2_mean"] = fpost.mean
     res["fsdp2_n"] = torch.tensor([fpost.n])
+
+    # FSDP2, interrupted and resumed: Lightning restores callbacks after setup here
+    def fsdp_fit(stop: list[pl.Callback], ckpt: str | None) -> SWAGCallback:
+        cb = SWAGCallback(max_rank=3, start=0.25, collect_every=1)
+        save = pl.callbacks.ModelCheckpoint(dirpath=folder / "fsdp2_ckpt", save_last=True)
+        trainer(folder / "fsdp2_resume", 4, cb, save, *stop, **mp_kw(True)).fit(
+            FSDPNet(), loader(), ckpt_path=ckpt
+        )
+        return cb
+
+    fsdp_fit([StopAfter(2)], None)
+    fresumed = fsdp_fit([], str(folder / "fsdp2_ckpt/last.ckpt")).posterior()
+    for name in ("mean", "std", "deviations"):
+        res[f"fsdp2_{name}"] = getattr(fpost, name)
+        res[f"fsdp2_resumed_{name}"] = getattr(fresumed, name)
     try:
         fsdp_cb.swa_model()
     except RuntimeError as exc:

@@ -225,6 +225,8 @@ def test_fsdp2_through_model_parallel_strategy(ranks: Any) -> None:
     # the same trajectory as ddp (two-rank gradient averages round alike): the same SWA mean
     torch.testing.assert_close(r["fsdp2_mean"], r["whole_mean"], rtol=0, atol=1e-6)
     assert "sharded_posterior().apply_(model)" in msgs["fsdp2_swa_model"]
+    for name in ("mean", "std", "deviations"):  # restored after setup, still bit-identical
+        assert torch.equal(r[f"fsdp2_resumed_{name}"], r[f"fsdp2_{name}"]), name
 
 
 @pytest.mark.parametrize(
