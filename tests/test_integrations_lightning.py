@@ -242,3 +242,25 @@ def test_unsupported_strategies_are_refused_with_the_fix(strategy: Any, message:
         check_strategy(strategy())
     for ok in (DDPStrategy(), ModelParallelStrategy(), SingleDeviceStrategy("cpu")):
         check_strategy(ok)
+
+
+class DictNet(Net):
+    """Trains on dict batches ``{"x": ..., "y": ...}``."""
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:  # type: ignore[override]
+        return nn.functional.cross_entropy(self(batch["x"]), batch["y"])
+
+
+def test_dict_batches_and_gradient_accumulation(tmp_path: Path) -> None:
+    x, y = loader().dataset.tensors  # type: ignore[attr-defined]
+    batches = DataLoader([{"x": a, "y": b} for a, b in zip(x, y, strict=True)], batch_size=16)
+    cb = SWAGCallback(max_rank=2, start=1, collect_every=1, input_fn=lambda b: b["x"])
+    net = DictNet()
+    fit = trainer(tmp_path, 2, cb, enable_checkpointing=False, accumulate_grad_batches=2)
+    fit.fit(net, batches)
+    # 4 batches per epoch make 2 optimiser steps; the phase (epoch 1) collects at those 2 only
+    assert fit.global_step == 4 and cb.collected == 2
+    ref = cb.posterior().to_model(net)
+    torch.optim.swa_utils.update_bn([b["x"] for b in batches], ref)
+    for a, b in zip(cb.swa_model().state_dict().values(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
