@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Nothing may be downloaded: the model comes from a config, with random weights. Set before
+# transformers is imported, which is when huggingface_hub reads it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +27,6 @@ from swag.integrations.transformers import (
 )
 
 HEAD = ("classifier.weight", "classifier.bias")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing may be downloaded: the model comes from a config, with random weights."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 class Tokens(Dataset[dict[str, Tensor]]):
