@@ -121,9 +121,14 @@ def test_step_collection_matches_float64_over_the_phase(tmp_path: Path, every: i
 
 
 def fit_swag(
-    tmp_path: Path, stop: int | None, every: int | str, ckpt: str | None = None, k: int = 3
+    tmp_path: Path,
+    stop: int | None,
+    every: int | str,
+    ckpt: str | None = None,
+    k: int = 3,
+    cb: SWAGCallback | None = None,
 ) -> Any:
-    cb = SWAGCallback(max_rank=k, start=0.3, collect_every=every, swa_lr=0.02, anneal_steps=3)
+    cb = cb or SWAGCallback(k, start=0.3, collect_every=every, swa_lr=0.02, anneal_steps=3)
     save = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     net = Net()
     fitter = trainer(tmp_path, 6, cb, save, *([StopAfter(stop)] if stop else []))
@@ -136,10 +141,12 @@ def fit_swag(
 @pytest.mark.parametrize("every", ["epoch", 3])
 def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path, every: int | str) -> None:
     whole, net, fitter = fit_swag(tmp_path / "a", None, every)
-    _, _, stopped = fit_swag(tmp_path / "b", 3, every)
+    first, _, stopped = fit_swag(tmp_path / "b", 3, every)
     assert stopped.current_epoch == 3  # stopped inside the SWA phase, after SWALR took over
     ckpt = str(tmp_path / "b/ckpt/last.ckpt")
-    resumed, net_b, fitter_b = fit_swag(tmp_path / "b", None, every, ckpt)
+    # per step, the stopped run's callback object itself resumes (its old state is replaced)
+    reuse = first if every == 3 else None
+    resumed, net_b, fitter_b = fit_swag(tmp_path / "b", None, every, ckpt, cb=reuse)
     a, b = whole.posterior(), resumed.posterior()
     assert a.n == b.n == 5  # epochs 1-5; or steps 8-24 (from int(0.3 · 24)), every 3rd
     for name in ("mean", "std", "deviations"):

@@ -102,6 +102,7 @@ class SWAGCallback(pl.Callback):
         self._user_schedulers: list[LRSchedulerConfig] | None = None
         self._swa: nn.Module | None = None
         self._in_phase = False
+        self._fitting = False  # this fit's collector exists (on_fit_start ran)
         self._steps = 0  # optimiser steps taken in the SWA phase
         self._last_step = -1
         self._start_epoch: int | None = None
@@ -168,9 +169,11 @@ class SWAGCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             check_strategy(trainer.strategy)
+            self._fitting = False  # until on_fit_start builds this fit's collector
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
+        self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
             self._collector = swag.Collector(
@@ -251,7 +254,7 @@ class SWAGCallback(pl.Callback):
         if not state_dict:
             return
         self._pending = state_dict
-        if self._collector is not None:  # strategies that restore after setup (FSDP2)
+        if self._fitting:  # strategies that restore callbacks after on_fit_start (FSDP2)
             self._restore(state_dict)
 
     def on_save_checkpoint(
