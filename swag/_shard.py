@@ -117,7 +117,8 @@ def shard_plan(
     meshes = [getattr(t, "device_mesh", None) for t in tensors]
     if any(m is not None for m in meshes):
         plain = [n for n, m in zip(layout.names, meshes, strict=True) if m is None]
-        if plain or len({id(m) for m in meshes}) > 1:
+        # equal meshes count as one: slicing a mesh (mesh["dp"]) makes a new, equal object
+        if plain or len(set(meshes)) > 1:
             raise ValueError(
                 "the covered parameters mix FSDP2 (DTensor) parameters of different meshes or "
                 f"plain ones ({plain[:5]}); select one fully_shard'ed set with params="

@@ -1,0 +1,18 @@
+"""Adapters for the frameworks people train with: Lightning and the Hugging Face ``Trainer``.
+
+Each adapter is a callback that calls :meth:`swag.Collector.collect` for you and keeps the
+collector's state in the framework's checkpoints. The frameworks are optional: importing
+:mod:`swag.integrations.lightning` needs ``pip install 'swag-toolkit[lightning]'``,
+:mod:`swag.integrations.transformers` needs ``pip install 'swag-toolkit[transformers]'``.
+Nothing else in swag imports them.
+"""
+
+from __future__ import annotations
+
+
+def missing_extra(package: str, extra: str) -> ImportError:
+    """The ImportError raised when ``package`` is absent: it names the extra that installs it."""
+    return ImportError(
+        f"swag.integrations.{extra} needs the {package!r} package, which is not installed: "
+        f"pip install 'swag-toolkit[{extra}]'"
+    )

@@ -1,0 +1,81 @@
+"""Argument and strategy checks of the Lightning callback (needs Lightning)."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from swag.integrations import missing_extra
+
+try:
+    from lightning.pytorch.strategies import (
+        DDPStrategy,
+        ModelParallelStrategy,
+        SingleDeviceStrategy,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("lightning", "lightning") from exc
+
+EPOCH = "epoch"
+
+
+def check_strategy(strategy: object) -> None:
+    """Raise a ValueError naming the fix when the callback cannot run under ``strategy``."""
+    name = type(strategy).__name__
+    fix = "use strategy='ddp' (statistics replicated, or shard=True) or ModelParallelStrategy"
+    if "XLA" in name:
+        raise ValueError(f"SWAGCallback does not support {name}; {fix}")
+    if isinstance(strategy, DDPStrategy):
+        method = getattr(strategy, "_start_method", "popen")
+        if method != "popen":
+            raise ValueError(
+                f"SWAGCallback does not support DDP launched by {method} (ddp_spawn, ddp_fork, "
+                "ddp_notebook): the statistics would stay in the worker processes. Use "
+                "strategy='ddp' (run the script with torchrun or let Lightning launch it)"
+            )
+        return
+    if isinstance(strategy, ModelParallelStrategy | SingleDeviceStrategy):
+        return
+    detail = {
+        "FSDPStrategy": " (FSDP1 flattens the parameters; use ModelParallelStrategy with "
+        "fully_shard, i.e. FSDP2, on the data-parallel mesh)",
+        "DeepSpeedStrategy": " (DeepSpeed partitions parameters its own way)",
+    }.get(name, "")
+    raise ValueError(f"SWAGCallback does not support {name}{detail}; {fix}")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+def check_args(
+    max_rank: int,
+    start: int | float,
+    collect_every: int | str,
+    swa_lr: float | None,
+    anneal_steps: int,
+    anneal_strategy: str,
+) -> None:
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
+        raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
+    bad_start = (
+        isinstance(start, bool)
+        or not isinstance(start, int | float)
+        or (isinstance(start, int) and start < 0)
+        or (isinstance(start, float) and not 0 <= start < 1)
+    )
+    if bad_start:
+        raise ValueError(
+            f"start must be an epoch (int >= 0) or a fraction in [0, 1), got {start!r}"
+        )
+    every_ok = collect_every == EPOCH or (
+        isinstance(collect_every, int) and not isinstance(collect_every, bool) and collect_every > 0
+    )
+    if not every_ok:
+        raise ValueError(f"collect_every must be 'epoch' or an int >= 1, got {collect_every!r}")
+    if swa_lr is not None and not (isinstance(swa_lr, int | float) and swa_lr > 0):
+        raise ValueError(f"swa_lr must be a float > 0 or None, got {swa_lr!r}")
+    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 0:
+        raise ValueError(f"anneal_steps must be an int >= 0, got {anneal_steps!r}")
+    if anneal_strategy not in ("cos", "linear"):
+        raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")

@@ -1,0 +1,316 @@
+"""SWAG for Lightning: a callback that collects the iterates of ``Trainer.fit``.
+
+Needs ``pip install 'swag-toolkit[lightning]'`` (Lightning 2.x, ``lightning.pytorch``).
+
+Example:
+    >>> callback = SWAGCallback(max_rank=10, start=0.5, collect_every="epoch")
+    >>> callback.collected
+    0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import SWALR
+
+import swag
+from swag.integrations import _state, missing_extra
+from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("lightning", "lightning") from exc
+
+__all__ = ["SWAGCallback", "check_strategy"]
+
+Params = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+
+class SWAGCallback(pl.Callback):
+    """Collects SWAG statistics of the LightningModule while ``Trainer.fit`` trains it.
+
+    The SWA phase begins at ``start``; from then on the callback calls
+    :meth:`swag.Collector.collect` after every ``collect_every``-th optimiser step, or at the end
+    of every epoch. With ``swa_lr`` the learning-rate schedule is replaced at ``start`` by
+    torch's ``SWALR`` (annealed over ``anneal_steps`` optimiser steps, then constant). At the
+    end of fit, with ``bn_update``, the SWA model's BatchNorm statistics are recomputed on the
+    trainer's train dataloader. The collector's state rides in Lightning checkpoints, so
+    ``Trainer.fit(ckpt_path=...)`` continues as if never stopped.
+
+    Strategies: single device and ``ddp`` (statistics replicated, or split over the ranks with
+    ``shard=True``) work, as does ``ModelParallelStrategy`` with FSDP2 (``fully_shard`` on the
+    1-D data-parallel mesh; statistics sharded like the parameters). FSDP1, DeepSpeed, XLA and
+    the spawn/fork launchers (``ddp_spawn``, ``ddp_notebook``) are refused with the fix.
+
+    Args:
+        max_rank: K, the deviations kept for the low-rank covariance (0: SWAG-Diag / SWA).
+        start: when the SWA phase begins: an epoch index (int, 0-based), or a fraction in
+            [0, 1) of training: of ``max_epochs`` when collecting per epoch, else of the
+            trainer's ``estimated_stepping_batches`` (optimiser steps).
+        collect_every: ``"epoch"`` (collect at the end of each epoch, as the SWAG paper does)
+            or ``n`` (every n-th optimiser step of the phase).
+        params: which parameters to cover, as for :class:`swag.Collector` (a name prefix,
+            prefixes, or a predicate ``(name, param) -> bool``).
+        swa_lr: switch to ``SWALR(swa_lr)`` at ``start`` (one optimiser only); ``None`` keeps
+            the user's schedule.
+        anneal_steps: optimiser steps over which ``SWALR`` anneals to ``swa_lr`` (0: at once).
+        anneal_strategy: ``"cos"`` or ``"linear"``, as for ``SWALR``.
+        bn_update: recompute the SWA model's BatchNorm statistics at the end of fit.
+        input_fn: maps a training batch to the model input for the BatchNorm refresh (default:
+            a tensor as is, the first item of a tuple/list, a dict as keyword arguments).
+        bn_batches: refresh on only this many batches (default: the whole train dataloader).
+        shard: under ``ddp``, keep only this rank's 1/W of the statistics.
+        dtype: the statistics' dtype (float32 default).
+        device: where the statistics live (default: the parameters' device).
+    """
+
+    def __init__(
+        self,
+        max_rank: int = 20,
+        *,
+        start: int | float = 0.5,
+        collect_every: int | Literal["epoch"] = "epoch",
+        params: Params = None,
+        swa_lr: float | None = None,
+        anneal_steps: int = 0,
+        anneal_strategy: Literal["cos", "linear"] = "cos",
+        bn_update: bool = True,
+        input_fn: Callable[[Any], Any] | None = None,
+        bn_batches: int | None = None,
+        shard: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
+        self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
+        self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
+        self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn
+        self.bn_batches, self.shard, self.dtype, self.device = bn_batches, shard, dtype, device
+        self._collector: swag.Collector | None = None
+        self._module: pl.LightningModule | None = None
+        self._pending: dict[str, Any] | None = None
+        self._swalr: SWALR | None = None
+        self._swalr_state: dict[str, Any] | None = None
+        self._user_schedulers: list[LRSchedulerConfig] | None = None
+        self._swa: nn.Module | None = None
+        self._in_phase = False
+        self._fitting = False  # this fit's collector exists (on_fit_start ran)
+        self._steps = 0  # optimiser steps taken in the SWA phase
+        self._last_step = -1
+        self._start_epoch: int | None = None
+        self._start_step = 0
+
+    # -- results ---------------------------------------------------------------------------
+
+    @property
+    def collector(self) -> swag.Collector:
+        """The :class:`swag.Collector` (built at the start of fit)."""
+        if self._collector is None:
+            raise RuntimeError("no collector yet: pass the callback to a Trainer and call fit()")
+        return self._collector
+
+    @property
+    def collected(self) -> int:
+        """How many iterates were collected so far."""
+        return 0 if self._collector is None else self._collector.n
+
+    def posterior(self) -> swag.SWAGPosterior:
+        """The SWAG posterior of the collected iterates, for :func:`swag.predict`.
+
+        Sharded (``shard=True`` or FSDP2), every rank must call it: it assembles the whole
+        posterior on every rank (one ``all_gather``); :meth:`sharded_posterior` does not.
+        """
+        c = self.collector
+        return c.posterior() if c.plan is None else c.sharded_posterior().full()
+
+    def sharded_posterior(self) -> swag.distributed.ShardedPosterior:
+        """This rank's part of the posterior, for a sharded collector; no communication."""
+        return self.collector.sharded_posterior()
+
+    def swa_model(self) -> nn.Module:
+        """A copy of the LightningModule holding the SWA mean θ̄.
+
+        With ``bn_update`` its BatchNorm statistics were recomputed at the end of fit on the
+        train dataloader; otherwise they are those of the last iterate. Sharded, every rank
+        must call it (one ``all_gather`` of the mean).
+
+        Raises:
+            RuntimeError: before anything was collected, or for an FSDP2 model (write the mean
+                into it in place with ``sharded_posterior().apply_(model)`` on every rank).
+        """
+        if self._swa is not None:
+            return self._swa
+        return self._build_swa_model()
+
+    def _build_swa_model(self) -> nn.Module:
+        c, module = self.collector, self._module
+        assert module is not None
+        if c.n == 0:
+            raise RuntimeError("nothing collected yet: the SWA phase has not produced an iterate")
+        if any(hasattr(p, "device_mesh") for p in module.parameters()):  # FSDP2: DTensors
+            raise RuntimeError(
+                "the model is sharded with FSDP2, so it cannot be copied whole; write the SWA "
+                "mean into it in place with callback.sharded_posterior().apply_(model) on every "
+                "rank (then refresh BatchNorm with swag.update_bn if it has any)"
+            )
+        mean = c.mean if c.plan is None else _state.assemble(c, c.mean)
+        return swag.PointPosterior(mean, c.layout).to_model(module)
+
+    # -- Lightning hooks -------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_strategy(trainer.strategy)
+            self._fitting = False  # until on_fit_start builds this fit's collector
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
+        self._fitting = True
+        self._swalr = self._swalr_state = self._user_schedulers = None
+        try:
+            self._collector = swag.Collector(
+                pl_module,
+                self.max_rank,
+                params=self.params,
+                shard=self.shard,
+                dtype=self.dtype,
+                device=self.device,
+            )
+        except ValueError as exc:
+            raise ValueError(f"SWAGCallback cannot cover this model: {exc}") from None
+        self._start_epoch, self._start_step = self._resolve_start(trainer)
+        if self._pending is not None:  # Lightning restored the callback before fit started
+            self._restore(self._pending)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._in_phase:
+            return
+        if self._start_epoch is not None:
+            self._in_phase = trainer.current_epoch >= self._start_epoch
+        else:
+            self._in_phase = trainer.global_step >= self._start_step
+        if self._in_phase:
+            self._switch_to_swalr(trainer)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        stepped = trainer.global_step != self._last_step
+        self._last_step = trainer.global_step
+        if not (self._in_phase and stepped and isinstance(self.collect_every, int)):
+            return
+        self._steps += 1
+        if self._steps % self.collect_every == 0:
+            self.collector.collect()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._in_phase and self.collect_every == EPOCH:
+            self.collector.collect()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.bn_update or self.collected == 0 or not has_batchnorm(pl_module):
+            return
+        if any(hasattr(p, "device_mesh") for p in pl_module.parameters()):
+            return  # FSDP2: swa_model() explains how to write the mean in place
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise RuntimeError("bn_update=True needs the trainer's train dataloader at fit end")
+        swa = self._build_swa_model()
+        swag.update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
+        self._swa = swa
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._collector is None:
+            return {}
+        swalr = self._swalr.state_dict() if self._swalr is not None else self._swalr_state
+        return {
+            "collector": _state.collector_state(self._collector),
+            "steps": self._steps,
+            "start": [self._start_epoch, self._start_step],
+            "swalr": swalr,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._pending = state_dict
+        if self._fitting:  # strategies that restore callbacks after on_fit_start (FSDP2)
+            self._restore(state_dict)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # SWALR's state travels in ours; the checkpoint keeps the user's own schedulers, so
+        # that Lightning restores them into the schedulers configure_optimizers makes.
+        if self._user_schedulers is not None:
+            checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in self._user_schedulers]
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        _state.load_collector_state(self.collector, state["collector"], "the Lightning checkpoint")
+        self._steps = int(state["steps"])
+        # the start as resolved when the run began: a longer resumed run must not move it
+        self._start_epoch, self._start_step = state["start"]
+        self._swalr_state = state["swalr"]
+        self._pending = None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _resolve_start(self, trainer: pl.Trainer) -> tuple[int | None, int]:
+        """(first epoch of the SWA phase, or None) and its first optimiser step otherwise."""
+        if isinstance(self.start, int):
+            return self.start, 0
+        if self.collect_every == EPOCH:
+            epochs = trainer.max_epochs
+            if epochs is None or epochs < 1:
+                raise ValueError(
+                    f"start={self.start} is a fraction of max_epochs, but max_epochs={epochs}; "
+                    "give start as an epoch (an int) or set Trainer(max_epochs=...)"
+                )
+            return int(self.start * epochs), 0
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                f"start={self.start} is a fraction of training, whose length is unknown; give "
+                "start as an epoch (an int) or set Trainer(max_steps=...) or max_epochs"
+            )
+        return None, int(self.start * total)
+
+    def _switch_to_swalr(self, trainer: pl.Trainer) -> None:
+        """Replace the schedule by SWALR (restoring its state when resuming)."""
+        if self._swalr is not None or self.swa_lr is None:
+            return
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                f"swa_lr= switches one optimiser to SWALR, but there are {len(trainer.optimizers)}"
+                "; use one optimiser, or leave swa_lr=None and schedule the rate yourself"
+            )
+        optimizer = trainer.optimizers[0]
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        swalr = SWALR(optimizer, self.swa_lr, self.anneal_steps, self.anneal_strategy)
+        if self._swalr_state is not None:  # resuming: the optimiser already holds the rates
+            swalr.load_state_dict(self._swalr_state)
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+        self._user_schedulers = list(trainer.lr_scheduler_configs)
+        trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(swalr, interval="step")]
+        self._swalr = swalr

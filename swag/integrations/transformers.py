@@ -1,0 +1,224 @@
+"""SWAG for the Hugging Face ``Trainer``: a callback, and prediction on the model's dict batches.
+
+Needs ``pip install 'swag-toolkit[transformers]'``.
+
+Example:
+    >>> callback = SWAGCallback(max_rank=10, start=100, collect_every=10, params="classifier")
+    >>> model_inputs({"input_ids": 1, "attention_mask": 2, "labels": 3})
+    {'input_ids': 1, 'attention_mask': 2}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import swag
+from swag.integrations import missing_extra
+
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("transformers", "transformers") from exc
+
+__all__ = ["FILENAME", "SWAGCallback", "logits", "model_inputs", "predict"]
+
+FILENAME = "swag_collector.safetensors"
+"""The collector's file inside each Trainer checkpoint folder (``checkpoint-<step>/``)."""
+
+Params = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+LABEL_KEYS = ("labels", "label", "label_ids")
+
+
+class SWAGCallback(TrainerCallback):
+    """Collects SWAG statistics of the model a ``transformers.Trainer`` trains.
+
+    After optimiser step ``start`` the callback calls :meth:`swag.Collector.collect` every
+    ``collect_every`` optimiser steps (steps ``start + collect_every``, ``start + 2 ·
+    collect_every``, ...; gradient-accumulation micro-steps do not count). At every Trainer
+    checkpoint it writes the collector beside the model, as ``checkpoint-<step>/`` + ``FILENAME``
+    (safetensors), and ``trainer.train(resume_from_checkpoint=...)`` reads it back, so the
+    resumed run collects exactly what an uninterrupted one would.
+
+    Under DDP (``torchrun``) every rank keeps the same statistics and the main process writes
+    them. DeepSpeed and FSDP are refused: they shard the parameters their own way.
+
+    Args:
+        max_rank: K, the deviations kept for the low-rank covariance (0: SWAG-Diag / SWA).
+        start: the optimiser step after which collection begins (an int), or a fraction in
+            [0, 1) of the Trainer's ``max_steps``.
+        collect_every: collect every n-th optimiser step.
+        params: which parameters to cover, as for :class:`swag.Collector`: a name prefix
+            (``"classifier"``), prefixes, or a predicate ``(name, param) -> bool`` (e.g.
+            ``lambda name, p: "lora_" in name`` for LoRA adapters).
+        dtype: the statistics' dtype (float32 default).
+        device: where the statistics live (default: the parameters' device).
+        resume_from: the checkpoint folder to read the collector from when the Trainer resumes
+            (default: ``<output_dir>/checkpoint-<step>``, where the Trainer writes them).
+    """
+
+    def __init__(
+        self,
+        max_rank: int = 20,
+        *,
+        start: int | float = 0.5,
+        collect_every: int = 1,
+        params: Params = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
+            raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
+        bad_start = (
+            isinstance(start, bool)
+            or not isinstance(start, int | float)
+            or (isinstance(start, int) and start < 0)
+            or (isinstance(start, float) and not 0 <= start < 1)
+        )
+        if bad_start:
+            raise ValueError(
+                f"start must be a step (int >= 0) or a fraction in [0, 1), got {start!r}"
+            )
+        every = collect_every
+        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+            raise ValueError(f"collect_every must be an int >= 1, got {collect_every!r}")
+        self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
+        self.params, self.dtype, self.device = params, dtype, device
+        self.resume_from = resume_from
+        self._collector: swag.Collector | None = None
+        self._model: nn.Module | None = None
+        self._start_step = 0
+
+    @property
+    def collector(self) -> swag.Collector:
+        """The :class:`swag.Collector` (built when training begins)."""
+        if self._collector is None:
+            raise RuntimeError("no collector yet: pass the callback to a Trainer and call train()")
+        return self._collector
+
+    def posterior(self) -> swag.SWAGPosterior:
+        """The SWAG posterior of the collected iterates; use it with :func:`predict`."""
+        return self.collector.posterior()
+
+    def swa_model(self) -> nn.Module:
+        """A copy of the model holding the SWA mean θ̄ on the covered parameters."""
+        if self._model is None:
+            raise RuntimeError("no model yet: pass the callback to a Trainer and call train()")
+        return self.posterior().to_model(self._model)
+
+    # -- Trainer events --------------------------------------------------------------------
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
+            raise ValueError(
+                "SWAGCallback does not support DeepSpeed or FSDP, which shard the parameters; "
+                "train with plain DDP (torchrun), or use swag.Collector(shard=True) with FSDP2 "
+                "in your own loop"
+            )
+        if model is None:
+            raise RuntimeError("the Trainer passed no model to on_train_begin")
+        self._model = model
+        self._start_step = (
+            self.start if isinstance(self.start, int) else int(self.start * state.max_steps)
+        )
+        fresh = swag.Collector(
+            model, self.max_rank, params=self.params, dtype=self.dtype, device=self.device
+        )
+        self._collector = fresh
+        if state.global_step > 0:  # resuming from a checkpoint
+            self._resume(args, state, model, fresh)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        past = state.global_step - self._start_step
+        if past > 0 and past % self.collect_every == 0:
+            self.collector.collect()
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = _checkpoint(args, state.global_step)
+        if not folder.is_dir():
+            raise RuntimeError(f"the Trainer saved a checkpoint, but {folder} is not a folder")
+        self.collector.save(folder / FILENAME)
+
+    def _resume(
+        self, args: TrainingArguments, state: TrainerState, model: nn.Module, fresh: swag.Collector
+    ) -> None:
+        step = state.global_step
+        folder = Path(self.resume_from) if self.resume_from else _checkpoint(args, step)
+        file = folder / FILENAME
+        if not file.is_file():
+            if step <= self._start_step:
+                return  # nothing was collected before the checkpoint
+            raise FileNotFoundError(
+                f"resuming at step {step}, after collection began, but {file} does not exist; "
+                "pass SWAGCallback(resume_from=<the checkpoint folder>)"
+            )
+        loaded = swag.Collector.load(file, model, device=fresh.m2.device)
+        problem = fresh.layout.mismatch(loaded.layout)
+        if problem is None and loaded.max_rank != fresh.max_rank:
+            problem = f"max_rank is {loaded.max_rank} there but {fresh.max_rank} here"
+        if problem is None and loaded.m2.dtype != fresh.m2.dtype:
+            problem = f"dtype is {loaded.m2.dtype} there but {fresh.m2.dtype} here"
+        if problem:
+            raise ValueError(
+                f"{file} does not fit this callback: {problem}. Build the callback with the "
+                "max_rank, params= and dtype of the run that saved it"
+            )
+        self._collector = loaded
+
+
+def _checkpoint(args: TrainingArguments, step: int) -> Path:
+    """The folder the Trainer writes its checkpoint of ``step`` to."""
+    if args.output_dir is None:
+        raise RuntimeError("the Trainer has no output_dir, so it writes no checkpoints")
+    return Path(args.output_dir) / f"checkpoint-{step}"
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A Trainer batch without its labels: the keyword arguments of the model's forward."""
+    return {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+
+
+def logits(output: Any) -> Tensor:
+    """The logits of a model output (``output.logits``, or the first item of a tuple)."""
+    out = getattr(output, "logits", None)
+    if out is None and isinstance(output, tuple | list):
+        out = output[0]
+    if not isinstance(out, Tensor):
+        raise ValueError(
+            f"cannot find logits in a {type(output).__name__}; pass output_fn= to swag.predict"
+        )
+    return out
+
+
+def predict(
+    posterior: swag.Posterior, model: nn.Module, loader: Iterable[Any], **kwargs: Any
+) -> Tensor:
+    """:func:`swag.predict` on a Hugging Face model's dict batches.
+
+    Labels are dropped from each batch (:func:`model_inputs`) and the logits taken from the
+    output (:func:`logits`); every other keyword argument goes to :func:`swag.predict`.
+    Returns the averaged class probabilities ``(N, ..., C)``.
+    """
+    kwargs.setdefault("input_fn", model_inputs)
+    kwargs.setdefault("output_fn", logits)
+    out: Tensor = swag.predict(posterior, model, loader, **kwargs)
+    return out
