@@ -11,12 +11,14 @@ as a DTensor, so they load at any world size, or in a single process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,7 +29,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-from swag import _io
+from swag import _dcp, _io
 from swag._params import ParamLayout
 from swag._shard import ShardedPosterior, ShardPlan
 from swag.multiswag import MultiSWAG
@@ -49,6 +51,10 @@ __all__ = [
 _META = "swag.json"
 _COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json
 _FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
+_STATS = {
+    "collector": ("shift", "shifted_mean", "m2", "deviations"),
+    SWAG_KIND: ("mean", "std", "deviations"),
+}
 
 
 # -- checkpoints (torch.distributed.checkpoint) ----------------------------------------------
@@ -93,15 +99,14 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
 
     Sharded, every rank of the object's group calls it and writes its own part. Whole (not
     sharded), it is written by this process alone; in a distributed job call it on one rank.
-    The layout and counts go to ``path/swag.json`` (JSON, written atomically by rank 0 once the
-    tensors are down).
+    The layout, counts and a checksum of the tensors go to ``path/swag.json`` (JSON, written
+    atomically by rank 0 once the tensors are down); the checksum costs one ``all_reduce``.
     """
     from swag.collector import Collector
 
     meta: dict[str, Any] = {"format": _io.FORMAT, "version": _io.VERSION}
     if isinstance(obj, Collector):
-        names = ("shift", "shifted_mean", "m2", "deviations")
-        flat = {name: getattr(obj, name) for name in names}
+        flat = {name: getattr(obj, name) for name in _STATS["collector"]}
         meta.update(kind="collector", **obj._meta())
         plan, group = obj.plan, obj.process_group
     else:
@@ -122,10 +127,18 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
     state = _state(flat, plan, group) | {_COUNT: torch.tensor([int(meta["n"])])}
     with _quiet():
         dcp_save(state, checkpoint_id=path, no_dist=whole, process_group=group)
+    meta[_io.CHECKSUM] = _checksum(meta, _dcp.digest(flat, plan, group))
     if whole or dist.get_rank(group) == 0:
         _write_json(Path(path) / _META, meta)
     if not whole:
         dist.barrier(group)
+
+
+def _checksum(meta: dict[str, Any], digest: int) -> str:
+    """SHA-256 (hex) of swag.json's fields (less the checksum) and the tensors' digest."""
+    fields = {k: v for k, v in meta.items() if k != _io.CHECKSUM}
+    text = json.dumps(fields, sort_keys=True) + f"/{digest:016x}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _write_json(path: Path, meta: dict[str, Any]) -> None:
@@ -137,25 +150,81 @@ def _write_json(path: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: _io.PathLike, kind: str) -> dict[str, Any]:
-    file = Path(path) / _META
+@dataclass(frozen=True)
+class _Header:
+    """swag.json, checked: what a checkpoint folder holds."""
+
+    meta: dict[str, Any]
+    layout: ParamLayout
+    n: int
+    max_rank: int
+    dtype: torch.dtype
+    deviation_dtype: torch.dtype
+
+    def shapes(self, kind: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The global shape and dtype of every tensor DCP stores, by key."""
+        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {_COUNT: ((1,), torch.int64)}
+        for stat in _STATS[kind]:
+            lead = (self.max_rank,) if stat == "deviations" else ()
+            dtype = self.deviation_dtype if stat == "deviations" else self.dtype
+            for name, shape in zip(self.layout.names, self.layout.shapes, strict=True):
+                out[f"{stat}/{name}"] = ((*lead, shape[0] if shape else 1, *shape[1:]), dtype)
+        return out
+
+
+def _read_header(path: _io.PathLike, kind: str) -> _Header:
+    """swag.json of the folder ``path``, checked field by field and against DCP's index.
+
+    Checked before anything is allocated: the tensors it describes must be those DCP indexes
+    (keys, shapes, dtypes), and the data files must be large enough to hold them.
+    """
+    folder = Path(path)
+    file = folder / _META
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a swag checkpoint folder (no {_META})")
-    meta: dict[str, Any] = json.loads(file.read_text())
-    if meta.get("format") != _io.FORMAT or int(meta.get("version", 0)) > _io.VERSION:
-        raise ValueError(f"{file} is not a {_io.FORMAT} v{_io.VERSION} checkpoint: {meta}")
+    try:
+        meta = json.loads(file.read_bytes())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{file} is not valid JSON ({e}); the folder is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != _io.FORMAT:
+        raise ValueError(f"{file} is not a {_io.FORMAT} checkpoint (no swag header)")
+    version = _io.int_field(meta, "version", file, low=1)
+    if version > _io.VERSION:
+        raise ValueError(
+            f"{file} has format version {version}, newer than this swag-toolkit understands "
+            f"({_io.VERSION}); upgrade swag-toolkit to read it"
+        )
     if meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
-    for key in _FIELDS:
+    for key in _FIELDS + ((_io.CHECKSUM,) if version >= 2 else ()):
         _io.require(meta, key, file)
-    for key in ("dtype", "deviation_dtype"):
-        dtype = getattr(torch, str(meta[key]), None)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"{file}: {key} {meta[key]!r} is not a floating torch dtype")
-    for key in ("n", "max_rank"):
-        if not isinstance(meta[key], int) or meta[key] < 0:
-            raise ValueError(f"{file}: {key} must be an integer >= 0, got {meta[key]!r}")
-    return meta
+    header = _Header(
+        meta,
+        _io.layout_field(meta, "layout", file),
+        _io.int_field(meta, "n", file, low=0 if kind == "collector" else 1),
+        _io.int_field(meta, "max_rank", file),
+        _io.dtype_field(meta, "dtype", file),
+        _io.dtype_field(meta, "deviation_dtype", file),
+    )
+    expected = header.shapes(kind)
+    index = _dcp.read_metadata(folder).state_dict_metadata
+    for key in sorted(set(index) | set(expected)):
+        saved = index.get(key)
+        size, dtype = (
+            getattr(saved, "size", None),
+            getattr(getattr(saved, "properties", 0), "dtype", 0),
+        )
+        if key not in expected or (size, dtype) != (torch.Size(expected[key][0]), expected[key][1]):
+            want = expected.get(key, "nothing")
+            raise ValueError(
+                f"{path}: the saved tensors do not fit {_META}: {key!r} is saved as "
+                f"{size if saved else 'nothing'} {dtype if saved else ''}, {_META} says {want}"
+            )
+    need = sum(math.prod(s) * d.itemsize for s, d in expected.values())
+    have = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".distcp")
+    if need > have:
+        raise ValueError(f"{path}: its data files hold {have} bytes, {_META} describes {need}")
+    return header
 
 
 def _load(
@@ -163,11 +232,11 @@ def _load(
     flat: dict[str, Tensor],
     plan: ShardPlan,
     group: dist.ProcessGroup | None,
-    n: int,
+    header: _Header,
 ) -> None:
     """Fill the flat statistics ``flat`` (this rank's part, as ``plan`` says) from ``path``.
 
-    ``n`` is the count swag.json gives; the tensors must have been saved with the same.
+    The tensors must have been saved with the count and checksum that swag.json gives.
     """
     whole = plan.world == 1
     count = torch.tensor([-1])
@@ -175,14 +244,21 @@ def _load(
     try:
         with _quiet():
             dcp_load(state, checkpoint_id=path, no_dist=whole, process_group=group)
-    except CheckpointException as exc:
+    except CheckpointException as exc:  # DCP wraps every failure of a rank's read in it
         raise ValueError(
             f"{path}: the saved tensors do not fit {_META} (shapes, or a damaged folder): {exc}"
         ) from None
-    if int(count.item()) != n:
+    if int(count.item()) != header.n:
         raise ValueError(
             f"{path}: the tensors were saved after {int(count.item())} collects but {_META} "
-            f"says {n}: they come from different saves (an interrupted overwrite?). Save again"
+            f"says {header.n}: they come from different saves (an interrupted overwrite?). "
+            "Save again"
+        )
+    expected = header.meta.get(_io.CHECKSUM)
+    if expected is not None and _checksum(header.meta, _dcp.digest(flat, plan, group)) != expected:
+        raise ValueError(
+            f"{path} fails its checksum: its tensors or {_META} changed after they were "
+            "written (a damaged copy?)"
         )
 
 
@@ -192,10 +268,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         yield
-
-
-def _dtypes(meta: dict[str, Any]) -> tuple[torch.dtype, torch.dtype]:
-    return getattr(torch, str(meta["dtype"])), getattr(torch, str(meta["deviation_dtype"]))
 
 
 def load_collector(
@@ -210,34 +282,37 @@ def load_collector(
 
     ``shard`` and ``process_group`` mean what they mean for :class:`~swag.Collector` (an FSDP2
     model is always sharded). Continuing to collect gives the same numbers as a run that was
-    never interrupted, at whatever world size it was saved.
+    never interrupted, at whatever world size it was saved. The folder is checked (swag.json's
+    fields, the index's shapes and dtypes, the count and the checksum) and ``model`` is never
+    written.
 
     Raises:
-        ValueError: if ``model`` does not have the saved parameters, or the folder is foreign.
+        ValueError: if ``model`` does not have the saved parameters, or the folder is damaged or
+            foreign (naming the file and the field).
     """
     from swag.collector import Collector
 
-    meta = _read_json(path, "collector")
-    layout = ParamLayout.from_json(str(meta["layout"]))
-    dtype, deviation_dtype = _dtypes(meta)
-    collector = Collector(
-        model,
-        int(meta["max_rank"]),
-        params=list(layout.names),
-        device=device,
-        dtype=dtype,
-        deviation_dtype=deviation_dtype,
-        shard=shard,
-        process_group=process_group,
-    )
-    diff = collector.layout.mismatch(layout)
+    header = _read_header(path, "collector")
+    try:
+        collector = Collector(
+            model,
+            header.max_rank,
+            params=list(header.layout.names),
+            device=device,
+            dtype=header.dtype,
+            deviation_dtype=header.deviation_dtype,
+            shard=shard,
+            process_group=process_group,
+        )
+    except ValueError as e:
+        raise ValueError(f"{path} does not fit this model: {e}") from None
+    diff = collector.layout.mismatch(header.layout)
     if diff:
         raise ValueError(f"{path} does not fit this model: {diff}")
-    plan = collector.plan or ShardPlan(layout, 0, 1)
-    names = ("shift", "shifted_mean", "m2", "deviations")
-    stats = {name: getattr(collector, name) for name in names}
-    _load(path, stats, plan, collector.process_group, int(meta["n"]))
-    collector._n = int(meta["n"])
+    plan = collector.plan or ShardPlan(header.layout, 0, 1)
+    stats = {name: getattr(collector, name) for name in _STATS["collector"]}
+    _load(path, stats, plan, collector.process_group, header)
+    collector._n = header.n
     return collector
 
 
@@ -251,29 +326,29 @@ def load_posterior(
     """Read a posterior written by :func:`save`: whole, or this rank's shard (``shard=True``).
 
     Raises:
-        ValueError: if the folder is foreign; RuntimeError: ``shard=True`` without a group.
+        ValueError: if the folder is damaged or foreign (naming the file and the field);
+            RuntimeError: ``shard=True`` without a group.
     """
-    meta = _read_json(path, SWAG_KIND)
-    layout = ParamLayout.from_json(str(meta["layout"]))
+    header = _read_header(path, SWAG_KIND)
+    layout = header.layout
     if shard and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard=True needs an initialised process group; or pass shard=False")
     group = (process_group or dist.group.WORLD) if shard else None
     plan = ShardPlan(layout, dist.get_rank(group), dist.get_world_size(group)) if shard else None
     plan = plan or ShardPlan(layout, 0, 1)
-    dtype, deviation_dtype = _dtypes(meta)
-    kw: dict[str, Any] = {"device": device, "dtype": dtype}
-    k = int(meta["max_rank"])
+    kw: dict[str, Any] = {"device": device, "dtype": header.dtype}
+    k = header.max_rank
     flat = {
-        "mean": torch.empty(plan.size, **kw),
-        "std": torch.empty(plan.size, **kw),
-        "deviations": torch.empty(k, plan.size, device=device, dtype=deviation_dtype),
+        "mean": torch.zeros(plan.size, **kw),
+        "std": torch.zeros(plan.size, **kw),
+        "deviations": torch.zeros(k, plan.size, device=device, dtype=header.deviation_dtype),
     }
-    _load(path, flat, plan, group, int(meta["n"]))
+    _load(path, flat, plan, group, header)
+    if not bool((flat["std"] >= 0).all()):
+        raise ValueError(f"{path}: tensor 'std' has negative or NaN entries")
     if not shard:
-        return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, int(meta["n"]))
-    return ShardedPosterior(
-        flat["mean"], flat["std"], flat["deviations"], plan, int(meta["n"]), group
-    )
+        return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, header.n)
+    return ShardedPosterior(flat["mean"], flat["std"], flat["deviations"], plan, header.n, group)
 
 
 # -- MultiSWAG, one member per rank ------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Checks for ``torch.distributed.checkpoint`` folders: a safe metadata read and a checksum.
+
+DCP keeps its index in ``.metadata``, a pickle that DCP reads with ``pickle.load``, which can
+run any code a hostile file names. :func:`read_metadata` reads it first with an unpickler that
+builds only DCP's own metadata types; a file it accepts then unpickles harmlessly in DCP too.
+
+:func:`digest` is a checksum of sharded statistics that does not depend on how they are sharded:
+a sum, modulo 2⁶⁴, of a bijective mix of every entry's bits with its position in its per-
+parameter tensor. A rank sums its own entries and one ``all_reduce`` adds the ranks' sums, so a
+checkpoint saved at one world size verifies at any other. Changing any single entry changes the
+sum; changing several at once goes unnoticed with probability about 2⁻⁶⁴.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.checkpoint.metadata import Metadata
+
+from swag._shard import ShardPlan
+
+_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size", "float16", "bfloat16", "float32", "float64", "int64"},
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+}
+
+_M1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64 (odd: a bijection mod 2^64)
+_M2 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64 (odd)
+_CHUNK = 1 << 20
+_INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name not in _ALLOWED.get(module, ()):
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
+        return getattr(importlib.import_module(module), name)
+
+
+def read_metadata(folder: Path) -> Metadata:
+    """DCP's index of ``folder``, unpickled with only DCP's metadata types allowed.
+
+    Raises:
+        ValueError: naming the file, if it is missing, damaged or names anything else.
+    """
+    file = folder / ".metadata"
+    try:
+        with file.open("rb") as f:
+            metadata = _Unpickler(f).load()
+    # A damaged pickle can fail in any way the unpickler's opcodes do (UnpicklingError,
+    # EOFError, struct.error, TypeError, AttributeError, UnicodeDecodeError, ...), and the
+    # file may be missing or unreadable (OSError): each means this folder cannot be read.
+    except Exception as e:
+        raise ValueError(f"{file} is not a readable DCP index ({type(e).__name__}: {e})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        raise ValueError(f"{file} is not a DCP index (it holds a {type(metadata).__name__})")
+    for info in (metadata.storage_data or {}).values():
+        name = str(getattr(info, "relative_path", ""))
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{file} points outside its folder ({name!r}); the folder is damaged")
+    return metadata
+
+
+def digest(flat: dict[str, Tensor], plan: ShardPlan, group: dist.ProcessGroup | None) -> int:
+    """The sharding-independent checksum of the statistics ``flat`` (``(..., L)`` each).
+
+    Entry ``e`` of parameter ``p``'s rows in statistic ``s`` (row ``j`` of its leading shape)
+    sits at ``g = (j · d₀ + row) · width + column`` in the per-parameter tensor that DCP stores;
+    it adds ``mix(bits + (g + salt(s, p)) · M₁)`` with ``mix`` an xorshift-multiply bijection.
+    Collective over ``group`` when ``plan`` is sharded. Returns an int in ``[0, 2⁶⁴)``.
+    """
+    device = next(iter(flat.values())).device
+    total = torch.zeros((), dtype=torch.int64, device=device)
+    params = len(plan.layout.shapes)
+    for s, name in enumerate(sorted(flat)):
+        t = flat[name]
+        t2 = t.reshape(-1, t.shape[-1])
+        for p, (offset, numel, (lo, _), shape) in enumerate(
+            zip(plan.offsets, plan.numels, plan.rows, plan.layout.shapes, strict=True)
+        ):
+            rows, width = (shape[0] if shape else 1), math.prod(shape[1:])
+            salt = (s * params + p) << 40
+            for j in range(t2.shape[0]):
+                part = t2[j, offset : offset + numel]
+                base = (j * rows + lo) * width + salt
+                for a in range(0, numel, _CHUNK):
+                    total += _mix(part[a : a + _CHUNK], base + a)
+    if plan.world > 1:
+        dist.all_reduce(total, group=group)
+    return int(total.item()) % (1 << 64)
+
+
+def _mix(values: Tensor, start: int) -> Tensor:
+    """Σ mix(bits_e + (start + e) · M₁) over the entries of ``values``, as an int64 (wrapping)."""
+    bits = values.contiguous().view(_INTS[values.element_size()]).to(torch.int64)
+    x = bits + torch.arange(start, start + values.numel(), device=values.device) * _M1
+    x ^= (x >> 31) & ((1 << 33) - 1)  # a logical shift: the arithmetic one is not invertible
+    x *= _M2
+    x ^= (x >> 29) & ((1 << 35) - 1)
+    return x.sum()
