@@ -1,8 +1,8 @@
 """Checks for ``torch.distributed.checkpoint`` folders: a safe metadata read and a checksum.
 
 DCP keeps its index in ``.metadata``, a pickle that DCP reads with ``pickle.load``, which can
-run any code a hostile file names. :func:`read_metadata` reads it first with an unpickler that
-builds only DCP's own metadata types; a file it accepts then unpickles harmlessly in DCP too.
+run any code a hostile file names. :func:`read_metadata` reads it instead, with an unpickler that
+builds only DCP's own metadata types, and :class:`SafeReader` hands that index to DCP's load.
 
 :func:`digest` is a checksum of sharded statistics that does not depend on how they are sharded:
 a sum, modulo 2⁶⁴, of a bijective mix of every entry's bits with its position in its per-
@@ -14,6 +14,7 @@ sum; changing several at once goes unnoticed with probability about 2⁻⁶⁴.
 from __future__ import annotations
 
 import importlib
+import io
 import math
 import pickle
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from swag._shard import ShardPlan
 
@@ -49,7 +51,10 @@ _CHUNK = 1 << 20
 _INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its memo is a dict: a damaged memo index cannot make it
+    allocate gigabytes, as the C one does), building only the types of a DCP index."""
+
     def find_class(self, module: str, name: str) -> Any:
         if name not in _ALLOWED.get(module, ()):
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
@@ -64,20 +69,41 @@ def read_metadata(folder: Path) -> Metadata:
     """
     file = folder / ".metadata"
     try:
-        with file.open("rb") as f:
-            metadata = _Unpickler(f).load()
+        # from memory, not the file: a damaged length field then fails as truncated data,
+        # where reading it from a file would first allocate a buffer of that length (GBs)
+        metadata = _Unpickler(io.BytesIO(file.read_bytes())).load()
     # A damaged pickle can fail in any way the unpickler's opcodes do (UnpicklingError,
     # EOFError, struct.error, TypeError, AttributeError, UnicodeDecodeError, ...), and the
     # file may be missing or unreadable (OSError): each means this folder cannot be read.
     except Exception as e:
         raise ValueError(f"{file} is not a readable DCP index ({type(e).__name__}: {e})") from None
-    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+    # a damaged pickle can build a Metadata whose attributes are missing or of another type
+    entries = getattr(metadata, "state_dict_metadata", None)
+    storage = getattr(metadata, "storage_data", None)
+    if not isinstance(metadata, Metadata) or not isinstance(entries, dict):
         raise ValueError(f"{file} is not a DCP index (it holds a {type(metadata).__name__})")
-    for info in (metadata.storage_data or {}).values():
+    if not isinstance(storage, dict):
+        raise ValueError(f"{file} is not a DCP index (its storage_data is damaged)")
+    for info in storage.values():
         name = str(getattr(info, "relative_path", ""))
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"{file} points outside its folder ({name!r}); the folder is damaged")
     return metadata
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader, handing DCP the index :func:`read_metadata` built, so that DCP never
+    unpickles ``.metadata`` itself."""
+
+    def __init__(self, folder: Path, metadata: Metadata) -> None:
+        super().__init__(folder)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        meta = getattr(self._metadata, "storage_meta", None) or StorageMeta()
+        meta.load_id = self.load_id
+        self._metadata.storage_meta = meta
+        return self._metadata
 
 
 def digest(flat: dict[str, Tensor], plan: ShardPlan, group: dist.ProcessGroup | None) -> int:

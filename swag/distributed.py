@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
@@ -160,6 +161,7 @@ class _Header:
     max_rank: int
     dtype: torch.dtype
     deviation_dtype: torch.dtype
+    index: Metadata  # DCP's, read safely
 
     def shapes(self, kind: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """The global shape and dtype of every tensor DCP stores, by key."""
@@ -205,11 +207,12 @@ def _read_header(path: _io.PathLike, kind: str) -> _Header:
         _io.int_field(meta, "max_rank", file),
         _io.dtype_field(meta, "dtype", file),
         _io.dtype_field(meta, "deviation_dtype", file),
+        _dcp.read_metadata(folder),
     )
     expected = header.shapes(kind)
-    index = _dcp.read_metadata(folder).state_dict_metadata
-    for key in sorted(set(index) | set(expected)):
-        saved = index.get(key)
+    saved_tensors = header.index.state_dict_metadata
+    for key in sorted(set(saved_tensors) | set(expected)):
+        saved = saved_tensors.get(key)
         size, dtype = (
             getattr(saved, "size", None),
             getattr(getattr(saved, "properties", 0), "dtype", 0),
@@ -243,7 +246,8 @@ def _load(
     state = _state(flat, plan, group) | {_COUNT: count}
     try:
         with _quiet():
-            dcp_load(state, checkpoint_id=path, no_dist=whole, process_group=group)
+            reader = _dcp.SafeReader(Path(path), header.index)
+            dcp_load(state, storage_reader=reader, no_dist=whole, process_group=group)
     except CheckpointException as exc:  # DCP wraps every failure of a rank's read in it
         raise ValueError(
             f"{path}: the saved tensors do not fit {_META} (shapes, or a damaged folder): {exc}"
