@@ -175,11 +175,7 @@ class _Header:
 
 
 def _read_header(path: _io.PathLike, kind: str) -> _Header:
-    """swag.json of the folder ``path``, checked field by field and against DCP's index.
-
-    Checked before anything is allocated: the tensors it describes must be those DCP indexes
-    (keys, shapes, dtypes), and the data files must be large enough to hold them.
-    """
+    """swag.json of the folder ``path``, checked field by field and against DCP's index."""
     folder = Path(path)
     file = folder / _META
     if not file.is_file():
@@ -209,25 +205,29 @@ def _read_header(path: _io.PathLike, kind: str) -> _Header:
         _io.dtype_field(meta, "deviation_dtype", file),
         _dcp.read_metadata(folder),
     )
+    _check_index(path, header, kind)
+    return header
+
+
+def _check_index(path: _io.PathLike, header: _Header, kind: str) -> None:
+    """DCP's index must list exactly the tensors swag.json describes, and the data files must be
+    large enough to hold them, before anything of their size is allocated."""
     expected = header.shapes(kind)
-    saved_tensors = header.index.state_dict_metadata
-    for key in sorted(set(saved_tensors) | set(expected)):
-        saved = saved_tensors.get(key)
-        size, dtype = (
-            getattr(saved, "size", None),
-            getattr(getattr(saved, "properties", 0), "dtype", 0),
-        )
-        if key not in expected or (size, dtype) != (torch.Size(expected[key][0]), expected[key][1]):
-            want = expected.get(key, "nothing")
+    saved = header.index.state_dict_metadata
+    for key in sorted(set(saved) | set(expected)):
+        entry = saved.get(key)
+        properties = getattr(entry, "properties", None)
+        found = (getattr(entry, "size", None), getattr(properties, "dtype", None))
+        want = expected.get(key)
+        if want is None or found != (torch.Size(want[0]), want[1]):
             raise ValueError(
                 f"{path}: the saved tensors do not fit {_META}: {key!r} is saved as "
-                f"{size if saved else 'nothing'} {dtype if saved else ''}, {_META} says {want}"
+                f"(shape, dtype) {found}, {_META} says {want}"
             )
-    need = sum(math.prod(s) * d.itemsize for s, d in expected.values())
-    have = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".distcp")
+    need = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected.values())
+    have = sum(f.stat().st_size for f in Path(path).iterdir() if f.suffix == ".distcp")
     if need > have:
         raise ValueError(f"{path}: its data files hold {have} bytes, {_META} describes {need}")
-    return header
 
 
 def _load(

@@ -332,3 +332,18 @@ def test_dcp_flipped_tensor_byte_is_refused_not_loaded(tmp_path: Path) -> None:
     data.write_bytes(bytes(blob))
     with pytest.raises(ValueError, match="fails its checksum"):
         sd.load_collector(folder, model)
+
+
+def test_dcp_checksum_verifies_across_devices(tmp_path: Path, device: torch.device) -> None:
+    """A folder saved from ``device`` verifies when loaded on CPU (the digest's integer
+    arithmetic wraps the same way on every device), and back onto ``device``."""
+    from swag import distributed as sd
+
+    model = net().to(device)
+    c = Collector(model, max_rank=2)
+    collect(c, model, 4, torch.Generator().manual_seed(9))
+    sd.save(c.posterior(), tmp_path / "p")
+    for where in ("cpu", device):
+        back = sd.load_posterior(tmp_path / "p", device=where)
+        assert isinstance(back, SWAGPosterior)
+        assert torch.equal(back.std.cpu(), c.posterior().std.cpu())
