@@ -1,4 +1,8 @@
-"""Checks for ``torch.distributed.checkpoint`` folders: a safe metadata read and a checksum.
+"""Reading ``torch.distributed.checkpoint`` folders safely: swag.json, the index, a checksum.
+
+A folder that :func:`swag.distributed.save` writes holds DCP's files and ``swag.json`` (the
+layout, counts, dtypes and a checksum). :func:`read_header` checks ``swag.json`` field by field
+and against DCP's index before anything is allocated.
 
 DCP keeps its index in ``.metadata``, a pickle that DCP reads with ``pickle.load``, which can
 run any code a hostile file names. :func:`read_metadata` reads it instead, with an unpickler that
@@ -13,10 +17,13 @@ sum; changing several at once goes unnoticed with probability about 2⁻⁶⁴.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
+import json
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,19 @@ from torch import Tensor
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+from swag import _io
+from swag._params import ParamLayout
 from swag._shard import ShardPlan
+from swag.posterior import KIND as SWAG_KIND
+
+META = "swag.json"
+COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json
+FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
+STATS = {
+    "collector": ("shift", "shifted_mean", "m2", "deviations"),
+    SWAG_KIND: ("mean", "std", "deviations"),
+}
+
 
 _ALLOWED = {
     "torch.distributed.checkpoint.metadata": {
@@ -143,3 +162,89 @@ def _mix(values: Tensor, start: int) -> Tensor:
     x *= _M2
     x ^= (x >> 29) & ((1 << 35) - 1)
     return x.sum()
+
+
+def checksum(meta: dict[str, Any], tensors: int) -> str:
+    """SHA-256 (hex) of swag.json's fields (less the checksum) and the tensors' :func:`digest`."""
+    fields = {k: v for k, v in meta.items() if k != _io.CHECKSUM}
+    text = json.dumps(fields, sort_keys=True) + f"/{tensors:016x}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Header:
+    """swag.json, checked: what a checkpoint folder holds."""
+
+    meta: dict[str, Any]
+    layout: ParamLayout
+    n: int
+    max_rank: int
+    dtype: torch.dtype
+    deviation_dtype: torch.dtype
+    index: Metadata  # DCP's, read safely
+
+    def shapes(self, kind: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The global shape and dtype of every tensor DCP stores, by key."""
+        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {COUNT: ((1,), torch.int64)}
+        for stat in STATS[kind]:
+            lead = (self.max_rank,) if stat == "deviations" else ()
+            dtype = self.deviation_dtype if stat == "deviations" else self.dtype
+            for name, shape in zip(self.layout.names, self.layout.shapes, strict=True):
+                out[f"{stat}/{name}"] = ((*lead, shape[0] if shape else 1, *shape[1:]), dtype)
+        return out
+
+
+def read_header(path: _io.PathLike, kind: str) -> Header:
+    """swag.json of the folder ``path``, checked field by field and against DCP's index."""
+    folder = Path(path)
+    file = folder / META
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a swag checkpoint folder (no {META})")
+    try:
+        meta = json.loads(file.read_bytes())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{file} is not valid JSON ({e}); the folder is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != _io.FORMAT:
+        raise ValueError(f"{file} is not a {_io.FORMAT} checkpoint (no swag header)")
+    version = _io.int_field(meta, "version", file, low=1)
+    if version > _io.VERSION:
+        raise ValueError(
+            f"{file} has format version {version}, newer than this swag-toolkit understands "
+            f"({_io.VERSION}); upgrade swag-toolkit to read it"
+        )
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
+    for key in FIELDS + ((_io.CHECKSUM,) if version >= 2 else ()):
+        _io.require(meta, key, file)
+    header = Header(
+        meta,
+        _io.layout_field(meta, "layout", file),
+        _io.int_field(meta, "n", file, low=0 if kind == "collector" else 1),
+        _io.int_field(meta, "max_rank", file),
+        _io.dtype_field(meta, "dtype", file),
+        _io.dtype_field(meta, "deviation_dtype", file),
+        read_metadata(folder),
+    )
+    _check_index(path, header, kind)
+    return header
+
+
+def _check_index(path: _io.PathLike, header: Header, kind: str) -> None:
+    """DCP's index must list exactly the tensors swag.json describes, and the data files must be
+    large enough to hold them, before anything of their size is allocated."""
+    expected = header.shapes(kind)
+    saved = header.index.state_dict_metadata
+    for key in sorted(set(saved) | set(expected)):
+        entry = saved.get(key)
+        properties = getattr(entry, "properties", None)
+        found = (getattr(entry, "size", None), getattr(properties, "dtype", None))
+        want = expected.get(key)
+        if want is None or found != (torch.Size(want[0]), want[1]):
+            raise ValueError(
+                f"{path}: the saved tensors do not fit {META}: {key!r} is saved as "
+                f"(shape, dtype) {found}, {META} says {want}"
+            )
+    need = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected.values())
+    have = sum(f.stat().st_size for f in Path(path).iterdir() if f.suffix == ".distcp")
+    if need > have:
+        raise ValueError(f"{path}: its data files hold {have} bytes, {META} describes {need}")

@@ -11,14 +11,12 @@ as a DTensor, so they load at any world size, or in a single process.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,12 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from swag import _dcp, _io
-from swag._params import ParamLayout
 from swag._shard import ShardedPosterior, ShardPlan
 from swag.multiswag import MultiSWAG
 from swag.posterior import KIND as SWAG_KIND
@@ -48,15 +44,6 @@ __all__ = [
     "load_posterior",
     "save",
 ]
-
-_META = "swag.json"
-_COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json
-_FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
-_STATS = {
-    "collector": ("shift", "shifted_mean", "m2", "deviations"),
-    SWAG_KIND: ("mean", "std", "deviations"),
-}
-
 
 # -- checkpoints (torch.distributed.checkpoint) ----------------------------------------------
 
@@ -107,7 +94,7 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
 
     meta: dict[str, Any] = {"format": _io.FORMAT, "version": _io.VERSION}
     if isinstance(obj, Collector):
-        flat = {name: getattr(obj, name) for name in _STATS["collector"]}
+        flat = {name: getattr(obj, name) for name in _dcp.STATS["collector"]}
         meta.update(kind="collector", **obj._meta())
         plan, group = obj.plan, obj.process_group
     else:
@@ -122,24 +109,17 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
     # An interrupted overwrite must not leave new tensors beside the old swag.json: remove it
     # first (a folder without it does not load), and record the count among the tensors too.
     if whole or dist.get_rank(group) == 0:
-        (Path(path) / _META).unlink(missing_ok=True)
+        (Path(path) / _dcp.META).unlink(missing_ok=True)
     if not whole:
         dist.barrier(group)
-    state = _state(flat, plan, group) | {_COUNT: torch.tensor([int(meta["n"])])}
+    state = _state(flat, plan, group) | {_dcp.COUNT: torch.tensor([int(meta["n"])])}
     with _quiet():
         dcp_save(state, checkpoint_id=path, no_dist=whole, process_group=group)
-    meta[_io.CHECKSUM] = _checksum(meta, _dcp.digest(flat, plan, group))
+    meta[_io.CHECKSUM] = _dcp.checksum(meta, _dcp.digest(flat, plan, group))
     if whole or dist.get_rank(group) == 0:
-        _write_json(Path(path) / _META, meta)
+        _write_json(Path(path) / _dcp.META, meta)
     if not whole:
         dist.barrier(group)
-
-
-def _checksum(meta: dict[str, Any], digest: int) -> str:
-    """SHA-256 (hex) of swag.json's fields (less the checksum) and the tensors' digest."""
-    fields = {k: v for k, v in meta.items() if k != _io.CHECKSUM}
-    text = json.dumps(fields, sort_keys=True) + f"/{digest:016x}"
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _write_json(path: Path, meta: dict[str, Any]) -> None:
@@ -151,91 +131,12 @@ def _write_json(path: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@dataclass(frozen=True)
-class _Header:
-    """swag.json, checked: what a checkpoint folder holds."""
-
-    meta: dict[str, Any]
-    layout: ParamLayout
-    n: int
-    max_rank: int
-    dtype: torch.dtype
-    deviation_dtype: torch.dtype
-    index: Metadata  # DCP's, read safely
-
-    def shapes(self, kind: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """The global shape and dtype of every tensor DCP stores, by key."""
-        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {_COUNT: ((1,), torch.int64)}
-        for stat in _STATS[kind]:
-            lead = (self.max_rank,) if stat == "deviations" else ()
-            dtype = self.deviation_dtype if stat == "deviations" else self.dtype
-            for name, shape in zip(self.layout.names, self.layout.shapes, strict=True):
-                out[f"{stat}/{name}"] = ((*lead, shape[0] if shape else 1, *shape[1:]), dtype)
-        return out
-
-
-def _read_header(path: _io.PathLike, kind: str) -> _Header:
-    """swag.json of the folder ``path``, checked field by field and against DCP's index."""
-    folder = Path(path)
-    file = folder / _META
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} is not a swag checkpoint folder (no {_META})")
-    try:
-        meta = json.loads(file.read_bytes())
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{file} is not valid JSON ({e}); the folder is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != _io.FORMAT:
-        raise ValueError(f"{file} is not a {_io.FORMAT} checkpoint (no swag header)")
-    version = _io.int_field(meta, "version", file, low=1)
-    if version > _io.VERSION:
-        raise ValueError(
-            f"{file} has format version {version}, newer than this swag-toolkit understands "
-            f"({_io.VERSION}); upgrade swag-toolkit to read it"
-        )
-    if meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
-    for key in _FIELDS + ((_io.CHECKSUM,) if version >= 2 else ()):
-        _io.require(meta, key, file)
-    header = _Header(
-        meta,
-        _io.layout_field(meta, "layout", file),
-        _io.int_field(meta, "n", file, low=0 if kind == "collector" else 1),
-        _io.int_field(meta, "max_rank", file),
-        _io.dtype_field(meta, "dtype", file),
-        _io.dtype_field(meta, "deviation_dtype", file),
-        _dcp.read_metadata(folder),
-    )
-    _check_index(path, header, kind)
-    return header
-
-
-def _check_index(path: _io.PathLike, header: _Header, kind: str) -> None:
-    """DCP's index must list exactly the tensors swag.json describes, and the data files must be
-    large enough to hold them, before anything of their size is allocated."""
-    expected = header.shapes(kind)
-    saved = header.index.state_dict_metadata
-    for key in sorted(set(saved) | set(expected)):
-        entry = saved.get(key)
-        properties = getattr(entry, "properties", None)
-        found = (getattr(entry, "size", None), getattr(properties, "dtype", None))
-        want = expected.get(key)
-        if want is None or found != (torch.Size(want[0]), want[1]):
-            raise ValueError(
-                f"{path}: the saved tensors do not fit {_META}: {key!r} is saved as "
-                f"(shape, dtype) {found}, {_META} says {want}"
-            )
-    need = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected.values())
-    have = sum(f.stat().st_size for f in Path(path).iterdir() if f.suffix == ".distcp")
-    if need > have:
-        raise ValueError(f"{path}: its data files hold {have} bytes, {_META} describes {need}")
-
-
 def _load(
     path: _io.PathLike,
     flat: dict[str, Tensor],
     plan: ShardPlan,
     group: dist.ProcessGroup | None,
-    header: _Header,
+    header: _dcp.Header,
 ) -> None:
     """Fill the flat statistics ``flat`` (this rank's part, as ``plan`` says) from ``path``.
 
@@ -243,25 +144,28 @@ def _load(
     """
     whole = plan.world == 1
     count = torch.tensor([-1])
-    state = _state(flat, plan, group) | {_COUNT: count}
+    state = _state(flat, plan, group) | {_dcp.COUNT: count}
     try:
         with _quiet():
             reader = _dcp.SafeReader(Path(path), header.index)
             dcp_load(state, storage_reader=reader, no_dist=whole, process_group=group)
     except CheckpointException as exc:  # DCP wraps every failure of a rank's read in it
         raise ValueError(
-            f"{path}: the saved tensors do not fit {_META} (shapes, or a damaged folder): {exc}"
+            f"{path}: the saved tensors do not fit {_dcp.META} (shapes, or a damaged folder): {exc}"
         ) from None
     if int(count.item()) != header.n:
         raise ValueError(
-            f"{path}: the tensors were saved after {int(count.item())} collects but {_META} "
+            f"{path}: the tensors were saved after {int(count.item())} collects but {_dcp.META} "
             f"says {header.n}: they come from different saves (an interrupted overwrite?). "
             "Save again"
         )
     expected = header.meta.get(_io.CHECKSUM)
-    if expected is not None and _checksum(header.meta, _dcp.digest(flat, plan, group)) != expected:
+    if (
+        expected is not None
+        and _dcp.checksum(header.meta, _dcp.digest(flat, plan, group)) != expected
+    ):
         raise ValueError(
-            f"{path} fails its checksum: its tensors or {_META} changed after they were "
+            f"{path} fails its checksum: its tensors or {_dcp.META} changed after they were "
             "written (a damaged copy?)"
         )
 
@@ -296,7 +200,7 @@ def load_collector(
     """
     from swag.collector import Collector
 
-    header = _read_header(path, "collector")
+    header = _dcp.read_header(path, "collector")
     try:
         collector = Collector(
             model,
@@ -314,7 +218,7 @@ def load_collector(
     if diff:
         raise ValueError(f"{path} does not fit this model: {diff}")
     plan = collector.plan or ShardPlan(header.layout, 0, 1)
-    stats = {name: getattr(collector, name) for name in _STATS["collector"]}
+    stats = {name: getattr(collector, name) for name in _dcp.STATS["collector"]}
     _load(path, stats, plan, collector.process_group, header)
     collector._n = header.n
     return collector
@@ -333,7 +237,7 @@ def load_posterior(
         ValueError: if the folder is damaged or foreign (naming the file and the field);
             RuntimeError: ``shard=True`` without a group.
     """
-    header = _read_header(path, SWAG_KIND)
+    header = _dcp.read_header(path, SWAG_KIND)
     layout = header.layout
     if shard and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard=True needs an initialised process group; or pass shard=False")

@@ -335,7 +335,7 @@ DCP_CASES = 60  # positions per file and damage; every one costs a DCP load (~5 
 
 
 def test_dcp_swag_json_edits_are_refused_naming_the_field(tmp_path: Path) -> None:
-    from swag._dcp import digest
+    from swag._dcp import checksum, digest
     from swag._shard import ShardPlan
 
     garbage: list[object] = [*GARBAGE, -1, 1.5, True, None, [], {}, 10**30, 3]
@@ -351,7 +351,7 @@ def test_dcp_swag_json_edits_are_refused_naming_the_field(tmp_path: Path) -> Non
         for key in sorted(set(meta) - {_io.CHECKSUM}):
             rest = {k: v for k, v in meta.items() if k != key}
             for edited in [rest] + [{**rest, key: v} for v in garbage if v != meta[key]]:
-                edited[_io.CHECKSUM] = sd._checksum(edited, seal)  # crafted, not damaged
+                edited[_io.CHECKSUM] = checksum(edited, seal)  # crafted, not damaged
                 put(file, json.dumps(edited).encode())
                 message = tally.check(kind, folder, MODEL)
                 named = key in message or "tensor" in message or key in ("format", "kind")
