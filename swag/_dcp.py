@@ -202,7 +202,7 @@ def read_header(path: _io.PathLike, kind: str) -> Header:
         raise FileNotFoundError(f"{path} is not a swag checkpoint folder (no {META})")
     try:
         meta = json.loads(file.read_bytes())
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; nesting
         raise ValueError(f"{file} is not valid JSON ({e}); the folder is damaged") from None
     if not isinstance(meta, dict) or meta.get("format") != _io.FORMAT:
         raise ValueError(f"{file} is not a {_io.FORMAT} checkpoint (no swag header)")

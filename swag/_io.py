@@ -176,7 +176,7 @@ def json_field(meta: Mapping[str, Any], key: str, where: PathLike) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"a {type(value).__name__}, not a JSON string")
         return json.loads(value)
-    except ValueError as e:  # JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting
         raise ValueError(
             f"{where}: metadata field {key!r} is not valid JSON ({e}): {_short(value)}"
         ) from None

@@ -222,6 +222,7 @@ GARBAGE = [
     '["laplace"]',
     '["point_posterior", "point_posterior", "point_posterior", "point_posterior"]',
     "[1]",
+    "[" * 100_000 + "]" * 100_000,  # nested past Python's recursion limit
 ]
 
 
