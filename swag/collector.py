@@ -480,6 +480,7 @@ class Collector(nn.Module):
             if meta.get(key) != mine[key]:
                 return f"{key} is {meta.get(key)} in the saved state but {mine[key]} here"
         try:
+            _io.int_field(meta, "n", "the saved state")
             saved = _io.layout_field(meta, "layout", "the saved state")
         except ValueError as e:
             return str(e)

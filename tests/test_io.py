@@ -347,3 +347,25 @@ def test_dcp_checksum_verifies_across_devices(tmp_path: Path, device: torch.devi
         back = sd.load_posterior(tmp_path / "p", device=where)
         assert isinstance(back, SWAGPosterior)
         assert torch.equal(back.std.cpu(), c.posterior().std.cpu())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("layout", "{", r"the saved state: metadata field 'layout' is not valid JSON"),
+        ("layout", '[["0.weight", [4, 5], "Tensor"]]', r"metadata field 'layout', row 0"),
+        ("n", "abc", r"the saved state: metadata field 'n' must be an integer, got 'abc'"),
+    ],
+)
+def test_damaged_extra_state_is_refused_before_anything_is_copied(
+    field: str, value: str, message: str
+) -> None:
+    model = net()
+    a = Collector(model, max_rank=2)
+    collect(a, model, 3, torch.Generator().manual_seed(10))
+    state = a.state_dict()
+    state["_extra_state"] = {**state["_extra_state"], field: value}
+    b = Collector(model, max_rank=2)
+    with pytest.raises(RuntimeError, match=message):
+        b.load_state_dict(state)
+    assert b.n == 0 and not b.m2.any() and not b.shift.any()
