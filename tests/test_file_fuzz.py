@@ -332,7 +332,7 @@ def test_dcp_folder_damage_is_refused_or_harmless(tmp_path: Path, damage: str) -
         assert Tally().check(kind, folder) == ""
 
 
-DCP_CASES = 60  # positions per file and damage; every one costs a DCP load (~5 ms)
+DCP_CASES = 40  # positions per file and damage; every one costs a DCP load (~5 ms)
 
 
 def test_dcp_swag_json_edits_are_refused_naming_the_field(tmp_path: Path) -> None:
