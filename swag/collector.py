@@ -485,30 +485,51 @@ class Collector(nn.Module):
         The covered parameters are those recorded in the file; ``model`` must have them with the
         same shapes and dtypes. Continuing to collect gives bit-identical results to a run that
         was never interrupted (on the eager path; ``compiled`` is as for :class:`Collector`).
+        The file is checked whole (fields, tensor shapes and dtypes, finite statistics,
+        checksum) before anything is allocated; ``model`` is never written.
 
         Raises:
-            ValueError: naming what does not match, or if the file is damaged or foreign.
+            ValueError: naming what does not match, or the file and field if it is damaged or
+                foreign.
         """
         tensors, meta = _io.load_file(path, "collector")
-        layout = ParamLayout.from_json(_io.require(meta, "layout", path))
-        dtype = getattr(torch, _io.require(meta, "dtype", path))
-        collector = cls(
-            model,
-            int(_io.require(meta, "max_rank", path)),
-            params=list(layout.names),
-            device=device,
-            dtype=dtype,
-            deviation_dtype=getattr(torch, _io.require(meta, "deviation_dtype", path)),
-            compiled=compiled,
-        )
+        layout = _io.layout_field(meta, "layout", path)
+        dtype = _io.dtype_field(meta, "dtype", path)
+        deviation_dtype = _io.dtype_field(meta, "deviation_dtype", path)
+        k, n = _io.int_field(meta, "max_rank", path), _io.int_field(meta, "n", path)
+        _io.expect_tensors(tensors, _STATE, path)
+        state = {
+            name: _io.tensor_field(
+                tensors,
+                name,
+                path,
+                (k, layout.size) if name == "deviations" else (layout.size,),
+                (deviation_dtype if name == "deviations" else dtype,),
+            )
+            for name in _STATE
+        }
+        for name, t in state.items():
+            if not bool(t.isfinite().all()) or (name == "m2" and bool((t < 0).any())):
+                kind = "negative or non-finite" if name == "m2" else "non-finite"
+                raise ValueError(f"{path}: tensor {name!r} has {kind} entries; the file is damaged")
+        try:
+            collector = cls(
+                model,
+                k,
+                params=list(layout.names),
+                device=device,
+                dtype=dtype,
+                deviation_dtype=deviation_dtype,
+                compiled=compiled,
+            )
+        except ValueError as e:
+            raise ValueError(f"{path} does not fit this model: {e}") from None
         problem = collector._describe_mismatch(meta)
         if problem:
             raise ValueError(f"{path} does not fit this model: {problem}")
-        size, k = layout.size, collector.max_rank
         for name in _STATE:
-            shape = (k, size) if name == "deviations" else (size,)
-            getattr(collector, name).copy_(_io.check_shape(tensors, name, shape, path))
-        collector._n = int(_io.require(meta, "n", path))
+            getattr(collector, name).copy_(state[name])
+        collector._n = n
         return collector
 
     def _meta(self) -> dict[str, Any]:
@@ -532,9 +553,12 @@ class Collector(nn.Module):
         for key in ("max_rank", "dtype", "deviation_dtype"):
             if meta.get(key) != mine[key]:
                 return f"{key} is {meta.get(key)} in the saved state but {mine[key]} here"
-        if "layout" not in meta:
-            return "the saved state has no parameter layout"
-        diff = self.layout.mismatch(ParamLayout.from_json(meta["layout"]))
+        try:
+            _io.int_field(meta, "n", "the saved state")
+            saved = _io.layout_field(meta, "layout", "the saved state")
+        except ValueError as e:
+            return str(e)
+        diff = self.layout.mismatch(saved)
         return f"parameter layout differs: {diff}" if diff else None
 
     def extra_repr(self) -> str:

@@ -27,8 +27,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-from swag import _io
-from swag._params import ParamLayout
+from swag import _dcp, _io
 from swag._shard import ShardedPosterior, ShardPlan
 from swag.multiswag import MultiSWAG
 from swag.posterior import KIND as SWAG_KIND
@@ -45,11 +44,6 @@ __all__ = [
     "load_posterior",
     "save",
 ]
-
-_META = "swag.json"
-_COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json
-_FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
-
 
 # -- checkpoints (torch.distributed.checkpoint) ----------------------------------------------
 
@@ -93,15 +87,14 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
 
     Sharded, every rank of the object's group calls it and writes its own part. Whole (not
     sharded), it is written by this process alone; in a distributed job call it on one rank.
-    The layout and counts go to ``path/swag.json`` (JSON, written atomically by rank 0 once the
-    tensors are down).
+    The layout, counts and a checksum of the tensors go to ``path/swag.json`` (JSON, written
+    atomically by rank 0 once the tensors are down); the checksum costs one ``all_reduce``.
     """
     from swag.collector import Collector
 
     meta: dict[str, Any] = {"format": _io.FORMAT, "version": _io.VERSION}
     if isinstance(obj, Collector):
-        names = ("shift", "shifted_mean", "m2", "deviations")
-        flat = {name: getattr(obj, name) for name in names}
+        flat = {name: getattr(obj, name) for name in _dcp.STATS["collector"]}
         meta.update(kind="collector", **obj._meta())
         plan, group = obj.plan, obj.process_group
     else:
@@ -116,14 +109,15 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
     # An interrupted overwrite must not leave new tensors beside the old swag.json: remove it
     # first (a folder without it does not load), and record the count among the tensors too.
     if whole or dist.get_rank(group) == 0:
-        (Path(path) / _META).unlink(missing_ok=True)
+        (Path(path) / _dcp.META).unlink(missing_ok=True)
     if not whole:
         dist.barrier(group)
-    state = _state(flat, plan, group) | {_COUNT: torch.tensor([int(meta["n"])])}
+    state = _state(flat, plan, group) | {_dcp.COUNT: torch.tensor([int(meta["n"])])}
     with _quiet():
         dcp_save(state, checkpoint_id=path, no_dist=whole, process_group=group)
+    meta[_io.CHECKSUM] = _dcp.checksum(meta, _dcp.digest(flat, plan, group))
     if whole or dist.get_rank(group) == 0:
-        _write_json(Path(path) / _META, meta)
+        _write_json(Path(path) / _dcp.META, meta)
     if not whole:
         dist.barrier(group)
 
@@ -137,52 +131,42 @@ def _write_json(path: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: _io.PathLike, kind: str) -> dict[str, Any]:
-    file = Path(path) / _META
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} is not a swag checkpoint folder (no {_META})")
-    meta: dict[str, Any] = json.loads(file.read_text())
-    if meta.get("format") != _io.FORMAT or int(meta.get("version", 0)) > _io.VERSION:
-        raise ValueError(f"{file} is not a {_io.FORMAT} v{_io.VERSION} checkpoint: {meta}")
-    if meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
-    for key in _FIELDS:
-        _io.require(meta, key, file)
-    for key in ("dtype", "deviation_dtype"):
-        dtype = getattr(torch, str(meta[key]), None)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"{file}: {key} {meta[key]!r} is not a floating torch dtype")
-    for key in ("n", "max_rank"):
-        if not isinstance(meta[key], int) or meta[key] < 0:
-            raise ValueError(f"{file}: {key} must be an integer >= 0, got {meta[key]!r}")
-    return meta
-
-
 def _load(
     path: _io.PathLike,
     flat: dict[str, Tensor],
     plan: ShardPlan,
     group: dist.ProcessGroup | None,
-    n: int,
+    header: _dcp.Header,
 ) -> None:
     """Fill the flat statistics ``flat`` (this rank's part, as ``plan`` says) from ``path``.
 
-    ``n`` is the count swag.json gives; the tensors must have been saved with the same.
+    The tensors must have been saved with the count and checksum that swag.json gives.
     """
     whole = plan.world == 1
     count = torch.tensor([-1])
-    state = _state(flat, plan, group) | {_COUNT: count}
+    state = _state(flat, plan, group) | {_dcp.COUNT: count}
     try:
         with _quiet():
-            dcp_load(state, checkpoint_id=path, no_dist=whole, process_group=group)
-    except CheckpointException as exc:
+            reader = _dcp.SafeReader(Path(path), header.index)
+            dcp_load(state, storage_reader=reader, no_dist=whole, process_group=group)
+    except CheckpointException as exc:  # DCP wraps every failure of a rank's read in it
         raise ValueError(
-            f"{path}: the saved tensors do not fit {_META} (shapes, or a damaged folder): {exc}"
+            f"{path}: the saved tensors do not fit {_dcp.META} (shapes, or a damaged folder): {exc}"
         ) from None
-    if int(count.item()) != n:
+    if int(count.item()) != header.n:
         raise ValueError(
-            f"{path}: the tensors were saved after {int(count.item())} collects but {_META} "
-            f"says {n}: they come from different saves (an interrupted overwrite?). Save again"
+            f"{path}: the tensors were saved after {int(count.item())} collects but {_dcp.META} "
+            f"says {header.n}: they come from different saves (an interrupted overwrite?). "
+            "Save again"
+        )
+    expected = header.meta.get(_io.CHECKSUM)
+    if (
+        expected is not None
+        and _dcp.checksum(header.meta, _dcp.digest(flat, plan, group)) != expected
+    ):
+        raise ValueError(
+            f"{path} fails its checksum: its tensors or {_dcp.META} changed after they were "
+            "written (a damaged copy?)"
         )
 
 
@@ -192,10 +176,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         yield
-
-
-def _dtypes(meta: dict[str, Any]) -> tuple[torch.dtype, torch.dtype]:
-    return getattr(torch, str(meta["dtype"])), getattr(torch, str(meta["deviation_dtype"]))
 
 
 def load_collector(
@@ -210,36 +190,40 @@ def load_collector(
     """Resume a collector written by :func:`save`, at any world size or in one process.
 
     ``shard``, ``process_group`` and ``compiled`` mean what they mean for
-    :class:`~swag.Collector` (an FSDP2 model is always sharded). Continuing to collect gives
-    the same numbers as a run that was never interrupted, at whatever world size it was saved.
+    :class:`~swag.Collector` (an FSDP2 model is always sharded). Continuing to collect gives the
+    same numbers as a run that was never interrupted, at whatever world size it was saved. The
+    folder is checked (swag.json's
+    fields, the index's shapes and dtypes, the count and the checksum) and ``model`` is never
+    written.
 
     Raises:
-        ValueError: if ``model`` does not have the saved parameters, or the folder is foreign.
+        ValueError: if ``model`` does not have the saved parameters, or the folder is damaged or
+            foreign (naming the file and the field).
     """
     from swag.collector import Collector
 
-    meta = _read_json(path, "collector")
-    layout = ParamLayout.from_json(str(meta["layout"]))
-    dtype, deviation_dtype = _dtypes(meta)
-    collector = Collector(
-        model,
-        int(meta["max_rank"]),
-        params=list(layout.names),
-        device=device,
-        dtype=dtype,
-        deviation_dtype=deviation_dtype,
-        shard=shard,
-        process_group=process_group,
-        compiled=compiled,
-    )
-    diff = collector.layout.mismatch(layout)
+    header = _dcp.read_header(path, "collector")
+    try:
+        collector = Collector(
+            model,
+            header.max_rank,
+            params=list(header.layout.names),
+            device=device,
+            dtype=header.dtype,
+            deviation_dtype=header.deviation_dtype,
+            shard=shard,
+            process_group=process_group,
+            compiled=compiled,
+        )
+    except ValueError as e:
+        raise ValueError(f"{path} does not fit this model: {e}") from None
+    diff = collector.layout.mismatch(header.layout)
     if diff:
         raise ValueError(f"{path} does not fit this model: {diff}")
-    plan = collector.plan or ShardPlan(layout, 0, 1)
-    names = ("shift", "shifted_mean", "m2", "deviations")
-    stats = {name: getattr(collector, name) for name in names}
-    _load(path, stats, plan, collector.process_group, int(meta["n"]))
-    collector._n = int(meta["n"])
+    plan = collector.plan or ShardPlan(header.layout, 0, 1)
+    stats = {name: getattr(collector, name) for name in _dcp.STATS["collector"]}
+    _load(path, stats, plan, collector.process_group, header)
+    collector._n = header.n
     return collector
 
 
@@ -253,29 +237,29 @@ def load_posterior(
     """Read a posterior written by :func:`save`: whole, or this rank's shard (``shard=True``).
 
     Raises:
-        ValueError: if the folder is foreign; RuntimeError: ``shard=True`` without a group.
+        ValueError: if the folder is damaged or foreign (naming the file and the field);
+            RuntimeError: ``shard=True`` without a group.
     """
-    meta = _read_json(path, SWAG_KIND)
-    layout = ParamLayout.from_json(str(meta["layout"]))
+    header = _dcp.read_header(path, SWAG_KIND)
+    layout = header.layout
     if shard and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard=True needs an initialised process group; or pass shard=False")
     group = (process_group or dist.group.WORLD) if shard else None
     plan = ShardPlan(layout, dist.get_rank(group), dist.get_world_size(group)) if shard else None
     plan = plan or ShardPlan(layout, 0, 1)
-    dtype, deviation_dtype = _dtypes(meta)
-    kw: dict[str, Any] = {"device": device, "dtype": dtype}
-    k = int(meta["max_rank"])
+    kw: dict[str, Any] = {"device": device, "dtype": header.dtype}
+    k = header.max_rank
     flat = {
-        "mean": torch.empty(plan.size, **kw),
-        "std": torch.empty(plan.size, **kw),
-        "deviations": torch.empty(k, plan.size, device=device, dtype=deviation_dtype),
+        "mean": torch.zeros(plan.size, **kw),
+        "std": torch.zeros(plan.size, **kw),
+        "deviations": torch.zeros(k, plan.size, device=device, dtype=header.deviation_dtype),
     }
-    _load(path, flat, plan, group, int(meta["n"]))
+    _load(path, flat, plan, group, header)
+    if not bool((flat["std"] >= 0).all()):
+        raise ValueError(f"{path}: tensor 'std' has negative or NaN entries")
     if not shard:
-        return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, int(meta["n"]))
-    return ShardedPosterior(
-        flat["mean"], flat["std"], flat["deviations"], plan, int(meta["n"]), group
-    )
+        return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, header.n)
+    return ShardedPosterior(flat["mean"], flat["std"], flat["deviations"], plan, header.n, group)
 
 
 # -- MultiSWAG, one member per rank ------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -17,6 +18,7 @@ from swag.posterior import KIND as SWAG_KIND
 from swag.posterior import Posterior, PosteriorMixin, SampleShape, SWAGPosterior
 
 KIND = "multiswag"
+_MAX_DEPTH = 32  # nested mixtures read (deeper would exhaust Python's recursion limit)
 
 TensorState = tuple[dict[str, Tensor], dict[str, str]]
 
@@ -164,7 +166,11 @@ class MultiSWAG(PosteriorMixin):
             ValueError: if the file is damaged or foreign, a component is of an unknown kind or
                 inconsistent with its layout, or the components' layouts differ.
         """
-        return cls._from_tensors(*_io.load_file(path, KIND, device), path)
+        tensors, meta = _io.load_file(path, KIND, device)
+        depth = max(_depth(key) for key in meta)
+        if depth > _MAX_DEPTH:
+            raise ValueError(f"{path} nests mixtures {depth} deep; at most {_MAX_DEPTH} are read")
+        return cls._from_tensors(tensors, meta, path)
 
     def _to_tensors(self) -> TensorState:
         tensors: dict[str, Tensor] = {}
@@ -182,17 +188,23 @@ class MultiSWAG(PosteriorMixin):
     def _from_tensors(
         cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
     ) -> MultiSWAG:
-        kinds = json.loads(_io.require(meta, "components", where))
-        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-            raise ValueError(f"{where}: malformed component list {meta['components']!r}")
+        kinds = _io.json_field(meta, "components", where)
+        if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+            raise ValueError(
+                f"{where}: metadata field 'components' must be a non-empty list of kinds, got "
+                f"{meta['components'][:80]!r}"
+            )
+        prefixes = [f"c{i}." for i in range(len(kinds))]
+        _io.expect_tensors(
+            tensors, [k for k in tensors if k.startswith(tuple(prefixes))], f"{where} (mixture)"
+        )
         components = []
-        for i, kind in enumerate(kinds):
+        for i, (kind, prefix) in enumerate(zip(kinds, prefixes, strict=True)):
             decode = _DECODERS.get(kind)
             if decode is None:
                 raise ValueError(
                     f"{where}: component {i} is a {kind!r}; known kinds: {sorted(_DECODERS)}"
                 )
-            prefix = f"c{i}."
             components.append(
                 decode(
                     {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
@@ -200,7 +212,10 @@ class MultiSWAG(PosteriorMixin):
                     f"{where} (component {i})",
                 )
             )
-        return cls(components)
+        try:
+            return cls(components)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def iter_samples(
@@ -243,6 +258,12 @@ def _encode(component: Posterior, index: int) -> tuple[str, TensorState]:
         f"component {index} is a {type(component).__name__}; only SWAGPosterior, "
         "PointPosterior and MultiSWAG components can be saved"
     )
+
+
+def _depth(key: str) -> int:
+    """How many component prefixes (``c0.``, ``c12.``) a metadata key starts with."""
+    parts = key.split(".")[:-1]
+    return next((i for i, p in enumerate(parts) if not re.fullmatch("c[0-9]+", p)), len(parts))
 
 
 _DECODERS: dict[str, Callable[[dict[str, Tensor], dict[str, str], _io.PathLike], Posterior]] = {

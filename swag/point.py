@@ -125,5 +125,7 @@ class PointPosterior(PosteriorMixin):
         cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
     ) -> PointPosterior:
         """Rebuild from :meth:`_to_tensors`'s output; ``where`` names the source in errors."""
-        layout = ParamLayout.from_json(_io.require(meta, "layout", where))
-        return cls(_io.check_shape(tensors, "mean", (layout.size,), where), layout)
+        layout = _io.layout_field(meta, "layout", where)
+        _io.expect_tensors(tensors, ("mean",), where)
+        floats = _io.FLOAT_DTYPES.values()
+        return cls(_io.tensor_field(tensors, "mean", where, (layout.size,), floats), layout)

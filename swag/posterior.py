@@ -284,17 +284,18 @@ class SWAGPosterior(PosteriorMixin):
         cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
     ) -> SWAGPosterior:
         """Rebuild from :meth:`_to_tensors`'s output; ``where`` names the source in errors."""
-        layout = ParamLayout.from_json(_io.require(meta, "layout", where))
-        size = layout.size
+        layout = _io.layout_field(meta, "layout", where)
+        n = _io.int_field(meta, "n", where, low=1)
+        _io.expect_tensors(tensors, ("mean", "std", "deviations"), where)
+        size, floats = layout.size, _io.FLOAT_DTYPES.values()
+        mean = _io.tensor_field(tensors, "mean", where, (size,), floats)
+        std = _io.tensor_field(tensors, "std", where, (size,), (mean.dtype,))
         deviations = tensors.get("deviations")
-        k = 0 if deviations is None or deviations.dim() != 2 else deviations.shape[0]
-        return cls(
-            mean=_io.check_shape(tensors, "mean", (size,), where),
-            std=_io.check_shape(tensors, "std", (size,), where),
-            deviations=_io.check_shape(tensors, "deviations", (k, size), where),
-            layout=layout,
-            n=int(_io.require(meta, "n", where)),
-        )
+        k = deviations.shape[0] if deviations is not None and deviations.dim() == 2 else 0
+        deviations = _io.tensor_field(tensors, "deviations", where, (k, size), floats)
+        if not bool((std >= 0).all()):
+            raise ValueError(f"{where}: tensor 'std' has negative or NaN entries")
+        return cls(mean=mean, std=std, deviations=deviations, layout=layout, n=n)
 
 
 def draw(

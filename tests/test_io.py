@@ -145,3 +145,227 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         c.save(path)
     assert path.read_bytes() == before  # the old file survives whole
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
+
+
+# -- crafted and damaged files (issue 10, item 9) ---------------------------------------------
+# Each file below is written the way swag-toolkit 0.x (format version 1, no checksum) wrote it,
+# so that only the field checks stand between it and the loader.
+
+
+def _v1(path: Path, kind: str, tensors: dict[str, torch.Tensor], **meta: str) -> Path:
+    header = {"format": "swag-toolkit", "version": "1", "kind": kind, **meta}
+    save_st(path, {k: v.contiguous() for k, v in tensors.items()}, header)
+    return path
+
+
+def save_st(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    raw_save(tensors, str(path), metadata=meta)
+
+
+def _collector_fields(c: Collector) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    names = ("shift", "shifted_mean", "m2", "deviations")
+    return {k: getattr(c, k) for k in names}, {k: str(v) for k, v in c._meta().items()}
+
+
+def _posterior_fields(c: Collector) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    p = c.posterior()
+    tensors = {"mean": p.mean, "std": p.std, "deviations": p.deviations}
+    return tensors, {"layout": p.layout.to_json(), "n": str(p.n)}
+
+
+COLLECTOR_EDITS = [
+    ({"n": "abc"}, r"metadata field 'n' must be an integer, got 'abc'"),
+    ({"n": "-1"}, r"metadata field 'n' must be an integer"),
+    ({"max_rank": "1e3"}, r"metadata field 'max_rank' must be an integer"),
+    ({"layout": "{"}, r"metadata field 'layout' is not valid JSON"),
+    ({"layout": '[["0.weight", [4, 5], "Tensor"]]'}, r"metadata field 'layout', row 0"),
+    ({"dtype": "Tensor"}, r"metadata field dtype 'Tensor' is not a floating torch dtype"),
+    ({"deviation_dtype": "int64"}, r"deviation_dtype 'int64' is not a floating torch dtype"),
+    ({"dtype": "float16"}, r"tensor 'shift' is float32, expected float16"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), COLLECTOR_EDITS)
+def test_crafted_collector_metadata_is_refused_naming_file_and_field(
+    tmp_path: Path, edit: dict[str, str], message: str
+) -> None:
+    model = net()
+    c = Collector(model, max_rank=2)
+    collect(c, model, 3, torch.Generator().manual_seed(4))
+    tensors, meta = _collector_fields(c)
+    path = _v1(tmp_path / "c.safetensors", "collector", tensors, **(meta | edit))
+    with pytest.raises(ValueError, match=message) as info:
+        Collector.load(path, model)
+    assert str(path) in str(info.value)
+
+
+POSTERIOR_EDITS = [
+    ({"n": "0"}, {}, r"metadata field 'n' must be >= 1, got 0"),
+    ({"layout": "not json"}, {}, r"metadata field 'layout' is not valid JSON"),
+    ({}, {"mean": torch.int64}, r"tensor 'mean' is int64, expected"),
+    ({}, {"std": torch.float64}, r"tensor 'std' is float64, expected float32"),
+    ({}, {"deviations": torch.int32}, r"tensor 'deviations' is int32, expected"),
+]
+
+
+@pytest.mark.parametrize(("edit", "casts", "message"), POSTERIOR_EDITS)
+def test_crafted_posterior_file_is_refused_naming_file_and_field(
+    tmp_path: Path, edit: dict[str, str], casts: dict[str, torch.dtype], message: str
+) -> None:
+    model = net()
+    c = Collector(model, max_rank=2)
+    collect(c, model, 3, torch.Generator().manual_seed(5))
+    tensors, meta = _posterior_fields(c)
+    tensors = {k: v.to(casts.get(k, v.dtype)) for k, v in tensors.items()}
+    path = _v1(tmp_path / "p.safetensors", "swag_posterior", tensors, **(meta | edit))
+    with pytest.raises(ValueError, match=message) as info:
+        SWAGPosterior.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_crafted_mixture_and_point_files_are_refused(tmp_path: Path) -> None:
+    from swag import MultiSWAG, PointPosterior
+
+    point = PointPosterior.from_model(net())
+    layout = point.layout.to_json()
+    path = tmp_path / "m.safetensors"
+    _v1(path, "multiswag", {"c0.mean": point.mean}, components="[", **{"c0.layout": layout})
+    with pytest.raises(ValueError, match=r"m\.safetensors: metadata field 'components' is not"):
+        MultiSWAG.load(path)
+    _v1(path, "point_posterior", {"mean": point.mean.to(torch.int64)}, layout=layout)
+    with pytest.raises(ValueError, match=r"m\.safetensors: tensor 'mean' is int64"):
+        PointPosterior.load(path)
+
+
+def test_a_flipped_byte_in_tensor_data_is_refused_not_loaded(tmp_path: Path) -> None:
+    model = net()
+    c = Collector(model, max_rank=2)
+    collect(c, model, 3, torch.Generator().manual_seed(6))
+    path = tmp_path / "p.safetensors"
+    c.posterior().save(path)
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0x01  # the last byte of the tensor data: still parses, one number changes
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="fails its checksum"):
+        SWAGPosterior.load(path)
+
+
+def test_version_1_files_load_with_every_field_check(tmp_path: Path) -> None:
+    model = net()
+    c = Collector(model, max_rank=2)
+    collect(c, model, 3, torch.Generator().manual_seed(7))
+    path = _v1(tmp_path / "c.safetensors", "collector", *_collector_fields(c)[:1], **c_meta(c))
+    back = Collector.load(path, model)
+    assert back.n == 3 and torch.equal(back.deviations, c.deviations)
+
+
+def c_meta(c: Collector) -> dict[str, str]:
+    return _collector_fields(c)[1]
+
+
+# -- DCP folders (swag.distributed) -----------------------------------------------------------
+
+
+def _dcp(tmp_path: Path) -> tuple[Path, nn.Module, Collector]:
+    from swag import distributed as sd
+
+    model = net()
+    c = Collector(model, max_rank=2)
+    collect(c, model, 3, torch.Generator().manual_seed(8))
+    sd.save(c, tmp_path / "dcp")
+    return tmp_path / "dcp", model, c
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", r"swag\.json is not valid JSON"),
+        ("[1, 2]", r"swag\.json is not a swag-toolkit checkpoint"),
+    ],
+)
+def test_dcp_swag_json_that_is_not_json_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    from swag import distributed as sd
+
+    folder, model, _ = _dcp(tmp_path)
+    (folder / "swag.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        sd.load_collector(folder, model)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("layout", "{", r"swag\.json: metadata field 'layout' is not valid JSON"),
+        ("max_rank", True, r"swag\.json: metadata field 'max_rank' must be an integer"),
+        ("max_rank", 2**40, r"do not fit swag\.json: 'deviations/0\.bias'"),
+        ("n", 1.5, r"swag\.json: metadata field 'n' must be an integer, got 1.5"),
+    ],
+)
+def test_dcp_swag_json_fields_are_checked_before_allocating(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    import json
+
+    from swag import distributed as sd
+
+    folder, model, _ = _dcp(tmp_path)
+    meta = json.loads((folder / "swag.json").read_text())
+    meta[field] = value
+    meta.pop("checksum", None)  # a version-1 folder: only the field checks apply
+    meta["version"] = 1
+    (folder / "swag.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        sd.load_collector(folder, model)
+
+
+def test_dcp_flipped_tensor_byte_is_refused_not_loaded(tmp_path: Path) -> None:
+    import struct
+
+    from swag import distributed as sd
+
+    folder, model, c = _dcp(tmp_path)
+    data = next(folder.glob("*.distcp"))
+    blob = bytearray(data.read_bytes())
+    at = blob.find(struct.pack("<f", c.m2[0].item()))  # m2's first entry, as stored
+    assert at > 0
+    blob[at] ^= 0x01  # its lowest mantissa bit: a number that still reads
+    data.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="fails its checksum"):
+        sd.load_collector(folder, model)
+
+
+def test_dcp_checksum_verifies_across_devices(tmp_path: Path, device: torch.device) -> None:
+    """A folder saved from ``device`` verifies when loaded on CPU (the digest's integer
+    arithmetic wraps the same way on every device), and back onto ``device``."""
+    from swag import distributed as sd
+
+    model = net().to(device)
+    c = Collector(model, max_rank=2)
+    collect(c, model, 4, torch.Generator().manual_seed(9))
+    sd.save(c.posterior(), tmp_path / "p")
+    for where in ("cpu", device):
+        back = sd.load_posterior(tmp_path / "p", device=where)
+        assert isinstance(back, SWAGPosterior)
+        assert torch.equal(back.std.cpu(), c.posterior().std.cpu())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("layout", "{", r"the saved state: metadata field 'layout' is not valid JSON"),
+        ("layout", '[["0.weight", [4, 5], "Tensor"]]', r"metadata field 'layout', row 0"),
+        ("n", "abc", r"the saved state: metadata field 'n' must be an integer, got 'abc'"),
+    ],
+)
+def test_damaged_extra_state_is_refused_before_anything_is_copied(
+    field: str, value: str, message: str
+) -> None:
+    model = net()
+    a = Collector(model, max_rank=2)
+    collect(a, model, 3, torch.Generator().manual_seed(10))
+    state = a.state_dict()
+    state["_extra_state"] = {**state["_extra_state"], field: value}
+    b = Collector(model, max_rank=2)
+    with pytest.raises(RuntimeError, match=message):
+        b.load_state_dict(state)
+    assert b.n == 0 and not b.m2.any() and not b.shift.any()
