@@ -192,9 +192,8 @@ def load_collector(
     ``shard``, ``process_group`` and ``compiled`` mean what they mean for
     :class:`~swag.Collector` (an FSDP2 model is always sharded). Continuing to collect gives the
     same numbers as a run that was never interrupted, at whatever world size it was saved. The
-    folder is checked (swag.json's
-    fields, the index's shapes and dtypes, the count and the checksum) and ``model`` is never
-    written.
+    folder is checked (swag.json's fields, the index's shapes and dtypes, the count and the
+    checksum) and ``model`` is never written.
 
     Raises:
         ValueError: if ``model`` does not have the saved parameters, or the folder is damaged or
