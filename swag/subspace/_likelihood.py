@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from swag.bn import InputFn, default_input_fn, move_to
+from swag.bn import InputFn, default_input_fn
 from swag.subspace._basis import Subspace
 
 TargetFn = Callable[[Any], Tensor]
@@ -25,6 +25,17 @@ def default_target_fn(batch: Any) -> Tensor:
     raise ValueError(
         "cannot find the target in a batch that is not an (input, target) tuple; pass target_fn="
     )
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with its tensors (also inside tuples, lists and dicts) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
 
 
 class SubspaceLikelihood:
@@ -91,7 +102,7 @@ class SubspaceLikelihood:
     def batches(self) -> Iterator[tuple[Any, Tensor]]:
         """``(input, target)`` per batch of ``loader``, moved to ``device``."""
         for batch in self.loader:
-            yield move_to(self.input_fn(batch), self.device), self.target_fn(batch).to(self.device)
+            yield to_device(self.input_fn(batch), self.device), self.target_fn(batch).to(self.device)
 
     def batch_log_lik(self, z: Tensor, inputs: Any, target: Tensor) -> Tensor:
         """Σ log p(y | x, θ(z)) over one batch, a scalar (differentiable in ``z``)."""
