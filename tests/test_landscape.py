@@ -48,7 +48,8 @@ def test_plane_gaussian_matches_the_dense_projection() -> None:
     dense = post.to_distribution(scale=0.5).covariance_matrix.double()
     e = torch.stack([plane.u, plane.v]).double()
     a = torch.linalg.pinv(e.T)
-    torch.testing.assert_close(cov, a @ dense @ a.T, rtol=1e-6, atol=1e-9)
+    # the dense oracle is float32 (relative error ~1e-7 per entry, summed over P = 8 terms)
+    torch.testing.assert_close(cov, a @ dense @ a.T, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(centre, torch.zeros(2, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
