@@ -10,7 +10,7 @@ batch. Cost: one pass over every loader (plus the BN refresh) per point.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from swag.bn import InputFn, default_input_fn, has_batchnorm
 from swag.subspace import Subspace
 from swag.subspace._likelihood import TargetFn, default_target_fn, to_device
 
-Loaders = dict[str, Iterable[Any]]
+Loaders = Mapping[str, Iterable[Any]]
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ class SubspaceLikelihood:
     def batches(self) -> Iterator[tuple[Any, Tensor]]:
         """``(input, target)`` per batch of ``loader``, moved to ``device``."""
         for batch in self.loader:
-            yield to_device(self.input_fn(batch), self.device), self.target_fn(batch).to(self.device)
+            target = self.target_fn(batch).to(self.device)
+            yield to_device(self.input_fn(batch), self.device), target
 
     def batch_log_lik(self, z: Tensor, inputs: Any, target: Tensor) -> Tensor:
         """Σ log p(y | x, θ(z)) over one batch, a scalar (differentiable in ``z``)."""
