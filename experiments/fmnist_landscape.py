@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     common = {"bn_loader": bn, "progress": True}
     ts = torch.linspace(-1.0, 2.0, args.line_points)
     line = scan_line(run.model, post.layout, sgd, post.mean, loaders, ts=ts, **common)
-    sub = Subspace.pca(post, rank=5)
+    # with n = K iterates the first deviation is 0, so only K − 1 directions exist
+    sub = Subspace.pca(post, rank=min(5, post.rank - (post.n == post.rank)))
     plane = Plane.from_subspace(sub)
     sgd_ab = plane.coords(sgd)
     reach = max(3.0, 1.3 * float(sgd_ab.abs().max()))

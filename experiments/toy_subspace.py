@@ -7,8 +7,8 @@ Model: MLP 1 → 50 → 50 → 1 (tanh), Gaussian likelihood with the known nois
 
 * **SGD**: minibatch SGD (batch 8, momentum 0.9, lr 0.01, weight decay 1e-4) on the squared
   error, ``sgd_epochs`` epochs;
-* **SWAG**: ``swag_epochs`` more epochs at the constant ``swa_lr``, 20 evenly spaced
-  ``collect()`` calls (K = 20), 30 samples at scale 0.5;
+* **SWAG**: ``swag_epochs`` more epochs at the constant ``swa_lr`` (0.05: a high rate, so the
+  iterates explore), 20 evenly spaced ``collect()`` calls (K = 20), 30 samples at scale 0.5;
 * **PCA+ESS** / **PCA+VI**: the rank-``rank`` PCA subspace of that SWAG, prior N(0, I),
   temperature ``T``; ESS keeps ``ess_samples`` states after ``burn_in``; VI fits a
   full-covariance Gaussian;
@@ -90,10 +90,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     p.add_argument("--ess-samples", type=int, default=100)
     p.add_argument("--burn-in", type=int, default=50)
     p.add_argument("--vi-epochs", type=int, default=300)
-    p.add_argument("--sgd-epochs", type=int, default=1000)
+    p.add_argument("--sgd-epochs", type=int, default=600)
     p.add_argument("--swag-epochs", type=int, default=400)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--swa-lr", type=float, default=0.01)
+    p.add_argument("--swa-lr", type=float, default=0.05)
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("runs/toy_subspace"))
     p.add_argument("--docs", type=Path, default=None, help="also write the PNG here")
