@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     sub = Subspace.pca(post, rank=min(5, post.rank - (post.n == post.rank)))
     plane = Plane.from_subspace(sub)
     sgd_ab = plane.coords(sgd)
-    reach = max(3.0, 1.3 * float(sgd_ab.abs().max()))
+    reach = max(4.0, 1.3 * float(sgd_ab.abs().max()))
     axis = torch.linspace(-reach, reach, args.grid)
     surf = scan_plane(run.model, post.layout, plane, loaders, as_=axis, bs=axis, **common)
     figures = {
@@ -156,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             "seconds_per_pass": pass_seconds,
         },
         "pca_singular_values": sub.basis.norm(dim=1).tolist(),
-        "line": {k: v.tolist() for k, v in line.metrics.items()},
+        "line": {"ts": line.ts.tolist(), **{k: v.tolist() for k, v in line.metrics.items()}},
+        "plane": {
+            "axis": axis.tolist(),
+            **{k: v.tolist() for k, v in surf.metrics.items()},
+            "gaussian": [t.tolist() for t in plane.gaussian(post, scale=0.5)],
+        },
         "sgd_plane_coords": sgd_ab.tolist(),
         "test": scores,
         "total_seconds": time.perf_counter() - start,

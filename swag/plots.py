@@ -261,7 +261,9 @@ def loss_plane(
         filled = ax.contourf(a, b, v, levels=edges, norm=norm, cmap="viridis")
     else:
         filled = ax.contourf(a, b, v, levels=levels, cmap="viridis")
-    fig.colorbar(filled, ax=ax, label=label)
+    bar = fig.colorbar(filled, ax=ax, label=label)
+    bar.ax.yaxis.set_major_formatter("{x:.3g}")
+    bar.ax.yaxis.set_minor_formatter("")
     if gaussian is not None:
         centre, cov = _np(gaussian[0]), _np(gaussian[1])
         if centre.shape != (2,) or cov.shape != (2, 2):
