@@ -115,8 +115,10 @@ class SubspacePosterior(PosteriorMixin):
         """Draws of z ``(*sample_shape, k)``.
 
         From a chain: its states in a random order (a permutation from ``generator``, repeated
-        with fresh permutations when more draws than states are asked), so S draws from a
-        chain of S states use each state exactly once. From a Gaussian: loc + L ε.
+        with fresh permutations when more draws than states are asked), so one call for S draws
+        from a chain of S states uses each state exactly once; separate single draws (as
+        :func:`swag.predict` takes them) are uniform over the states, with repeats. From a
+        Gaussian: loc + L ε.
         """
         shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
         num = math.prod(shape)
