@@ -130,7 +130,8 @@ def evaluate_points(
         loaders: named loaders of ``(x, y)`` batches, e.g. ``{"train": ..., "test": ...}``.
         bn_loader: training batches for the BatchNorm refresh; required for a model with BN.
         bn_batches: refresh on the first ``bn_batches`` batches only.
-        input_fn / target_fn: batch → input / target (defaults: first / second item).
+        input_fn: batch → model input (default: the first item).
+        target_fn: batch → target (default: the second item).
         device: where to evaluate (default: the model's device).
         progress: show a progress bar over points.
 
