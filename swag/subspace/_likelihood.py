@@ -53,7 +53,8 @@ class SubspaceLikelihood:
       (``(B,)`` or ``(B, 1)``) with a fixed ``noise_var``; log p = Σ log N(y | μ, σ²).
 
     One call costs one forward pass over the whole loader (for ``"gaussian"`` and
-    ``"classification"`` alike), the unit in which the samplers report their cost.
+    ``"classification"`` alike), the unit in which the samplers report their cost. Creating
+    the likelihood reads the loader's targets once to count the examples N (no forward pass).
 
     Args:
         model: the architecture (its covered parameters are replaced by θ(z)).

@@ -77,7 +77,7 @@ class SubspacePosterior(PosteriorMixin):
         cls, subspace: Subspace, result: ESSResult, *, temperature: float, prior_std: float
     ) -> SubspacePosterior:
         """From an ESS chain, recording the temperature and prior it was sampled with."""
-        chain = result.samples.to(subspace.shift.dtype)
+        chain = result.samples.to(subspace.shift.device, subspace.shift.dtype)
         return cls(subspace, chain=chain, temperature=temperature, prior_std=prior_std)
 
     @classmethod
@@ -85,11 +85,11 @@ class SubspacePosterior(PosteriorMixin):
         cls, subspace: Subspace, result: VIResult, *, temperature: float, prior_std: float
     ) -> SubspacePosterior:
         """From :func:`~swag.subspace.fit_vi`'s Gaussian, recording its temperature and prior."""
-        dt = subspace.shift.dtype
+        dev, dt = subspace.shift.device, subspace.shift.dtype
         return cls(
             subspace,
-            loc=result.loc.to(dt),
-            scale_tril=result.scale_tril.to(dt),
+            loc=result.loc.to(dev, dt),
+            scale_tril=result.scale_tril.to(dev, dt),
             temperature=temperature,
             prior_std=prior_std,
         )

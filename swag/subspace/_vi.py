@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sized
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +94,9 @@ def fit_vi(
     lower = nn.Parameter(torch.zeros(k, k, dtype=dt))
     params = [loc, raw_diag] + ([lower] if full else [])
     opt = torch.optim.Adam(params, lr=lr)
-    steps = epochs * sum(1 for _ in likelihood.loader)
+    loader = likelihood.loader
+    per_epoch = len(loader) if isinstance(loader, Sized) else sum(1 for _ in loader)
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     mask = torch.ones(k, k, dtype=dt).tril(-1)
 
