@@ -12,7 +12,12 @@ trained by Gaussian NLL with SGD. Methods, all scored in the original target uni
 * **SGD, end of SWA phase**: the last iterate of that continued run, a point estimate with
   SWAG's training budget (it separates averaging and sampling from training longer);
 * **Ensemble**: 5 independently initialized SGD networks (``MultiSWAG`` of ``PointPosterior``);
-* **MultiSWAG**: each of the 5 continued as for SWAG, 30 samples from the mixture (6 each).
+* **MultiSWAG**: each of the 5 continued as for SWAG, 30 samples from the mixture (6 each);
+* **PCA+ESS** / **PCA+VI** (subspace inference, Izmailov et al., 2019): the PCA subspace of
+  the SWAG run's deviations (rank ``subspace_rank``, all K = 20 by default, as the reference
+  code's small-UCI runs), prior N(0, I) over z, the Gaussian likelihood of the training set
+  tempered by T (default N/k, the reference code's default); ESS keeps ``ess_samples`` states
+  after ``ess_burn_in``, VI fits a diagonal Gaussian over ``vi_epochs`` epochs; 30 draws.
 
 Metrics per split: the test log-likelihood per point (nats) of the moment-matched Gaussian that
 ``swag.predict(..., output="gaussian")`` returns; the log-likelihood of the equal-weight mixture
@@ -43,6 +48,7 @@ from tqdm.auto import tqdm
 
 import swag
 from swag.data import load_uci_regression, standardize, train_test_split
+from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice, fit_vi
 
 METRICS = ("ll", "ll_mixture", "rmse", "coverage90")
 Metrics = dict[str, float]
@@ -70,9 +76,15 @@ class Config:
     num_samples: int = 30
     ensemble_size: int = 5
     test_fraction: float = 0.1
+    subspace_rank: int = 20
+    temperature: float = 0.0  # 0: N / subspace_rank
+    prior_std: float = 1.0
+    ess_samples: int = 30
+    ess_burn_in: int = 10
+    vi_epochs: int = 30
 
 
-QUICK = {"epochs": 30, "swag_epochs": 10}
+QUICK = {"epochs": 30, "swag_epochs": 10, "ess_samples": 6, "ess_burn_in": 2, "vi_epochs": 3}
 
 
 class GaussianMLP(nn.Module):
@@ -175,6 +187,34 @@ def continue_swag(
     return collector.posterior()
 
 
+def subspace_posteriors(
+    cfg: Config, post: swag.SWAGPosterior, model: nn.Module, x: Tensor, y: Tensor, seed: int
+) -> dict[str, SubspacePosterior]:
+    """PCA+ESS and PCA+VI in the PCA subspace of ``post``, on the standardized training set."""
+    # with n = K iterates the first deviation θ₁ − θ̄₁ is 0, so only K − 1 directions exist
+    sub = Subspace.pca(post, rank=min(cfg.subspace_rank, post.rank - (post.n == post.rank)))
+    swa_model = swag.PointPosterior(post.mean, post.layout).to_model(model)
+    loader = [
+        (x[i : i + cfg.batch_size], y[i : i + cfg.batch_size])
+        for i in range(0, len(x), cfg.batch_size)
+    ]
+    lik = SubspaceLikelihood(swa_model, sub, loader, likelihood="gaussian")
+    temperature = cfg.temperature or len(x) / sub.dim
+    g = torch.Generator().manual_seed(seed)
+    chain = elliptical_slice(
+        lik, sub.dim, cfg.ess_samples, burn_in=cfg.ess_burn_in, temperature=temperature,
+        prior_std=cfg.prior_std, generator=g,
+    )  # fmt: skip
+    vi = fit_vi(
+        lik, temperature=temperature, prior_std=cfg.prior_std, epochs=cfg.vi_epochs, generator=g
+    )
+    record = {"temperature": temperature, "prior_std": cfg.prior_std}
+    return {
+        "PCA+ESS": SubspacePosterior.from_ess(sub, chain, **record),
+        "PCA+VI": SubspacePosterior.from_vi(sub, vi, **record),
+    }
+
+
 def score(
     posterior: swag.Posterior,
     model: nn.Module,
@@ -234,6 +274,9 @@ def run_split(cfg: Config, dataset: str, split: int, seed: int) -> dict[str, Met
     points = [swag.PointPosterior.from_model(model) for model, _, _ in members]
     swags = [continue_swag(cfg, *member, x_train, z_train) for member in members]
     model = members[0][0]  # now at the last iterate of its SWAG phase
+    subspace = subspace_posteriors(
+        cfg, swags[0], model, x_train, z_train, seed_for(seed, dataset, split, "subspace")
+    )
 
     size = cfg.ensemble_size
     plans: dict[str, tuple[swag.Posterior, int]] = {
@@ -243,6 +286,8 @@ def run_split(cfg: Config, dataset: str, split: int, seed: int) -> dict[str, Met
         "SWAG": (swags[0], cfg.num_samples),
         f"Ensemble ({size})": (swag.MultiSWAG(points), size),
         f"MultiSWAG ({size})": (swag.MultiSWAG(swags), cfg.num_samples),
+        "PCA+ESS": (subspace["PCA+ESS"], cfg.ess_samples),
+        "PCA+VI": (subspace["PCA+VI"], cfg.num_samples),
     }
     predict_seed = seed_for(seed, dataset, split, "predict")
     return {

@@ -175,3 +175,137 @@ def _root_figure(ax: Axes) -> Figure:
     if not isinstance(fig, Figure):
         raise ValueError("ax must belong to a matplotlib figure")
     return fig
+
+
+# -- loss surfaces (data from swag.landscape) ------------------------------------------------
+
+
+def _np(x: Tensor | Sequence[float] | Sequence[Sequence[float]]) -> np.ndarray:
+    return torch.as_tensor(x).detach().cpu().to(torch.float64).numpy()
+
+
+def loss_line(
+    ts: Tensor | Sequence[float],
+    train_loss: Tensor | Sequence[float],
+    test_error: Tensor | Sequence[float],
+    *,
+    labels: tuple[str, str] = ("SGD", "SWA"),
+    ax: Axes | None = None,
+) -> Figure:
+    """Train loss (left axis) and test error (right axis) along the line between two weights.
+
+    The picture of Izmailov et al. (2018): with ``labels=("SGD", "SWA")`` and ``ts`` past both
+    ends, it shows whether SWA sits nearer the centre of a wide valley than SGD.
+
+    Args:
+        ts: ``(N,)`` positions; t = 0 is the first weight vector, t = 1 the second.
+        train_loss: ``(N,)`` training loss at each t (e.g. ``LineScan.metrics["train_loss"]``
+            from :func:`swag.landscape.scan_line`).
+        test_error: ``(N,)`` test error rate (a fraction) at each t.
+        labels: names of the points at t = 0 and t = 1.
+        ax: Axes to draw into; a new figure when None.
+
+    Returns:
+        The figure holding the plot.
+    """
+    t, loss, err = _np(ts), _np(train_loss), _np(test_error)
+    if not (t.ndim == 1 and t.shape == loss.shape == err.shape and len(t) >= 2):
+        raise ValueError(
+            f"ts, train_loss and test_error must be 1-D of one length >= 2, got shapes "
+            f"{t.shape}, {loss.shape}, {err.shape}"
+        )
+    if ax is None:
+        fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = _root_figure(ax)
+    ax.plot(t, loss, color="tab:blue", marker="o", markersize=3, label="train loss")
+    ax.set(xlabel="t  (θ = (1 − t)·θ₀ + t·θ₁)", ylabel="train loss (nats)")
+    right = ax.twinx()
+    right.plot(t, 100 * err, color="tab:red", marker="s", markersize=3, label="test error")
+    right.set_ylabel("test error (%)")
+    for x, name in zip((0.0, 1.0), labels, strict=True):
+        ax.axvline(x, color="gray", linestyle=":")
+        ax.annotate(name, (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom")
+    lines = ax.get_lines()[:1] + right.get_lines()[:1]
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper center")
+    return fig
+
+
+def loss_plane(
+    as_: Tensor | Sequence[float],
+    bs: Tensor | Sequence[float],
+    values: Tensor | Sequence[Sequence[float]],
+    *,
+    label: str = "train loss",
+    points: Mapping[str, Tensor | Sequence[float]] | None = None,
+    gaussian: tuple[Tensor, Tensor] | None = None,
+    levels: int = 20,
+    log: bool = True,
+    ax: Axes | None = None,
+) -> Figure:
+    """A metric over a plane of weight space, with marked points and Gaussian density contours.
+
+    Args:
+        as_: ``(A,)`` first coordinates of the grid.
+        bs: ``(B,)`` second coordinates.
+        values: ``(B, A)`` the metric at ``(as_[j], bs[i])`` (e.g. ``PlaneScan.metrics[...]``
+            from :func:`swag.landscape.scan_plane`).
+        label: the metric's name, for the colour bar.
+        points: named points to mark, ``{"SWA": (a, b), ...}`` (see ``Plane.coords``).
+        gaussian: ``(centre (2,), cov (2, 2))`` of a Gaussian over the plane coordinates, e.g.
+            ``Plane.gaussian(swag_posterior)``; drawn as its 1σ, 2σ and 3σ density contours
+            (Mahalanobis distance 1, 2, 3: ellipses holding 39%, 86% and 99% of its mass).
+        levels: number of filled contour levels.
+        log: space the levels logarithmically (losses span decades); needs positive values.
+        ax: Axes to draw into; a new figure when None.
+
+    Returns:
+        The figure holding the plot.
+    """
+    from matplotlib.colors import LogNorm
+
+    a, b, v = _np(as_), _np(bs), _np(values)
+    if v.shape != (len(b), len(a)) or min(len(a), len(b)) < 2:
+        raise ValueError(
+            f"values must have shape (len(bs), len(as_)) = ({len(b)}, {len(a)}) with both >= 2, "
+            f"got {v.shape}"
+        )
+    if ax is None:
+        fig = Figure(figsize=(6.0, 5.0), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = _root_figure(ax)
+    finite = v[np.isfinite(v)]
+    if log and finite.size and finite.min() > 0:
+        edges = np.geomspace(finite.min(), finite.max(), levels + 1)
+        norm = LogNorm(vmin=edges[0], vmax=edges[-1])
+        filled = ax.contourf(a, b, v, levels=edges, norm=norm, cmap="viridis")
+    else:
+        filled = ax.contourf(a, b, v, levels=levels, cmap="viridis")
+    bar = fig.colorbar(filled, ax=ax, label=label)
+    bar.ax.yaxis.set_major_formatter("{x:.3g}")
+    bar.ax.yaxis.set_minor_formatter("")
+    if gaussian is not None:
+        centre, cov = _np(gaussian[0]), _np(gaussian[1])
+        if centre.shape != (2,) or cov.shape != (2, 2):
+            raise ValueError(
+                f"gaussian must be (centre (2,), cov (2, 2)), got {centre.shape}, {cov.shape}"
+            )
+        vals, vecs = np.linalg.eigh(cov)
+        if vals.min() <= 0:
+            raise ValueError(f"the Gaussian's covariance must be positive definite, got {cov}")
+        angle = np.linspace(0.0, 2 * np.pi, 200)
+        circle = np.stack([np.cos(angle), np.sin(angle)])
+        for r, style in ((1, "-"), (2, "--"), (3, ":")):
+            ring = centre[:, None] + r * (vecs * np.sqrt(vals)) @ circle
+            ax.plot(ring[0], ring[1], color="white", linestyle=style, linewidth=1.2)
+        ax.plot([], [], color="white", label="SWAG density (1, 2, 3σ)")
+    for i, (name, xy) in enumerate((points or {}).items()):
+        p = _np(xy)
+        ax.plot(p[0], p[1], marker="*^os"[i % 4], markersize=11, color=f"C{(i + 1) % 10}",
+                markeredgecolor="black", linestyle="none", label=name)  # fmt: skip
+    if points or gaussian is not None:
+        ax.legend(loc="upper right", facecolor="lightgray")
+    ax.set(xlabel="a", ylabel="b", xlim=(a.min(), a.max()), ylim=(b.min(), b.max()))
+    return fig

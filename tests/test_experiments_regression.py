@@ -16,7 +16,16 @@ import torch
 from swag.data import load_uci_regression
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "regression.py"
-METHODS = ["SGD", "SGD, end of SWA phase", "SWA", "SWAG", "Ensemble (5)", "MultiSWAG (5)"]
+METHODS = [
+    "SGD",
+    "SGD, end of SWA phase",
+    "SWA",
+    "SWAG",
+    "Ensemble (5)",
+    "MultiSWAG (5)",
+    "PCA+ESS",
+    "PCA+VI",
+]
 KEYS = {"ll", "ll_mixture", "rmse", "coverage90"}
 
 
@@ -80,7 +89,9 @@ def test_quick_run_metrics_are_finite_and_plausible(
 
 
 def test_same_seed_same_numbers_and_global_rng_untouched(script: ModuleType) -> None:
-    cfg = script.Config(epochs=2, swag_epochs=2, num_samples=4, ensemble_size=2)
+    cfg = script.Config(
+        epochs=2, swag_epochs=3, num_samples=4, ensemble_size=2, ess_samples=2, vi_epochs=1
+    )
     state = torch.random.get_rng_state()
     first = script.run_split(cfg, "diabetes", 0, seed=5)
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -1,0 +1,210 @@
+"""SubspacePosterior: a posterior over z in a subspace, speaking the Posterior protocol."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from swag import _io
+from swag._params import ParamLayout
+from swag.posterior import PosteriorMixin
+from swag.subspace._basis import Subspace
+from swag.subspace._ess import ESSResult
+from swag.subspace._vi import VIResult
+
+KIND = "subspace_posterior"
+SampleShape = int | Sequence[int] | torch.Size
+
+
+@dataclass(frozen=True, eq=False)
+class SubspacePosterior(PosteriorMixin):
+    """p(θ) for θ = θ̂ + zB, with z from an ESS chain or a fitted Gaussian.
+
+    Exactly one of ``chain`` (method ``"ess"``) or ``loc`` and ``scale_tril`` (method ``"vi"``)
+    is set. Works with :func:`swag.predict`, :class:`~swag.MultiSWAG` sampling and the metrics
+    like any posterior.
+
+    Attributes:
+        subspace: the origin θ̂ ``(P,)``, basis ``(k, P)`` and layout.
+        chain: ``(S, k)`` ESS states, or None.
+        loc: ``(k,)`` the Gaussian's mean, or None.
+        scale_tril: ``(k, k)`` its Cholesky factor, or None.
+        temperature: the T the posterior was inferred at (a record; not used to sample).
+        prior_std: the σ_p it was inferred with (a record).
+    """
+
+    subspace: Subspace
+    chain: Tensor | None = None
+    loc: Tensor | None = None
+    scale_tril: Tensor | None = None
+    temperature: float = 1.0
+    prior_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        k = self.subspace.dim
+        if (self.chain is None) == (self.loc is None and self.scale_tril is None):
+            raise ValueError("give either chain= (ESS) or loc= and scale_tril= (VI), not both")
+        if self.chain is not None:
+            if self.chain.dim() != 2 or self.chain.shape[1] != k or self.chain.shape[0] < 1:
+                shape = tuple(self.chain.shape)
+                raise ValueError(f"chain must have shape (S >= 1, {k}), got {shape}")
+            if not bool(self.chain.isfinite().all()):
+                raise ValueError("chain must be finite")
+        else:
+            if self.loc is None or self.scale_tril is None:
+                raise ValueError("a Gaussian posterior needs both loc= and scale_tril=")
+            if self.loc.shape != (k,) or self.scale_tril.shape != (k, k):
+                raise ValueError(
+                    f"loc must be ({k},) and scale_tril ({k}, {k}), got "
+                    f"{tuple(self.loc.shape)} and {tuple(self.scale_tril.shape)}"
+                )
+            tril = self.scale_tril
+            if not bool(tril.isfinite().all() and self.loc.isfinite().all()):
+                raise ValueError("loc and scale_tril must be finite")
+            if not bool((tril.diagonal() > 0).all()) or bool(tril.triu(1).ne(0).any()):
+                raise ValueError("scale_tril must be lower triangular with a positive diagonal")
+        for name, value in (("temperature", self.temperature), ("prior_std", self.prior_std)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+
+    @classmethod
+    def from_ess(
+        cls, subspace: Subspace, result: ESSResult, *, temperature: float, prior_std: float
+    ) -> SubspacePosterior:
+        """From an ESS chain, recording the temperature and prior it was sampled with."""
+        chain = result.samples.to(subspace.shift.device, subspace.shift.dtype)
+        return cls(subspace, chain=chain, temperature=temperature, prior_std=prior_std)
+
+    @classmethod
+    def from_vi(
+        cls, subspace: Subspace, result: VIResult, *, temperature: float, prior_std: float
+    ) -> SubspacePosterior:
+        """From :func:`~swag.subspace.fit_vi`'s Gaussian, recording its temperature and prior."""
+        dev, dt = subspace.shift.device, subspace.shift.dtype
+        return cls(
+            subspace,
+            loc=result.loc.to(dev, dt),
+            scale_tril=result.scale_tril.to(dev, dt),
+            temperature=temperature,
+            prior_std=prior_std,
+        )
+
+    @property
+    def method(self) -> Literal["ess", "vi"]:
+        return "ess" if self.chain is not None else "vi"
+
+    @property
+    def layout(self) -> ParamLayout:  # type: ignore[override]
+        return self.subspace.layout
+
+    @property
+    def mean(self) -> Tensor:  # type: ignore[override]
+        """θ̂ + E[z]B ``(P,)``: the chain average, or the Gaussian's mean."""
+        z = self.chain.mean(0) if self.chain is not None else self.loc
+        assert z is not None
+        return self.subspace.theta(z)
+
+    def sample_z(
+        self, sample_shape: SampleShape = (), *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draws of z ``(*sample_shape, k)``.
+
+        From a chain: its states in a random order (a permutation from ``generator``, repeated
+        with fresh permutations when more draws than states are asked), so one call for S draws
+        from a chain of S states uses each state exactly once; separate single draws (as
+        :func:`swag.predict` takes them) are uniform over the states, with repeats. From a
+        Gaussian: loc + L ε.
+        """
+        shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+        num = math.prod(shape)
+        k, dev = self.subspace.dim, self.subspace.shift.device
+        if self.chain is not None:
+            s = self.chain.shape[0]
+            rounds = -(-num // s) if num else 0
+            order = [torch.randperm(s, generator=generator, device=dev) for _ in range(rounds)]
+            idx = torch.cat(order)[:num] if order else torch.zeros(0, dtype=torch.long)
+            z = self.chain[idx.to(self.chain.device)]
+        else:
+            assert self.loc is not None and self.scale_tril is not None
+            eps = torch.randn(num, k, generator=generator, device=dev, dtype=self.loc.dtype)
+            z = self.loc + eps @ self.scale_tril.T
+        return z.reshape(*shape, k)
+
+    def sample(
+        self,
+        sample_shape: SampleShape = (),
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Flat weights θ̂ + zB ``(*sample_shape, P)``, z from :meth:`sample_z`.
+
+        ``scale`` and ``diagonal`` are accepted for the uniform interface (``swag.predict``
+        passes SWAG's 0.5) and ignored: the spread of z was inferred, and the temperature set
+        at inference is the knob that widens or narrows it. ``scale < 0`` is still an error.
+        """
+        if scale < 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        return self.subspace.theta(self.sample_z(sample_shape, generator=generator))
+
+    def save(self, path: _io.PathLike) -> None:
+        """Write the posterior to ``path`` (safetensors, atomic)."""
+        sub = self.subspace
+        tensors = {"shift": sub.shift, "basis": sub.basis}
+        if self.chain is not None:
+            tensors["chain"] = self.chain
+        else:
+            assert self.loc is not None and self.scale_tril is not None
+            tensors |= {"loc": self.loc, "scale_tril": self.scale_tril}
+        meta = {
+            "layout": sub.layout.to_json(),
+            "subspace_kind": sub.kind,
+            "method": self.method,
+            "temperature": repr(self.temperature),
+            "prior_std": repr(self.prior_std),
+        }
+        _io.save_file(path, KIND, tensors, meta)
+
+    @classmethod
+    def load(
+        cls, path: _io.PathLike, *, device: torch.device | str | None = None
+    ) -> SubspacePosterior:
+        """Read a posterior written by :meth:`save`.
+
+        Raises:
+            ValueError: if the file is damaged, foreign, or its tensors do not fit its layout.
+        """
+        tensors, meta = _io.load_file(path, KIND, device)
+        layout = ParamLayout.from_json(_io.require(meta, "layout", path))
+        basis = tensors.get("basis")
+        k = basis.shape[0] if basis is not None and basis.dim() == 2 else 0
+        sub = Subspace(
+            _io.check_shape(tensors, "shift", (layout.size,), path),
+            _io.check_shape(tensors, "basis", (k, layout.size), path),
+            layout,
+            _io.require(meta, "subspace_kind", path),
+        )
+        method = _io.require(meta, "method", path)
+        temperature = float(_io.require(meta, "temperature", path))
+        prior_std = float(_io.require(meta, "prior_std", path))
+        try:
+            if method == "ess":
+                chain = tensors.get("chain")
+                s = chain.shape[0] if chain is not None and chain.dim() == 2 else 0
+                chain = _io.check_shape(tensors, "chain", (s, k), path)
+                return cls(sub, chain=chain, temperature=temperature, prior_std=prior_std)
+            if method == "vi":
+                loc = _io.check_shape(tensors, "loc", (k,), path)
+                tril = _io.check_shape(tensors, "scale_tril", (k, k), path)
+                return cls(
+                    sub, loc=loc, scale_tril=tril, temperature=temperature, prior_std=prior_std
+                )
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{path}: unknown method {method!r} (expected 'ess' or 'vi')")
