@@ -6,9 +6,9 @@ and dataset readers in :mod:`swag.data` (imported on demand).
 """
 
 from swag import metrics
-from swag._params import ParamLayout
 from swag.bn import update_bn
 from swag.collector import Collector
+from swag.layout import ParamLayout
 from swag.multiswag import MultiSWAG
 from swag.point import PointPosterior
 from swag.posterior import Posterior, SWAGPosterior

@@ -34,9 +34,9 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from swag import _io
-from swag._params import ParamLayout
 from swag._shard import ShardPlan
-from swag.posterior import KIND as SWAG_KIND
+from swag.layout import ParamLayout
+from swag.posterior import _KIND as SWAG_KIND
 
 META = "swag.json"
 COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from swag._params import ParamLayout
+from swag.layout import ParamLayout
 
 
 def check_args(

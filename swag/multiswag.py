@@ -12,15 +12,17 @@ from torch import Tensor
 
 from swag import _io
 from swag._checks import check_generator, check_scale, check_shape
-from swag.point import KIND as POINT_KIND
+from swag.point import _KIND as _POINT_KIND
 from swag.point import PointPosterior
-from swag.posterior import KIND as SWAG_KIND
+from swag.posterior import _KIND as _SWAG_KIND
 from swag.posterior import Posterior, PosteriorMixin, SampleShape, SWAGPosterior
 
-KIND = "multiswag"
+__all__ = ["MultiSWAG"]
+
+_KIND = "multiswag"
 _MAX_DEPTH = 32  # nested mixtures read (deeper would exhaust Python's recursion limit)
 
-TensorState = tuple[dict[str, Tensor], dict[str, str]]
+_TensorState = tuple[dict[str, Tensor], dict[str, str]]
 
 
 class MultiSWAG(PosteriorMixin):
@@ -156,7 +158,7 @@ class MultiSWAG(PosteriorMixin):
             ptr = t.untyped_storage().data_ptr()
             tensors[key] = t.clone() if ptr in seen else t
             seen.add(ptr)
-        _io.save_file(path, KIND, tensors, meta)
+        _io.save_file(path, _KIND, tensors, meta)
 
     @classmethod
     def load(cls, path: _io.PathLike, *, device: torch.device | str | None = None) -> MultiSWAG:
@@ -166,13 +168,13 @@ class MultiSWAG(PosteriorMixin):
             ValueError: if the file is damaged or foreign, a component is of an unknown kind or
                 inconsistent with its layout, or the components' layouts differ.
         """
-        tensors, meta = _io.load_file(path, KIND, device)
+        tensors, meta = _io.load_file(path, _KIND, device)
         depth = max(_depth(key) for key in meta)
         if depth > _MAX_DEPTH:
             raise ValueError(f"{path} nests mixtures {depth} deep; at most {_MAX_DEPTH} are read")
         return cls._from_tensors(tensors, meta, path)
 
-    def _to_tensors(self) -> TensorState:
+    def _to_tensors(self) -> _TensorState:
         tensors: dict[str, Tensor] = {}
         meta: dict[str, str] = {}
         kinds = []
@@ -218,7 +220,7 @@ class MultiSWAG(PosteriorMixin):
             raise ValueError(f"{where}: {e}") from None
 
 
-def iter_samples(
+def _iter_samples(
     posterior: Posterior,
     num_samples: int,
     *,
@@ -241,19 +243,19 @@ def iter_samples(
     if isinstance(posterior, MultiSWAG):
         counts = posterior.allocation(num_samples, generator=generator)
         for c, n in zip(posterior.components, counts, strict=True):
-            yield from iter_samples(c, n, scale=scale, diagonal=diagonal, generator=generator)
+            yield from _iter_samples(c, n, scale=scale, diagonal=diagonal, generator=generator)
     else:
         for _ in range(num_samples):
             yield posterior.sample((), scale=scale, diagonal=diagonal, generator=generator)
 
 
-def _encode(component: Posterior, index: int) -> tuple[str, TensorState]:
+def _encode(component: Posterior, index: int) -> tuple[str, _TensorState]:
     if isinstance(component, MultiSWAG):
-        return KIND, component._to_tensors()
+        return _KIND, component._to_tensors()
     if isinstance(component, PointPosterior):
-        return POINT_KIND, component._to_tensors()
+        return _POINT_KIND, component._to_tensors()
     if isinstance(component, SWAGPosterior):
-        return SWAG_KIND, component._to_tensors()
+        return _SWAG_KIND, component._to_tensors()
     raise TypeError(
         f"component {index} is a {type(component).__name__}; only SWAGPosterior, "
         "PointPosterior and MultiSWAG components can be saved"
@@ -267,7 +269,7 @@ def _depth(key: str) -> int:
 
 
 _DECODERS: dict[str, Callable[[dict[str, Tensor], dict[str, str], _io.PathLike], Posterior]] = {
-    SWAG_KIND: SWAGPosterior._from_tensors,
-    POINT_KIND: PointPosterior._from_tensors,
-    KIND: MultiSWAG._from_tensors,
+    _SWAG_KIND: SWAGPosterior._from_tensors,
+    _POINT_KIND: PointPosterior._from_tensors,
+    _KIND: MultiSWAG._from_tensors,
 }

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+__all__ = ["SAM", "frozen_bn"]
+
 _TINY = 1e-12  # keeps ε̂ = 0 (not NaN) when the gradient is exactly zero
 
 

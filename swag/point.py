@@ -10,10 +10,12 @@ from torch import Tensor, nn
 
 from swag import _io
 from swag._checks import check_generator, check_scale, check_shape
-from swag._params import ParamLayout, ParamSelector
+from swag.layout import ParamLayout, ParamSelector
 from swag.posterior import PosteriorMixin, SampleShape
 
-KIND = "point_posterior"
+__all__ = ["PointPosterior"]
+
+_KIND = "point_posterior"
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +105,7 @@ class PointPosterior(PosteriorMixin):
 
     def save(self, path: _io.PathLike) -> None:
         """Write the posterior to ``path`` (safetensors, atomic)."""
-        _io.save_file(path, KIND, *self._to_tensors())
+        _io.save_file(path, _KIND, *self._to_tensors())
 
     @classmethod
     def load(
@@ -114,7 +116,7 @@ class PointPosterior(PosteriorMixin):
         Raises:
             ValueError: if the file is damaged, foreign, or inconsistent with its layout.
         """
-        return cls._from_tensors(*_io.load_file(path, KIND, device), path)
+        return cls._from_tensors(*_io.load_file(path, _KIND, device), path)
 
     def _to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         """The tensors and string metadata :meth:`save` writes (also used by ``MultiSWAG``)."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from swag._batches import call_model, move_to
 from swag._checks import (
     check_bool,
     check_callable,
@@ -24,10 +25,12 @@ from swag._checks import (
 )
 from swag._dropout import mc_dropout_modules
 from swag._reduce import finite, reduce_gaussian, reduce_probs
-from swag.bn import InputFn, call_model, default_input_fn, has_batchnorm, move_to, update_bn
-from swag.multiswag import MultiSWAG, iter_samples
+from swag.bn import InputFn, default_input_fn, has_batchnorm, update_bn
+from swag.multiswag import MultiSWAG, _iter_samples
 from swag.point import PointPosterior
 from swag.posterior import Posterior
+
+__all__ = ["BNLoader", "OutputFn", "predict"]
 
 OutputFn = Callable[[Any], Any]
 BNLoader = Iterable[Any] | Literal[False] | None
@@ -102,9 +105,9 @@ def predict(
     """Bayesian model average of ``model`` over ``num_samples`` draws from ``posterior``.
 
     ``model`` is deep-copied once (it is never modified). For each draw θ_s, taken one at a
-    time in the posterior's order (:func:`swag.multiswag.iter_samples`: a MultiSWAG's
-    stratified allocation), the copy gets θ_s, its BatchNorm statistics are recomputed on
-    ``bn_loader`` when it has BatchNorm, and it is evaluated in eval mode over ``loader``.
+    time in the posterior's order (a MultiSWAG's stratified allocation), the copy gets θ_s,
+    its BatchNorm statistics are recomputed on ``bn_loader`` when it has BatchNorm, and it is
+    evaluated in eval mode over ``loader``.
     Memory beyond the posterior: one model and O(N·C) outputs (S·N·C with ``reduce=False``).
 
     Classification (``output="probs"``): the model returns logits ``(B, ..., C)`` (class last);
@@ -180,7 +183,7 @@ def predict(
     """
     scale = _check_args(posterior, model, loader, locals())
     if num_samples is None:
-        num_samples = default_num_samples(posterior, mc_dropout)
+        num_samples = _default_num_samples(posterior, mc_dropout)
     check_count(num_samples, "num_samples")
     _check_fixed_order(loader)
     work = copy.deepcopy(model)
@@ -192,7 +195,7 @@ def predict(
 
     def passes() -> Iterator[list[Any]]:
         """Per sample: the (``output_fn``-mapped) outputs of every batch of ``loader``."""
-        thetas = iter_samples(
+        thetas = _iter_samples(
             posterior, num_samples, scale=scale, diagonal=diagonal, generator=generator
         )
         progress_bar = tqdm(thetas, total=num_samples, desc="predict", disable=not progress)
@@ -264,7 +267,7 @@ def _check_args(
     return check_scale(args["scale"], args["diagonal"])
 
 
-def default_num_samples(posterior: Posterior, mc_dropout: bool = False) -> int:
+def _default_num_samples(posterior: Posterior, mc_dropout: bool = False) -> int:
     """``predict``'s default S: 30 draws, or one per point when every draw would be the same.
 
     A :class:`~swag.PointPosterior` gives 1 and a mixture of only points (a deep ensemble, also

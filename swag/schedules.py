@@ -22,6 +22,8 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+__all__ = ["CollectEvery", "Cyclic", "SWAGDecay", "Shape", "cyclic_schedule", "swag_schedule"]
+
 Shape = Literal["linear", "triangle", "cosine"]
 _SHAPES = ("linear", "triangle", "cosine")
 

@@ -11,16 +11,16 @@ into an equal-weight :class:`~swag.MultiSWAG` of :class:`~swag.PointPosterior` s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior
+from swag.layout import ParamSelector
 
-ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
-"""As :class:`swag.Collector`'s ``params=``."""
+__all__ = ["Snapshots", "multi_swa"]
 
 
 class Snapshots(nn.Module):

@@ -27,6 +27,8 @@ from swag.metrics._validation import (
     looks_like_probabilities,
 )
 
+__all__ = ["apply_temperature", "fit_temperature"]
+
 
 def fit_temperature(
     logits: Tensor,

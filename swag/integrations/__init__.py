@@ -9,8 +9,10 @@ Nothing else in swag imports them.
 
 from __future__ import annotations
 
+__all__ = []
 
-def missing_extra(package: str, extra: str) -> ImportError:
+
+def _missing_extra(package: str, extra: str) -> ImportError:
     """The ImportError raised when ``package`` is absent: it names the extra that installs it."""
     return ImportError(
         f"swag.integrations.{extra} needs the {package!r} package, which is not installed: "

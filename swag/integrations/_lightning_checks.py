@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from swag.integrations import missing_extra
+from swag.integrations import _missing_extra
 
 try:
     from lightning.pytorch.strategies import (
@@ -14,7 +14,7 @@ try:
         SingleDeviceStrategy,
     )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("lightning", "lightning") from exc
+    raise _missing_extra("lightning", "lightning") from exc
 
 EPOCH = "epoch"
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import swag
-from swag.distributed import ShardedPosterior
+from swag.sharded import ShardedPosterior
 
 FORMAT = "swag-collector-state"
 VERSION = 1

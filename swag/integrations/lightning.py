@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -19,18 +19,18 @@ from torch import nn
 from torch.optim.swa_utils import SWALR
 
 import swag
-from swag.integrations import _state, missing_extra
+from swag.integrations import _missing_extra, _state
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
+from swag.layout import ParamSelector
+from swag.sharded import ShardedPosterior
 
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities.types import LRSchedulerConfig
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("lightning", "lightning") from exc
+    raise _missing_extra("lightning", "lightning") from exc
 
 __all__ = ["SWAGCallback", "check_strategy"]
-
-Params = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 
 class SWAGCallback(pl.Callback):
@@ -77,7 +77,7 @@ class SWAGCallback(pl.Callback):
         *,
         start: int | float = 0.5,
         collect_every: int | Literal["epoch"] = "epoch",
-        params: Params = None,
+        params: ParamSelector = None,
         swa_lr: float | None = None,
         anneal_steps: int = 0,
         anneal_strategy: Literal["cos", "linear"] = "cos",
@@ -131,7 +131,7 @@ class SWAGCallback(pl.Callback):
         c = self.collector
         return c.posterior() if c.plan is None else c.sharded_posterior().full()
 
-    def sharded_posterior(self) -> swag.distributed.ShardedPosterior:
+    def sharded_posterior(self) -> ShardedPosterior:
         """This rank's part of the posterior, for a sharded collector; no communication."""
         return self.collector.sharded_posterior()
 

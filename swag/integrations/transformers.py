@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,20 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag.integrations import missing_extra
+from swag.integrations import _missing_extra
+from swag.layout import ParamSelector
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("transformers", "transformers") from exc
+    raise _missing_extra("transformers", "transformers") from exc
 
 __all__ = ["FILENAME", "SWAGCallback", "logits", "model_inputs", "predict"]
 
 FILENAME = "swag_collector.safetensors"
 """The collector's file inside each Trainer checkpoint folder (``checkpoint-<step>/``)."""
 
-Params = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
-LABEL_KEYS = ("labels", "label", "label_ids")
+_LABEL_KEYS = ("labels", "label", "label_ids")
 
 
 class SWAGCallback(TrainerCallback):
@@ -68,7 +68,7 @@ class SWAGCallback(TrainerCallback):
         *,
         start: int | float = 0.5,
         collect_every: int = 1,
-        params: Params = None,
+        params: ParamSelector = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         resume_from: str | os.PathLike[str] | None = None,
@@ -194,7 +194,7 @@ def _checkpoint(args: TrainingArguments, step: int) -> Path:
 
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     """A Trainer batch without its labels: the keyword arguments of the model's forward."""
-    return {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+    return {k: v for k, v in batch.items() if k not in _LABEL_KEYS}
 
 
 def logits(output: Any) -> Tensor:

@@ -15,6 +15,19 @@ from torch import Tensor
 
 from swag.metrics._validation import check_classification, check_n_bins
 
+__all__ = [
+    "PROB_FLOOR",
+    "ReliabilityCurve",
+    "accuracy",
+    "adaptive_ece",
+    "brier",
+    "ece",
+    "mce",
+    "nll",
+    "reliability_curve",
+    "summary",
+]
+
 PROB_FLOOR = 1e-12
 """Probabilities are clamped to at least this before the log in :func:`nll` (at most 27.6 nats)."""
 

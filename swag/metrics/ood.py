@@ -15,6 +15,8 @@ from torch import Tensor
 
 from swag.metrics._validation import as_float64, is_real
 
+__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr"]
+
 
 def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
     """Area under the ROC curve with OOD as positive: ``P(s_out > s_in) + P(s_out = s_in) / 2``.

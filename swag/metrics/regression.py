@@ -14,6 +14,8 @@ from torch import Tensor
 
 from swag.metrics._validation import as_float64, is_real
 
+__all__ = ["gaussian_mixture_nll", "gaussian_nll", "interval_coverage", "rmse"]
+
 
 def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> float:
     """Mean Gaussian negative log-likelihood in nats, constant included.

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from swag.metrics._validation import check_probs
 
+__all__ = ["expected_entropy", "max_probability", "mutual_information", "predictive_entropy"]
+
 
 def predictive_entropy(probs: Tensor) -> Tensor:
     """Entropy of the mean prediction, ``H[p̄] = -sum_c p̄_c log p̄_c`` with ``p̄ = mean_s p_s``.

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 import swag
-from swag._params import ParamLayout
+from swag.layout import ParamLayout
 
 Source = swag.Collector | swag.SWAGPosterior
 

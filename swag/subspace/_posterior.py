@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from swag import _io
-from swag._params import ParamLayout
+from swag.layout import ParamLayout
 from swag.posterior import PosteriorMixin
 from swag.subspace._basis import Subspace
 from swag.subspace._ess import ESSResult
