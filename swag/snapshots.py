@@ -64,6 +64,9 @@ class Snapshots(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        _check_model("model", model)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
         if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int):
             raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
         if max_snapshots < 1:
@@ -82,6 +85,7 @@ class Snapshots(nn.Module):
 
     @property
     def max_snapshots(self) -> int:
+        """M, the number of rows of the ``(M, P)`` buffer."""
         return self.snapshots.shape[0]
 
     @property
@@ -103,6 +107,8 @@ class Snapshots(nn.Module):
                 f"all {self.max_snapshots} snapshots are taken; create Snapshots with a larger "
                 "max_snapshots, or take fewer (e.g. collect every other cycle)"
             )
+        if model is not None:
+            _check_model("model", model)
         pieces = [t.reshape(-1) for t in self.layout.resolve(model or self.__dict__["_model"])]
         row = self.snapshots[self._n]
         ParamLayout.gather(pieces, row)
@@ -140,10 +146,53 @@ class Snapshots(nn.Module):
         return {"n": self._n, "layout": self.layout.to_json()}
 
     def set_extra_state(self, state: Any) -> None:
-        diff = self.layout.mismatch(ParamLayout.from_json(state["layout"]))
+        self._n = int(state["n"])  # checked (_state_problem) before anything was copied
+
+    def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
+        """What is wrong with a state for this object, or None if it can be loaded."""
+        extra, rows = state_dict.get(prefix + "_extra_state"), state_dict.get(prefix + "snapshots")
+        if not isinstance(extra, dict) or not {"n", "layout"} <= extra.keys():
+            return "its _extra_state (n, layout) is missing or damaged"
+        if not isinstance(rows, Tensor) or rows.shape != self.snapshots.shape:
+            shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+            return (
+                f"its snapshots are {shape}, here {tuple(self.snapshots.shape)} "
+                "(create Snapshots with the same model and max_snapshots)"
+            )
+        n = extra["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.max_snapshots:
+            return f"its count n={n!r} is not an int in [0, {self.max_snapshots}]"
+        try:
+            diff = self.layout.mismatch(ParamLayout.from_json(extra["layout"]))
+        except (TypeError, ValueError, KeyError) as err:
+            return f"its layout is damaged ({err})"
         if diff:
-            raise ValueError(f"cannot load snapshots: parameter layout differs: {diff}")
-        self._n = int(state["n"])
+            return f"parameter layout differs: {diff}"
+        if not bool(rows[:n].isfinite().all()):
+            return "its snapshots hold NaN or inf (a damaged file)"
+        return None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Check everything before anything is copied: a refused state changes nothing.
+        problem = self._state_problem(state_dict, prefix)
+        if problem:
+            error_msgs.append(f"cannot load snapshots: {problem}; nothing was loaded")
+            return
+        # Always copy (also under assign=True): a shared buffer would let collecting into one
+        # Snapshots silently change another.
+        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"P={self.layout.size}, n={self._n}/{self.max_snapshots}"
@@ -157,8 +206,28 @@ def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
     ensemble of SWA solutions, one pass per member in :func:`swag.predict`.
 
     Raises:
-        ValueError: if ``runs`` is empty, or the runs cover different parameters.
+        TypeError: if a run is none of these.
+        ValueError: if ``runs`` is empty, a run collected nothing, or the runs cover different
+            parameters.
     """
+    runs = list(runs)
     if not runs:
         raise ValueError("multi_swa needs at least one run, got none")
+    for i, run in enumerate(runs):
+        if not isinstance(run, Collector | Snapshots) and not isinstance(
+            getattr(run, "mean", None), Tensor
+        ):
+            raise TypeError(
+                f"runs[{i}] must be a Collector, Snapshots or posterior, got {type(run).__name__}"
+            )
+        if isinstance(run, Collector | Snapshots) and run.n == 0:
+            raise ValueError(
+                f"runs[{i}] collected nothing (its mean would be all zeros); call collect() "
+                "during its run, or leave it out"
+            )
     return MultiSWAG([PointPosterior(run.mean.clone(), run.layout) for run in runs])
+
+
+def _check_model(name: str, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be the nn.Module being trained, got {type(model).__name__}")
