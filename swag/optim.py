@@ -66,7 +66,8 @@ class SAM(Optimizer):
 
     SAM shares ``base``'s parameter groups (each also gets ``rho``, ``adaptive`` and ``eta``
     entries), so a learning-rate scheduler works on either (also with the two steps called by
-    hand), and ``state_dict()`` is the base optimizer's. Use it with a closure that computes the loss and calls ``backward()``::
+    hand), and ``state_dict()`` is the base optimizer's. Use it with a closure that computes
+    the loss and calls ``backward()``::
 
         def closure():
             opt.zero_grad()
@@ -78,6 +79,8 @@ class SAM(Optimizer):
 
     or by hand: ``loss.backward(); opt.first_step(); loss_fn(model(x), y).backward();
     opt.second_step()`` (with ``with frozen_bn(model):`` around the second forward).
+
+    Memory: one copy of the parameters that have gradients (θ, held between the two passes).
 
     Weight decay: ε̂ is computed from the gradient of the loss alone; the base optimizer's
     weight decay is applied in the descent step, at θ. This is the paper's objective
@@ -206,9 +209,7 @@ class SAM(Optimizer):
         """Descent: restore θ exactly, then let the base optimizer step with g' = ∇L(θ + ε̂)."""
         if not self._perturbed:
             raise RuntimeError("second_step() without first_step(): nothing to restore")
-        for p in self._perturbed:
-            p.copy_(self.state[p]["theta"])
-        self._perturbed = []
+        self._restore()
         self._opt_called = True  # a scheduler on SAM itself sees this step (as through step())
         if self.max_grad_norm is not None:
             params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -221,6 +222,9 @@ class SAM(Optimizer):
         ``closure`` must compute the loss and call ``backward()``; gradients are cleared
         before each of its two calls, so last step's g' never adds into g. Returns its first
         loss, the loss at θ.
+
+        If the second ``closure()`` raises (or is interrupted), θ is restored before the
+        exception propagates, and no step is taken.
 
         Raises:
             ValueError: without a closure.
@@ -235,10 +239,22 @@ class SAM(Optimizer):
             loss = closure()
         self.first_step()
         frozen = frozen_bn(self.model) if self.model is not None else contextlib.nullcontext()
-        with torch.enable_grad(), frozen:
-            closure()
+        try:
+            with torch.enable_grad(), frozen:
+                closure()
+        except BaseException:
+            # an error or interrupt in the second pass must not leave the weights at θ + ε̂
+            # (a checkpoint saved then would hold them)
+            with torch.no_grad():
+                self._restore()
+            raise
         self.second_step()
         return loss
+
+    def _restore(self) -> None:
+        for p in self._perturbed:
+            p.copy_(self.state[p]["theta"])
+        self._perturbed = []
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none)

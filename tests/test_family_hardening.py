@@ -5,10 +5,10 @@ first tests did not try: closures that do not zero gradients, manual two-pass st
 scheduler, sparse gradients, bf16 / channels_last BatchNorm / tied / compiled models, checkpoints
 resumed mid-run, damaged snapshot states, and torch's own schedulers composed with ours.
 
-Controls (passed before the review's fixes, kept as guards): the zero-rate bit-exactness cases,
-compiled-model snapshots, mid-run resume, the SWALR/SequentialLR composition, the scheduler on
-the base optimizer, and the misuse cases every=0, cycle 0 and shape. Every other test failed
-before them.
+Controls (passed before the review's fixes, kept as guards): the zero-rate bit-exactness cases
+(bf16, channels_last BatchNorm, tied, compiled), compiled-model snapshots, mid-run resume, the
+SWALR/SequentialLR composition, the scheduler on the base optimizer, and the misuse cases
+every=0, cycle 0 and shape. Every other test failed before them.
 """
 
 from __future__ import annotations
@@ -182,6 +182,29 @@ def test_first_step_twice_is_refused_and_theta_kept() -> None:
     assert torch.equal(model.weight, theta)
 
 
+def test_an_error_in_the_second_pass_leaves_theta() -> None:
+    """Before: an exception (or Ctrl-C) in the second closure left the weights at θ + ε̂, and
+    the next step refused to start; now θ is back and training can go on."""
+    model, x, y = problem()
+    opt = SAM(sgd(model), rho=0.5)
+    theta = model.weight.detach().clone()
+    calls = []
+
+    def closure() -> Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+    assert torch.equal(model.weight, theta)
+    sam_steps(opt, model, x, y, 1)
+    assert not torch.equal(model.weight, theta)
+
+
 @pytest.mark.parametrize("on", ["sam", "base"])
 def test_scheduler_on_wrapper_or_base_with_manual_steps(on: str) -> None:
     """LambdaLR(sam) with first_step/second_step warned 'scheduler before optimizer' (an error
@@ -270,6 +293,10 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor]]] = {
         lambda: torch.randn(4, 3, 6, 6).to(memory_format=torch.channels_last),
     ),
     "tied": (Tied, lambda: torch.tensor([0, 1, 2, 5])),
+    "compiled": (
+        lambda: torch.compile(nn.Linear(4, 3), backend="eager"),
+        lambda: torch.randn(8, 4),
+    ),
 }  # fmt: skip
 
 
