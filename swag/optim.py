@@ -195,11 +195,15 @@ class SAM(Optimizer):
         ).item()
         for (group, p), s in zip(pairs, scaled, strict=True):
             e = s * (p.abs() + group["eta"]) if group["adaptive"] else s  # T² g or g
-            state = self.state[p]
-            if "theta" in state:  # reuse the copy's memory from step to step
-                state["theta"].copy_(p)
-            else:
-                state["theta"] = p.detach().clone()
+            theta = self.state[p].get("theta")
+            if theta is not None and (theta.dtype, theta.device, theta.shape) == (
+                p.dtype,
+                p.device,
+                p.shape,
+            ):  # reuse the copy's memory from step to step
+                theta.copy_(p)
+            else:  # first step, or the model was moved or cast since: a copy in p's dtype
+                self.state[p]["theta"] = p.detach().clone()
             p.add_(e, alpha=group["rho"] / (norm + _TINY))
         self._perturbed = [p for _, p in pairs]
         self.zero_grad()

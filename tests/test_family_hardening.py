@@ -317,6 +317,20 @@ def test_sam_with_zero_rate_gives_theta_back_bit_exactly(case: str) -> None:
         assert model.out.weight is model.emb.weight
 
 
+def test_theta_copy_follows_a_cast_model() -> None:
+    """Before: θ's copy kept the float32 of the first step, so after model.double() the
+    restore rounded θ to float32."""
+    model, x, y = problem()
+    opt = SAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.5)
+    sam_steps(opt, model, x, y, 1)
+    model.double()
+    with torch.no_grad():
+        model.weight.add_(1e-12)  # not representable next to these values in float32
+    theta = model.weight.detach().clone()
+    sam_steps(opt, model, x.double(), y.double(), 1)
+    assert torch.equal(model.weight, theta)
+
+
 def test_snapshots_of_a_compiled_model_apply_to_the_plain_one() -> None:
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
