@@ -41,6 +41,11 @@ class Snapshots(nn.Module):
         device: where the buffer lives (default: the parameters' device).
         dtype: its dtype (default: the widest covered parameter dtype, so snapshots are exact).
 
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``dtype`` not a ``torch.dtype``.
+        ValueError: if ``max_snapshots`` is not an int >= 1, ``params`` selects nothing, or
+            ``dtype`` is not floating-point.
+
     Example:
         >>> model = torch.nn.Linear(3, 2)
         >>> snaps = Snapshots(model, max_snapshots=4)
@@ -98,6 +103,7 @@ class Snapshots(nn.Module):
         """Copy the covered parameters of ``model`` (default: the one given at creation).
 
         Raises:
+            TypeError: if ``model`` is not an ``nn.Module``.
             RuntimeError: if all ``max_snapshots`` rows are taken.
             ValueError: if the parameters no longer match the layout or hold NaN/inf; nothing
                 is recorded.

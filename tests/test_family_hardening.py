@@ -8,7 +8,7 @@ resumed mid-run, damaged snapshot states, and torch's own schedulers composed wi
 Controls (passed before the review's fixes, kept as guards): the zero-rate bit-exactness cases
 (bf16, channels_last BatchNorm, tied, compiled), compiled-model snapshots, mid-run resume, the
 SWALR/SequentialLR composition, the scheduler on the base optimizer, and the misuse cases
-every=0, cycle 0 and shape. Every other test failed before them.
+every=0, cycle 0, shape and collect from another layout. Every other test failed before them.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ MISUSE: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "dtype must be a torch.dtype",
     ),
     ("collect model", lambda: taken(0).collect("net"), TypeError, "model must be the nn.Module"),
+    ("collect other layout", lambda: taken(0).collect(nn.Linear(3, 1)), ValueError, "layout"),
     ("multi_swa type", lambda: multi_swa([nn.Linear(2, 1)]), TypeError, r"runs\[0\] must be"),
     (
         "multi_swa empty run",
