@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior
+from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior, _io
 
 ParamSelector = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 """As :class:`swag.Collector`'s ``params=``."""
@@ -32,7 +32,8 @@ class Snapshots(nn.Module):
     running statistics are recomputed per member by :func:`swag.predict` (``bn_loader=``).
 
     Memory: ``max_snapshots · P`` elements, allocated at creation. An ``nn.Module``: ``.to()``
-    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`.
+    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`; to resume a
+    run from a file, :meth:`save` and :meth:`load` (safetensors, validated).
 
     Args:
         model: the network being trained (only a reference is kept).
@@ -159,6 +160,12 @@ class Snapshots(nn.Module):
         extra, rows = state_dict.get(prefix + "_extra_state"), state_dict.get(prefix + "snapshots")
         if not isinstance(extra, dict) or not {"n", "layout"} <= extra.keys():
             return "its _extra_state (n, layout) is missing or damaged"
+        try:
+            diff = self.layout.mismatch(ParamLayout.from_json(extra["layout"]))
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            return f"its layout is damaged ({err})"
+        if diff:
+            return f"parameter layout differs: {diff}"
         if not isinstance(rows, Tensor) or rows.shape != self.snapshots.shape:
             shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
             return (
@@ -168,12 +175,6 @@ class Snapshots(nn.Module):
         n = extra["n"]
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.max_snapshots:
             return f"its count n={n!r} is not an int in [0, {self.max_snapshots}]"
-        try:
-            diff = self.layout.mismatch(ParamLayout.from_json(extra["layout"]))
-        except (TypeError, ValueError, KeyError) as err:
-            return f"its layout is damaged ({err})"
-        if diff:
-            return f"parameter layout differs: {diff}"
         if not bool(rows[:n].isfinite().all()):
             return "its snapshots hold NaN or inf (a damaged file)"
         return None
@@ -199,6 +200,43 @@ class Snapshots(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def save(self, path: _io.PathLike) -> None:
+        """Write the buffer and count to ``path`` (safetensors, atomic), to resume a run."""
+        meta = {"n": str(self._n), "layout": self.layout.to_json()}
+        _io.save_file(path, "snapshots", {"snapshots": self.snapshots}, meta)
+
+    @classmethod
+    def load(
+        cls, path: _io.PathLike, model: nn.Module, *, device: torch.device | str | None = None
+    ) -> Snapshots:
+        """Resume :class:`Snapshots` saved with :meth:`save`, attached to ``model``.
+
+        The buffer keeps its saved ``(M, P)`` shape and dtype; ``model`` must have the saved
+        parameters (names, shapes, dtypes).
+
+        Raises:
+            ValueError: if the file is damaged or foreign, or does not fit ``model``.
+        """
+        tensors, meta = _io.load_file(path, "snapshots")
+        rows = tensors.get("snapshots")
+        if rows is None or rows.dim() != 2:
+            raise ValueError(f"{path} lacks a 2-d tensor 'snapshots'; the file is damaged")
+        text = _io.require(meta, "layout", path)
+        try:
+            n = int(_io.require(meta, "n", path))
+            names = list(ParamLayout.from_json(text).names)
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            raise ValueError(f"{path} has damaged metadata ({err})") from err
+        snaps = cls(model, rows.shape[0], params=names, device=device, dtype=rows.dtype)
+        problem = snaps._state_problem(
+            {"snapshots": rows, "_extra_state": {"n": n, "layout": text}}, ""
+        )
+        if problem:
+            raise ValueError(f"{path} cannot be loaded: {problem}")
+        snaps.snapshots.copy_(rows)
+        snaps._n = n
+        return snaps
 
     def extra_repr(self) -> str:
         return f"P={self.layout.size}, n={self._n}/{self.max_snapshots}"

@@ -17,6 +17,7 @@ import copy
 import io
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -437,3 +438,32 @@ def test_schedules_compose_with_swalr_and_sequentiallr() -> None:
         rates.append(opt.param_groups[0]["lr"])
     assert rates[:9] == pytest.approx([0.1 * SWAGDecay(10, 0.2)(k) for k in range(1, 10)])
     assert rates[9:] == pytest.approx([0.02] * 6)
+
+
+def test_snapshots_file_round_trip_and_damaged_files(tmp_path: Path) -> None:
+    """Before: no file format at all (only a pickled state_dict). Resumed from the file, the
+    run's next snapshot lands in the same buffer bit for bit; a damaged file is named."""
+    model = nn.Linear(2, 1)
+    snaps = Snapshots(model, max_snapshots=3)
+    snaps.collect()
+    snaps.save(tmp_path / "s.safetensors")
+    resumed = Snapshots.load(tmp_path / "s.safetensors", model)
+    with torch.no_grad():
+        model.weight.add_(0.5)
+    snaps.collect()
+    resumed.collect()
+    assert resumed.n == 2 and torch.equal(resumed.snapshots, snaps.snapshots)
+    blob = (tmp_path / "s.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="not a readable swag file"):
+        Snapshots.load(tmp_path / "cut.safetensors", model)
+    with pytest.raises(ValueError, match="parameter layout differs"):
+        Snapshots.load(tmp_path / "s.safetensors", nn.Linear(3, 1))
+    bad = taken(1)
+    bad.snapshots[0, 0] = NAN
+    bad.save(tmp_path / "nan.safetensors")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Snapshots.load(tmp_path / "nan.safetensors", nn.Linear(2, 1))
+    swag.Collector(model, max_rank=2).save(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="not a 'snapshots'"):
+        Snapshots.load(tmp_path / "c.safetensors", model)
