@@ -10,12 +10,14 @@ ASAM (Kwon et al., 2021) makes the neighbourhood scale-invariant with ``T = |θ|
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 from torch.optim import Optimizer
 
 __all__ = ["SAM", "frozen_bn"]
@@ -23,11 +25,23 @@ __all__ = ["SAM", "frozen_bn"]
 _TINY = 1e-12  # keeps ε̂ = 0 (not NaN) when the gradient is exactly zero
 
 
+def _real(name: str, value: object, *, positive: bool, hint: str) -> float:
+    """``value`` as a finite float, > 0 (``positive``) or >= 0; else a named error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    number = float(value)
+    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
+        raise ValueError(f"{name} must be finite and {'>' if positive else '>='} 0, {hint}")
+    return number
+
+
 @contextlib.contextmanager
 def frozen_bn(model: nn.Module) -> Iterator[None]:
     """Run forwards that must not move BatchNorm's running statistics.
 
-    Inside, BatchNorm layers still normalise with the batch's statistics (training mode is
+    Covers every ``torch.nn`` normalisation layer with running statistics: BatchNorm (also
+    lazy and synchronised) and InstanceNorm with ``track_running_stats=True``.
+    Inside, these layers still normalise with the batch's statistics (training mode is
     untouched, so gradients are those of a training forward), but on exit their
     ``running_mean``, ``running_var`` and ``num_batches_tracked`` are restored exactly. SAM's
     second forward, at the perturbed weights θ + ε̂, runs under it: the statistics should
@@ -37,7 +51,7 @@ def frozen_bn(model: nn.Module) -> Iterator[None]:
     saved = [
         (buf, buf.clone())
         for m in model.modules()
-        if isinstance(m, _BatchNorm)
+        if isinstance(m, _NormBase)
         for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
         if buf is not None
     ]
@@ -53,8 +67,9 @@ class SAM(Optimizer):
     """Sharpness-aware minimisation wrapping ``base``, any torch optimizer.
 
     SAM shares ``base``'s parameter groups (each also gets ``rho``, ``adaptive`` and ``eta``
-    entries), so a learning-rate scheduler works on either, and ``state_dict()`` is the base
-    optimizer's. Use it with a closure that computes the loss and calls ``backward()``::
+    entries), so a learning-rate scheduler works on either (also with the two steps called by
+    hand), and ``state_dict()`` is the base optimizer's. Use it with a closure that computes
+    the loss and calls ``backward()``::
 
         def closure():
             opt.zero_grad()
@@ -66,6 +81,8 @@ class SAM(Optimizer):
 
     or by hand: ``loss.backward(); opt.first_step(); loss_fn(model(x), y).backward();
     opt.second_step()`` (with ``with frozen_bn(model):`` around the second forward).
+
+    Memory: one copy of the parameters that have gradients (θ, held between the two passes).
 
     Weight decay: ε̂ is computed from the gradient of the loss alone; the base optimizer's
     weight decay is applied in the descent step, at θ. This is the paper's objective
@@ -80,8 +97,8 @@ class SAM(Optimizer):
 
     Args:
         base: the optimizer that takes the descent step (SGD, Adam, ...).
-        rho: ρ, the neighbourhood radius (0.05 in the SAM paper; ASAM uses larger values,
-            e.g. 0.5 to 2).
+        rho: ρ > 0, the neighbourhood radius in parameter units (0.05 in the SAM paper;
+            ASAM uses larger values, e.g. 0.5 to 2).
         adaptive: ASAM's scale-invariant neighbourhood.
         eta: η in ASAM's ``T = |θ| + η`` (0.01 in the ASAM paper).
         max_grad_norm: clip the descent gradient g' to this global norm (default: no clip).
@@ -114,13 +131,31 @@ class SAM(Optimizer):
             raise TypeError(f"base must be a torch.optim.Optimizer, got {type(base).__name__}")
         if isinstance(base, SAM):
             raise TypeError("base is already a SAM optimizer; wrap the plain optimizer once")
-        if not rho >= 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
+        if not base.param_groups or not any(g["params"] for g in base.param_groups):
             raise ValueError(
-                f"max_grad_norm must be > 0 (or None for no clipping), got {max_grad_norm}"
+                "base has no parameters; build it from the model's parameters, e.g. "
+                "SGD(model.parameters(), lr=0.1)"
+            )
+        rho = _real(
+            "rho",
+            rho,
+            positive=True,
+            hint=f"got {rho} (0.05 in the SAM paper; rho=0 is the base optimizer at twice the "
+            "cost: use base itself)",
+        )
+        eta = _real("eta", eta, positive=False, hint=f"got {eta} (0.01 in the ASAM paper)")
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive must be True (ASAM) or False (SAM), got {adaptive!r}")
+        if max_grad_norm is not None:
+            max_grad_norm = _real(
+                "max_grad_norm",
+                max_grad_norm,
+                positive=True,
+                hint=f"got {max_grad_norm} (or None for no clipping)",
+            )
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be the nn.Module being trained (or None), got {type(model).__name__}"
             )
         super().__init__(base.param_groups, {"rho": rho, "adaptive": adaptive, "eta": eta})
         self.base = base
@@ -133,25 +168,44 @@ class SAM(Optimizer):
     def first_step(self) -> None:
         """Ascent: θ ← θ + ε̂ from the current gradients, which are then cleared.
 
-        Parameters without a gradient are not moved.
+        Parameters without a gradient are not moved. Sparse gradients are made dense here
+        (ε̂ is dense for ASAM anyway); the base optimizer still gets g' as computed.
+
+        Raises:
+            RuntimeError: if no parameter has a gradient, or the previous ``first_step()``
+                was not followed by ``second_step()`` (θ would be lost).
         """
+        if self._perturbed:
+            raise RuntimeError(
+                "first_step() called twice: the weights are still at θ + ε̂ from the last one, "
+                "and a second ascent would lose θ. Call second_step() in between"
+            )
+        for group in self.param_groups:  # groups added to base, or loaded, after wrapping
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         pairs = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not pairs:
             raise RuntimeError("first_step() found no gradient: call loss.backward() first")
+        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for _, p in pairs]
         # T g for ASAM, g for SAM
         scaled: list[Tensor] = [
-            (p.abs() + g["eta"]) * p.grad if g["adaptive"] else p.grad for g, p in pairs
+            (p.abs() + g["eta"]) * d if g["adaptive"] else d
+            for (g, p), d in zip(pairs, grads, strict=True)
         ]
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(s.double()) for s in scaled])
         ).item()
         for (group, p), s in zip(pairs, scaled, strict=True):
             e = s * (p.abs() + group["eta"]) if group["adaptive"] else s  # T² g or g
-            state = self.state[p]
-            if "theta" in state:  # reuse the copy's memory from step to step
-                state["theta"].copy_(p)
-            else:
-                state["theta"] = p.detach().clone()
+            theta = self.state[p].get("theta")
+            if theta is not None and (theta.dtype, theta.device, theta.shape) == (
+                p.dtype,
+                p.device,
+                p.shape,
+            ):  # reuse the copy's memory from step to step
+                theta.copy_(p)
+            else:  # first step, or the model was moved or cast since: a copy in p's dtype
+                self.state[p]["theta"] = p.detach().clone()
             p.add_(e, alpha=group["rho"] / (norm + _TINY))
         self._perturbed = [p for _, p in pairs]
         self.zero_grad()
@@ -161,9 +215,8 @@ class SAM(Optimizer):
         """Descent: restore θ exactly, then let the base optimizer step with g' = ∇L(θ + ε̂)."""
         if not self._perturbed:
             raise RuntimeError("second_step() without first_step(): nothing to restore")
-        for p in self._perturbed:
-            p.copy_(self.state[p]["theta"])
-        self._perturbed = []
+        self._restore()
+        self._opt_called = True  # a scheduler on SAM itself sees this step (as through step())
         if self.max_grad_norm is not None:
             params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
             nn.utils.clip_grad_norm_(params, self.max_grad_norm)
@@ -172,8 +225,12 @@ class SAM(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SAM step: ``closure()`` at θ, the ascent, ``closure()`` at θ + ε̂, the descent.
 
-        ``closure`` must compute the loss and call ``backward()`` (zeroing gradients first is
-        fine but not needed). Returns its first loss, the loss at θ.
+        ``closure`` must compute the loss and call ``backward()``; gradients are cleared
+        before each of its two calls, so last step's g' never adds into g. Returns its first
+        loss, the loss at θ.
+
+        If the second ``closure()`` raises (or is interrupted), θ is restored before the
+        exception propagates, and no step is taken.
 
         Raises:
             ValueError: without a closure.
@@ -183,14 +240,27 @@ class SAM(Optimizer):
                 "SAM needs a closure that computes the loss and calls backward() (two passes "
                 "per step); or call first_step() and second_step() yourself"
             )
+        self.zero_grad()
         with torch.enable_grad():
             loss = closure()
         self.first_step()
         frozen = frozen_bn(self.model) if self.model is not None else contextlib.nullcontext()
-        with torch.enable_grad(), frozen:
-            closure()
+        try:
+            with torch.enable_grad(), frozen:
+                closure()
+        except BaseException:
+            # an error or interrupt in the second pass must not leave the weights at θ + ε̂
+            # (a checkpoint saved then would hold them)
+            with torch.no_grad():
+                self._restore()
+            raise
         self.second_step()
         return loss
+
+    def _restore(self) -> None:
+        for p in self._perturbed:
+            p.copy_(self.state[p]["theta"])
+        self._perturbed = []
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none)
@@ -202,3 +272,6 @@ class SAM(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base.load_state_dict(state_dict)
         self.param_groups = self.base.param_groups  # load_state_dict rebuilt them
+        for group in self.param_groups:  # a plain optimizer's state has no rho, eta, adaptive
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)

@@ -15,6 +15,7 @@ the schedules' ``collect_every(...)`` / :attr:`Cyclic.collect` give it.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,9 +29,19 @@ Shape = Literal["linear", "triangle", "cosine"]
 _SHAPES = ("linear", "triangle", "cosine")
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _check_real(name: str, value: object, what: str) -> float:
+    """``value`` as a finite float >= 0; else an error naming ``name`` (described by ``what``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number ({what}), got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be finite and >= 0 ({what}), got {value}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,9 @@ class CollectEvery:
         _check_int("first", self.first, 1)
 
     def __call__(self, steps_done: int) -> bool:
+        done: object = steps_done  # checked: a float or tensor step count is a caller's bug
+        if isinstance(done, bool) or not isinstance(done, numbers.Integral):
+            raise TypeError(f"steps_done must be the int number of steps done, got {steps_done!r}")
         return steps_done >= self.first and (steps_done - self.first) % self.every == 0
 
 
@@ -79,8 +93,9 @@ class SWAGDecay:
 
     def __post_init__(self) -> None:
         _check_int("swa_start", self.swa_start, 1)
-        if not self.final >= 0:
-            raise ValueError(f"final (swa_lr / lr) must be >= 0, got {self.final}")
+        _check_real("final", self.final, "swa_lr / lr")
+        _check_real("decay_start", self.decay_start, "a fraction of swa_start")
+        _check_real("decay_end", self.decay_end, "a fraction of swa_start")
         if not 0 <= self.decay_start < self.decay_end <= 1:
             raise ValueError(
                 "need 0 <= decay_start < decay_end <= 1, got "
@@ -134,9 +149,12 @@ class Cyclic:
     def __post_init__(self) -> None:
         _check_int("cycle", self.cycle, 1)
         _check_int("start", self.start, 0)
-        if not self.low >= 0:
-            raise ValueError(f"low (min_lr / lr) must be >= 0, got {self.low}")
-        if self.shape not in _SHAPES:
+        if _check_real("low", self.low, "min_lr / lr") > 1:
+            raise ValueError(
+                f"low (min_lr / lr) must be <= 1: the cycle goes down from lr to min_lr, got "
+                f"{self.low}; did you swap the two rates?"
+            )
+        if not isinstance(self.shape, str) or self.shape not in _SHAPES:
             raise ValueError(f"shape must be one of {_SHAPES}, got {self.shape!r}")
         if self.shape == "triangle" and self.cycle % 2:
             raise ValueError(
@@ -168,17 +186,23 @@ class Cyclic:
 
 
 def _base_lrs(optimizer: Optimizer) -> list[float]:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     # LambdaLR multiplies each group's "initial_lr" (set by the first scheduler), else its lr.
     return [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
 
 
-def _per_group(name: str, value: float | Sequence[float], n: int) -> list[float]:
-    values = [float(value)] * n if isinstance(value, int | float) else [float(v) for v in value]
+def _per_group(name: str, value: object, n: int) -> list[float]:
+    if isinstance(value, str) or not isinstance(value, numbers.Real | Sequence):
+        raise TypeError(
+            f"{name} must be a rate or a sequence of one rate per parameter group, got {value!r}"
+        )
+    values = [value] * n if isinstance(value, numbers.Real) else list(value)
     if len(values) != n:
         raise ValueError(f"{name} has {len(values)} values for {n} parameter groups")
-    if any(not v >= 0 for v in values):
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return values
+    return [_check_real(name, v, "a learning rate") for v in values]
 
 
 def swag_schedule(
@@ -242,5 +266,8 @@ def cyclic_schedule(
 
 def _ratio(target: float, base: float) -> float:
     if base <= 0:
-        raise ValueError(f"every parameter group needs a learning rate > 0, got {base}")
+        raise ValueError(
+            f"every parameter group needs a learning rate > 0 (the base rate the schedule "
+            f"multiplies), got {base}"
+        )
     return target / base

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior
+from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior, _io
 from swag.layout import ParamSelector
 
 __all__ = ["Snapshots", "multi_swa"]
@@ -32,7 +32,8 @@ class Snapshots(nn.Module):
     running statistics are recomputed per member by :func:`swag.predict` (``bn_loader=``).
 
     Memory: ``max_snapshots · P`` elements, allocated at creation. An ``nn.Module``: ``.to()``
-    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`.
+    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`; to resume a
+    run from a file, :meth:`save` and :meth:`load` (safetensors, validated).
 
     Args:
         model: the network being trained (only a reference is kept).
@@ -40,6 +41,11 @@ class Snapshots(nn.Module):
         params: which parameters to cover, as for :class:`~swag.Collector`.
         device: where the buffer lives (default: the parameters' device).
         dtype: its dtype (default: the widest covered parameter dtype, so snapshots are exact).
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``dtype`` not a ``torch.dtype``.
+        ValueError: if ``max_snapshots`` is not an int >= 1, ``params`` selects nothing, or
+            ``dtype`` is not floating-point.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -64,6 +70,9 @@ class Snapshots(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        _check_model("model", model)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
         if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int):
             raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
         if max_snapshots < 1:
@@ -82,6 +91,7 @@ class Snapshots(nn.Module):
 
     @property
     def max_snapshots(self) -> int:
+        """M, the number of rows of the ``(M, P)`` buffer."""
         return self.snapshots.shape[0]
 
     @property
@@ -94,6 +104,7 @@ class Snapshots(nn.Module):
         """Copy the covered parameters of ``model`` (default: the one given at creation).
 
         Raises:
+            TypeError: if ``model`` is not an ``nn.Module``.
             RuntimeError: if all ``max_snapshots`` rows are taken.
             ValueError: if the parameters no longer match the layout or hold NaN/inf; nothing
                 is recorded.
@@ -103,6 +114,8 @@ class Snapshots(nn.Module):
                 f"all {self.max_snapshots} snapshots are taken; create Snapshots with a larger "
                 "max_snapshots, or take fewer (e.g. collect every other cycle)"
             )
+        if model is not None:
+            _check_model("model", model)
         pieces = [t.reshape(-1) for t in self.layout.resolve(model or self.__dict__["_model"])]
         row = self.snapshots[self._n]
         ParamLayout.gather(pieces, row)
@@ -140,10 +153,90 @@ class Snapshots(nn.Module):
         return {"n": self._n, "layout": self.layout.to_json()}
 
     def set_extra_state(self, state: Any) -> None:
-        diff = self.layout.mismatch(ParamLayout.from_json(state["layout"]))
+        self._n = int(state["n"])  # checked (_state_problem) before anything was copied
+
+    def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
+        """What is wrong with a state for this object, or None if it can be loaded."""
+        extra, rows = state_dict.get(prefix + "_extra_state"), state_dict.get(prefix + "snapshots")
+        if not isinstance(extra, dict) or not {"n", "layout"} <= extra.keys():
+            return "its _extra_state (n, layout) is missing or damaged"
+        try:
+            diff = self.layout.mismatch(ParamLayout.from_json(extra["layout"]))
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            return f"its layout is damaged ({err})"
         if diff:
-            raise ValueError(f"cannot load snapshots: parameter layout differs: {diff}")
-        self._n = int(state["n"])
+            return f"parameter layout differs: {diff}"
+        if not isinstance(rows, Tensor) or rows.shape != self.snapshots.shape:
+            shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+            return (
+                f"its snapshots are {shape}, here {tuple(self.snapshots.shape)} "
+                "(create Snapshots with the same model and max_snapshots)"
+            )
+        n = extra["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.max_snapshots:
+            return f"its count n={n!r} is not an int in [0, {self.max_snapshots}]"
+        if not bool(rows[:n].isfinite().all()):
+            return "its snapshots hold NaN or inf (a damaged file)"
+        return None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Check everything before anything is copied: a refused state changes nothing.
+        problem = self._state_problem(state_dict, prefix)
+        if problem:
+            error_msgs.append(f"cannot load snapshots: {problem}; nothing was loaded")
+            return
+        # Always copy (also under assign=True): a shared buffer would let collecting into one
+        # Snapshots silently change another.
+        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def save(self, path: _io.PathLike) -> None:
+        """Write the buffer and count to ``path`` (safetensors, atomic), to resume a run."""
+        meta = {"n": str(self._n), "layout": self.layout.to_json()}
+        _io.save_file(path, "snapshots", {"snapshots": self.snapshots}, meta)
+
+    @classmethod
+    def load(
+        cls, path: _io.PathLike, model: nn.Module, *, device: torch.device | str | None = None
+    ) -> Snapshots:
+        """Resume :class:`Snapshots` saved with :meth:`save`, attached to ``model``.
+
+        The buffer keeps its saved ``(M, P)`` shape and dtype; ``model`` must have the saved
+        parameters (names, shapes, dtypes).
+
+        Raises:
+            ValueError: if the file is damaged or foreign, or does not fit ``model``.
+        """
+        tensors, meta = _io.load_file(path, "snapshots")
+        rows = tensors.get("snapshots")
+        if rows is None or rows.dim() != 2:
+            raise ValueError(f"{path} lacks a 2-d tensor 'snapshots'; the file is damaged")
+        text = _io.require(meta, "layout", path)
+        try:
+            n = int(_io.require(meta, "n", path))
+            names = list(ParamLayout.from_json(text).names)
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            raise ValueError(f"{path} has damaged metadata ({err})") from err
+        snaps = cls(model, rows.shape[0], params=names, device=device, dtype=rows.dtype)
+        problem = snaps._state_problem(
+            {"snapshots": rows, "_extra_state": {"n": n, "layout": text}}, ""
+        )
+        if problem:
+            raise ValueError(f"{path} cannot be loaded: {problem}")
+        snaps.snapshots.copy_(rows)
+        snaps._n = n
+        return snaps
 
     def extra_repr(self) -> str:
         return f"P={self.layout.size}, n={self._n}/{self.max_snapshots}"
@@ -157,8 +250,28 @@ def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
     ensemble of SWA solutions, one pass per member in :func:`swag.predict`.
 
     Raises:
-        ValueError: if ``runs`` is empty, or the runs cover different parameters.
+        TypeError: if a run is none of these.
+        ValueError: if ``runs`` is empty, a run collected nothing, or the runs cover different
+            parameters.
     """
+    runs = list(runs)
     if not runs:
         raise ValueError("multi_swa needs at least one run, got none")
+    for i, run in enumerate(runs):
+        if not isinstance(run, Collector | Snapshots) and not isinstance(
+            getattr(run, "mean", None), Tensor
+        ):
+            raise TypeError(
+                f"runs[{i}] must be a Collector, Snapshots or posterior, got {type(run).__name__}"
+            )
+        if isinstance(run, Collector | Snapshots) and run.n == 0:
+            raise ValueError(
+                f"runs[{i}] collected nothing (its mean would be all zeros); call collect() "
+                "during its run, or leave it out"
+            )
     return MultiSWAG([PointPosterior(run.mean.clone(), run.layout) for run in runs])
+
+
+def _check_model(name: str, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be the nn.Module being trained, got {type(model).__name__}")

@@ -234,9 +234,9 @@ def test_parameters_without_gradient_are_not_moved() -> None:
 def test_bad_use_is_named() -> None:
     model = nn.Linear(2, 1)
     base = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="rho must be >= 0"):
+    with pytest.raises(ValueError, match="rho must be finite and > 0"):
         SAM(base, rho=-1)
-    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
+    with pytest.raises(ValueError, match="max_grad_norm must be finite and > 0"):
         SAM(base, max_grad_norm=0)
     with pytest.raises(TypeError, match="already a SAM"):
         SAM(SAM(base))

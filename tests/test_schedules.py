@@ -185,5 +185,5 @@ def test_factories_check_per_group_values() -> None:
     opt = two_group_sgd((0.1, 0.1))
     with pytest.raises(ValueError, match="min_lr has 3 values for 2 parameter groups"):
         cyclic_schedule(opt, cycle=4, min_lr=[0.01, 0.01, 0.01])
-    with pytest.raises(ValueError, match="swa_lr must be >= 0"):
+    with pytest.raises(ValueError, match="swa_lr must be finite and >= 0"):
         swag_schedule(opt, swa_start=4, swa_lr=-0.1)
