@@ -251,16 +251,19 @@ class ChildNextToBatchNorm(nn.Module):
 
 def test_an_owner_with_running_statistics_stays_in_eval_and_its_dropout_is_live() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 24), ChildNextToBatchNorm(), nn.Linear(24, 3))
+    owner = ChildNextToBatchNorm()
+    model = nn.Sequential(nn.Linear(4, 24), owner, nn.Linear(24, 3))
     model.train()
     with torch.no_grad():
         model(torch.randn(16, 4))
     model.eval()
-    stats = {k: v.clone() for k, v in model[1].norm.state_dict().items()}
-    seen: list[tuple[bool, bool, dict[str, Tensor]]] = []  # hooks follow predict's deep copy
-    model[1].register_forward_hook(
-        lambda m, *_: seen.append((m.training, m.norm.training, copy.deepcopy(m.norm.state_dict())))
-    )
+    stats = {k: v.clone() for k, v in owner.norm.state_dict().items()}
+    seen: list[tuple[bool, bool, dict[str, Tensor]]] = []
+
+    def record(m: ChildNextToBatchNorm, *_: object) -> None:  # follows predict's deep copy
+        seen.append((m.training, m.norm.training, copy.deepcopy(m.norm.state_dict())))
+
+    owner.register_forward_hook(record)
     probs = predict(
         PointPosterior.from_model(model), model, batches(), num_samples=3, mc_dropout=True,
         bn_loader=False, reduce=False,
