@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
+from typing import Any
+
+# The Hugging Face models below are built from configs: nothing may be downloaded. Set before
+# transformers is imported (by importorskip, in the tests that need it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
@@ -51,6 +57,32 @@ class FirstOutput(nn.Module):
         return out
 
 
+class ChildRateAttention(nn.Module):
+    """Hugging Face BERT/GPT-2 style: reads its Dropout child's rate, gated on its own mode."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(D, D)
+        self.dropout = nn.Dropout(rate)  # never called
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = (self.proj(x) @ x.transpose(1, 2)).softmax(-1)
+        p = self.dropout.p if self.training else 0.0
+        return nn.functional.dropout(weights, p, training=self.training) @ x
+
+
+class FloatRateAttention(nn.Module):
+    """Hugging Face ViT/Llama style: the rate is a float gated on ``self.training``."""
+
+    def __init__(self, rate: float, width: int = D) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+        self.attention_dropout = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.dropout(self.proj(x), self.attention_dropout, self.training)
+
+
 def _encoder_stack() -> nn.Module:
     layer = nn.TransformerEncoderLayer(D, 2, 16, dropout=0.2, batch_first=True)
     return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
@@ -82,6 +114,8 @@ BODIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "Dropout3d": (lambda: nn.Dropout3d(0.3), (3, 2, 2, 2)),
     "AlphaDropout": (lambda: nn.AlphaDropout(0.3), (24,)),
     "FeatureAlphaDropout": (lambda: nn.FeatureAlphaDropout(0.3), (6, 4)),
+    "attention reading its Dropout child's rate": (lambda: ChildRateAttention(0.3), (T, D)),
+    "attention with a float rate": (lambda: FloatRateAttention(0.3), (T, D)),
 }
 
 
@@ -124,7 +158,16 @@ def test_every_dropout_module_is_stochastic_and_batchnorm_stays_frozen(body: str
         torch.testing.assert_close(v, stats[k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("body", ["TransformerEncoderLayer", "MultiheadAttention", "Transformer"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "TransformerEncoderLayer",
+        "MultiheadAttention",
+        "Transformer",
+        "attention reading its Dropout child's rate",
+        "attention with a float rate",
+    ],
+)
 def test_mc_pass_equals_torchs_own_train_mode_forward_of_the_dropout_module(body: str) -> None:
     """Reference: the body alone put in train mode by torch (``.train()``), BatchNorm in eval.
 
@@ -146,24 +189,91 @@ def test_mc_pass_equals_torchs_own_train_mode_forward_of_the_dropout_module(body
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-class FloatRateAttention(nn.Module):
-    """Hugging Face style: the attention dropout rate is a float gated on ``self.training``."""
+class WithBatchNorm(nn.Module):
+    """A float rate next to running statistics: switching it alone could update them."""
 
     def __init__(self, rate: float) -> None:
         super().__init__()
-        self.proj = nn.Linear(24, 24)
+        self.norm = nn.BatchNorm1d(24)
         self.attention_dropout = rate
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.dropout(self.proj(x), self.attention_dropout, self.training)
+        return nn.functional.dropout(self.norm(x), self.attention_dropout, self.training)
 
 
-def test_a_float_rate_that_cannot_be_switched_on_is_refused_by_name() -> None:
-    model = nn.Sequential(nn.Linear(4, 24), nn.Dropout(0.1), FloatRateAttention(0.2))
-    with pytest.raises(ValueError, match=r"make 2 \(FloatRateAttention\).*attention_dropout"):
-        predict(PointPosterior.from_model(model), model, batches(), mc_dropout=True)
-    inert = nn.Sequential(nn.Linear(4, 24), nn.Dropout(0.1), FloatRateAttention(0.0))
-    predict(PointPosterior.from_model(inert), inert, batches(), num_samples=2, mc_dropout=True)
+class WithLayerDrop(FloatRateAttention):
+    """A float rate next to another train-only mechanism (LayerDrop)."""
+
+    def __init__(self, rate: float, layerdrop: float) -> None:
+        super().__init__(rate, 24)
+        self.layerdrop = layerdrop
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and torch.rand(()) < self.layerdrop:
+            return x
+        return super().forward(x)
+
+
+def test_a_float_rate_that_cannot_be_switched_on_alone_is_refused_by_name() -> None:
+    cases = [
+        (WithBatchNorm(0.2), r"2 \(WithBatchNorm\).*attention_dropout=0.2.*\(norm.running_mean\)"),
+        (WithLayerDrop(0.2, 0.5), r"2 \(WithLayerDrop\).*dropout=0.2.*layerdrop=0.5.*layerdrop=0"),
+    ]
+    for module, pattern in cases:
+        model = nn.Sequential(nn.Linear(4, 24), nn.Dropout(0.1), module)
+        with pytest.raises(ValueError, match=pattern):
+            predict(
+                PointPosterior.from_model(model), model, batches(), mc_dropout=True,
+                bn_loader=False,
+            )  # fmt: skip
+    for module in (WithBatchNorm(0.0), WithLayerDrop(0.2, 0.0)):  # nothing hidden, or safe
+        model = nn.Sequential(nn.Linear(4, 24), nn.Dropout(0.1), module).eval()
+        predict(
+            PointPosterior.from_model(model), model, batches(), num_samples=2, mc_dropout=True,
+            bn_loader=False,
+        )  # fmt: skip
+
+
+class ChildNextToBatchNorm(nn.Module):
+    """A Dropout child it calls, next to BatchNorm: left in eval, its Dropout switched alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(24)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:  # what a whole network may do in train mode (auxiliary heads, ...)
+            x = x * 100
+        out: Tensor = self.drop(self.norm(x))
+        return out
+
+
+def test_an_owner_with_running_statistics_stays_in_eval_and_its_dropout_is_live() -> None:
+    torch.manual_seed(0)
+    owner = ChildNextToBatchNorm()
+    model = nn.Sequential(nn.Linear(4, 24), owner, nn.Linear(24, 3))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 4))
+    model.eval()
+    stats = {k: v.clone() for k, v in owner.norm.state_dict().items()}
+    seen: list[tuple[bool, bool, dict[str, Tensor]]] = []
+
+    def record(m: ChildNextToBatchNorm, *_: object) -> None:  # follows predict's deep copy
+        seen.append((m.training, m.norm.training, copy.deepcopy(m.norm.state_dict())))
+
+    owner.register_forward_hook(record)
+    probs = predict(
+        PointPosterior.from_model(model), model, batches(), num_samples=3, mc_dropout=True,
+        bn_loader=False, reduce=False,
+    )  # fmt: skip
+    assert (probs[0] - probs[1]).abs().max() > 1e-4, "its Dropout child is live"
+    assert len(seen) == 6
+    for owner_training, norm_training, state in seen:
+        assert not owner_training and not norm_training
+        for k, v in state.items():
+            torch.testing.assert_close(v, stats[k], rtol=0, atol=0)
 
 
 class RateAndModule(nn.Module):
@@ -200,3 +310,71 @@ def test_a_float_rate_that_built_a_dropout_child_is_not_refused() -> None:
 def test_a_model_without_live_dropout_is_refused(model: nn.Module) -> None:
     with pytest.raises(ValueError, match="no Dropout layer with rate > 0"):
         predict(PointPosterior.from_model(model), model, batches(), mc_dropout=True)
+
+
+# Hugging Face models (an optional extra), built from configs with random weights. Their
+# attention modules gate attention-probability dropout on their own ``training`` flag: BERT and
+# GPT-2 through their Dropout child's ``p`` (the child is never called), ViT and Llama through
+# a float ``attention_dropout``. Only that dropout is on (every other rate is 0), so the reference
+# is the model's own train-mode forward, which must agree bit for bit with an MC pass.
+HF_INPUT_IDS = torch.randint(1, 40, (4, 6), generator=torch.Generator().manual_seed(2))
+
+
+def _hf_model(arch: str, rate: float) -> tuple[nn.Module, dict[str, Tensor]]:
+    tf: Any = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = {"num_labels": 3, "initializer_range": 0.5}  # wide weights: peaked attention
+    ids = {"input_ids": HF_INPUT_IDS}
+    if arch == "bert":
+        cfg = tf.BertConfig(
+            vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=rate,
+            **common,
+        )  # fmt: skip
+        return tf.BertForSequenceClassification(cfg), ids
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(
+            vocab_size=40, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=rate, pad_token_id=0, bos_token_id=0, eos_token_id=0, **common,
+        )  # fmt: skip
+        return tf.GPT2ForSequenceClassification(cfg), ids
+    if arch == "llama":
+        cfg = tf.LlamaConfig(
+            vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, intermediate_size=37, attention_dropout=rate, pad_token_id=0,
+            **common,
+        )  # fmt: skip
+        return tf.LlamaForSequenceClassification(cfg), ids
+    cfg = tf.ViTConfig(
+        image_size=8, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=rate,
+        **common,
+    )  # fmt: skip
+    pixels = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    return tf.ViTForImageClassification(cfg), {"pixel_values": pixels}
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "vit", "llama"])
+def test_hugging_face_attention_dropout_is_live_and_equals_its_own_train_mode(arch: str) -> None:
+    model, batch = _hf_model(arch, 0.5)
+    model.eval()
+    got = predict(
+        PointPosterior.from_model(model), model, [batch], num_samples=3, mc_dropout=True,
+        reduce=False, output_fn=lambda out: out.logits, generator=torch.Generator().manual_seed(4),
+    )  # fmt: skip
+    assert (got[0] - got[1]).abs().max() > 1e-3, "two MC passes must differ"
+    ref = copy.deepcopy(model).train()  # only attention dropout has a rate > 0
+    seed = int(torch.randint(SEED_HIGH, (), generator=torch.Generator().manual_seed(4)))
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        expected = torch.stack([ref(**batch).logits.softmax(-1) for _ in range(3)])
+    # Same masks in the same order: equal up to the float32 summation of softmax probabilities.
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not model.training, "the caller's model is untouched"
+
+
+@pytest.mark.parametrize("arch", ["bert", "vit"])
+def test_a_hugging_face_model_without_dropout_is_refused(arch: str) -> None:
+    model, batch = _hf_model(arch, 0.0)
+    with pytest.raises(ValueError, match="no Dropout layer with rate > 0"):
+        predict(PointPosterior.from_model(model), model, [batch], mc_dropout=True)
