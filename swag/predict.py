@@ -157,15 +157,19 @@ def predict(
         mc_dropout: keep every dropout live during evaluation, so each pass is a stochastic
             MC-dropout pass: ``nn.Dropout*``/``AlphaDropout`` layers,
             ``MultiheadAttention(dropout=...)``, Transformer layers (off their fused eval path)
-            and multi-layer RNN dropout; each such module alone is put in train mode, so
-            BatchNorm and everything else stays in eval mode.
+            and multi-layer RNN dropout, plus modules of other libraries that gate an
+            attention rate on their own flag (Hugging Face attention) when nothing in them keeps
+            running statistics or another train-mode setting (LayerDrop, drop path); each such
+            module alone is put in train mode, so BatchNorm and everything else stays in eval
+            (rules and limits: ``swag/_dropout.py``, docs/gotchas.md).
         output: ``"probs"`` or ``"gaussian"``.
         noise_var: fixed observation variance, for models that predict only a mean.
 
     Raises:
         ValueError: for a BatchNorm model without ``bn_loader``, a shuffled ``DataLoader``,
             ``mc_dropout`` without a dropout of rate > 0 or with one it cannot switch on (a
-            module holding a float ``*dropout*`` rate; the message names it), logits with one
+            module holding a float ``*dropout*`` rate next to running statistics or LayerDrop /
+            drop path; the message names it and the setting), logits with one
             class, a NaN, infinite or negative ``scale`` or ``noise_var``, an empty loader,
             outputs of another shape on a later pass (a one-shot generator), or NaN
             predictions (NaN inputs, or weights that overflow).
