@@ -109,18 +109,20 @@ def conclusions(summaries: Sequence[dict[str, Any]]) -> str:
         mean, std = agg[method][key]
         return f"{mean:.3f} ± {std:.3f}" if several else f"{mean:.3f}"
 
+    def vs_sgd(method: str, key: str) -> str:
+        return "" if method == "SGD" else f"; SGD {v('SGD', key)}"
+
     nll, ece = _best(agg, "nll", False), _best(agg, "ece", False)
     shift, ood_h = _best(agg, "shift_nll", False), _best(agg, "ood_auroc_entropy", True)
-    avg = "On average over seeds " if several else ""
     seeds = ", ".join(str(s["settings"]["seed"]) for s in summaries)
     text = [
-        f"{avg}{'i' if several else 'I'}n-distribution, {nll} has the lowest test NLL "
-        f"({v(nll, 'nll')}; SGD {v('SGD', 'nll')}) and {ece} the lowest ECE ({v(ece, 'ece')}; "
-        f"SGD {v('SGD', 'ece')}).",
+        f"{'Averaged over the seeds, i' if several else 'I'}n-distribution {nll} has the lowest "
+        f"test NLL ({v(nll, 'nll')}{vs_sgd(nll, 'nll')}) and {ece} the lowest ECE "
+        f"({v(ece, 'ece')}{vs_sgd(ece, 'ece')}).",
         f"On test images rotated {summaries[0]['settings']['rotate_degrees']:g}°, {shift} has "
-        f"the lowest NLL ({v(shift, 'shift_nll')}; SGD {v('SGD', 'shift_nll')}).",
+        f"the lowest NLL ({v(shift, 'shift_nll')}{vs_sgd(shift, 'shift_nll')}).",
         f"Telling MNIST from Fashion-MNIST by predictive entropy, {ood_h} does best (AUROC "
-        f"{v(ood_h, 'ood_auroc_entropy')}; SGD {v('SGD', 'ood_auroc_entropy')}).",
+        f"{v(ood_h, 'ood_auroc_entropy')}{vs_sgd(ood_h, 'ood_auroc_entropy')}).",
     ]
     fitted = [s.get("fitted", {}) for s in summaries]
     knobs = []
