@@ -31,9 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         "--preset",
         choices=list(PRESETS),
         default="default",
-        help="budget: default = the SWAG paper's regime scaled down (about 10 min on 2 CPU "
-        "cores); short = 8 epochs on all images; smoke = seconds, for tests; full = for a GPU "
-        "(default: default)",
+        help="budget: default = the SWAG paper's regime scaled down (SGD trained until it is "
+        "overconfident); short = 8 epochs on all images; smoke = seconds, for tests; full = for "
+        "a GPU (default: default)",
     )
     seeds = bench.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, help="one seed (default: 0)")
