@@ -13,6 +13,7 @@ from swag.multiswag import MultiSWAG
 from swag.point import PointPosterior
 from swag.posterior import Posterior, SWAGPosterior
 from swag.predict import predict
+from swag.scale import fit_scale
 from swag.temperature import apply_temperature, fit_temperature
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "SWAGPosterior",
     "__version__",
     "apply_temperature",
+    "fit_scale",
     "fit_temperature",
     "metrics",
     "predict",

@@ -1,36 +1,99 @@
-"""The ``swag`` command: ``swag bench`` runs the calibration and OOD benchmark."""
+"""The swag command: swag bench runs the calibration and OOD benchmark."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
 import torch
 
+import swag
+from swag.bench.config import PRESETS, BenchConfig
+from swag.bench.evaluate import METHODS
+
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swag", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="swag", description="swag: Bayesian uncertainty from SGD iterates (SWA, SWAG)."
+    )
+    parser.add_argument("--version", action="version", version=f"swag {swag.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    default = PRESETS["default"]
     bench = sub.add_parser(
         "bench",
         help="train SGD, SWA, SWAG, MultiSWAG, ensembles... on Fashion-MNIST and compare them",
         description="Calibration and OOD benchmark: Fashion-MNIST in-distribution, MNIST as OOD, "
         "rotated test images as a shift. Writes report.md, metrics.json and figures to --out.",
     )
-    bench.add_argument("--preset", choices=["smoke", "default", "full"], default="default")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--epochs", type=int, help="epochs per training run (overrides preset)")
-    bench.add_argument("--swa-epochs", type=int, help="epochs of SWAG collection per run")
-    bench.add_argument("--samples", type=int, help="posterior samples per SWAG method")
     bench.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
+        "--preset",
+        choices=list(PRESETS),
+        default="default",
+        help="budget: default = the SWAG paper's regime scaled down (SGD trained until it is "
+        "overconfident); short = 8 epochs on all images; smoke = seconds, for tests; full = for "
+        "a GPU (default: default)",
     )
-    bench.add_argument("--out", default=None, help="run folder (default runs/bench-PRESET-sSEED)")
-    bench.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    seeds = bench.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="one seed (default: 0)")
+    seeds.add_argument(
+        "--seeds", type=int, nargs="+", help="several seeds: a mean ± std report (default: 0)"
+    )
+    bench.add_argument(
+        "--epochs",
+        type=int,
+        help=f"epochs per training run (default: the preset's, {default.epochs} for default)",
+    )
+    bench.add_argument(
+        "--swa-epochs",
+        type=int,
+        help="epochs of SWAG collection at the end of each SWAG run, 1 to --epochs - 1 "
+        f"(default: the preset's, {default.swa_epochs} for default)",
+    )
+    bench.add_argument(
+        "--samples",
+        type=int,
+        help="posterior samples per SWAG method, at least one per MultiSWAG member "
+        f"(default: the preset's, {default.num_samples} for default)",
+    )
+    bench.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=[m for m in METHODS if m != "SGD"],
+        metavar="METHOD",
+        help="leave these methods out, e.g. --skip 'MC dropout' (default: run all of: "
+        + ", ".join(m for m in METHODS if m != "SGD")
+        + ", and SGD)",
+    )
+    bench.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when a GPU is visible, else cpu)",
+    )
+    bench.add_argument(
+        "--out",
+        default=None,
+        help="run folder; an existing one is kept and the run goes to OUT-2, OUT-3, ... "
+        "(default: runs/bench-PRESET-sSEED)",
+    )
+    bench.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out folder (default: off)"
+    )
+    bench.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)",
+    )
+    bench.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="print nothing while running (default: progress bars in a terminal, a plain line "
+        "every 30 s elsewhere)",
+    )
     return parser
 
 
@@ -47,34 +110,76 @@ def _device_problem(name: str) -> str | None:
     return None
 
 
+def _config(args: argparse.Namespace, seeds: list[int]) -> tuple[BenchConfig | None, str | None]:
+    """The preset with the flags' overrides, or the problem, named by flag."""
+    cfg = PRESETS[args.preset]
+    epochs = cfg.epochs if args.epochs is None else args.epochs
+    swa = cfg.swa_epochs if args.swa_epochs is None else args.swa_epochs
+    samples = cfg.num_samples if args.samples is None else args.samples
+    bad_seeds = [s for s in seeds if not 0 <= s < 2**32]
+    if bad_seeds:
+        return None, f"--seed must be between 0 and 2**32 - 1, got {bad_seeds[0]}"
+    if len(set(seeds)) != len(seeds):
+        return None, f"--seeds lists a seed twice: {seeds}"
+    if epochs < 2:
+        return (
+            None,
+            f"--epochs must be >= 2 (training, then collecting), got {epochs}",
+        )
+    if not 1 <= swa < epochs:
+        return None, f"--swa-epochs must be between 1 and --epochs - 1 = {epochs - 1}, got {swa}"
+    if samples < cfg.members:
+        return None, (
+            f"--samples must be >= {cfg.members} (one per MultiSWAG member in preset "
+            f"{args.preset!r}), got {samples}"
+        )
+    return cfg.replace(epochs=epochs, swa_epochs=swa, num_samples=samples), None
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swag`` console script."""
     args = _parser().parse_args(argv)
-    from swag.bench import PRESETS, run_bench
-    from swag.bench.report import table
+    from swag.bench import run_bench
+    from swag.bench.aggregate import table
+    from swag.bench.progress import Progress
 
-    problem = _device_problem(args.device)
-    if problem:
+    seeds = args.seeds or [0 if args.seed is None else args.seed]
+    cfg, problem = _config(args, seeds)
+    problem = problem or _device_problem(args.device)
+    if problem or cfg is None:
         print(f"swag bench: error: {problem}", file=sys.stderr)
         return 2
-    cfg = PRESETS[args.preset]
-    overrides = {"epochs": args.epochs, "swa_epochs": args.swa_epochs, "num_samples": args.samples}
+    out = args.out or f"runs/bench-{args.preset}-s{'-'.join(map(str, seeds))}"
+    methods = [m for m in METHODS if m not in args.skip]
+    # a plain `kill` ends the run like Ctrl-C: the unfinished run folder is removed
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
-        out = args.out or f"runs/bench-{args.preset}-s{args.seed}"
-        summary = run_bench(
+        result = run_bench(
             cfg,
-            seed=args.seed,
+            seeds=seeds,
             device=args.device,
             out=out,
             data_dir=args.data_dir,
-            progress=not args.no_progress,
+            methods=methods,
+            progress=Progress(enabled=not args.no_progress),
+            overwrite=args.overwrite,
         )
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         print(f"swag bench: error: {e}", file=sys.stderr)
         return 2
-    print(table(summary["results"]))
-    print(f"\n{summary['seconds']['total']:.0f} s; report in {out}/report.md")
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"swag bench: error: {e.strerror or e}{where}; nothing was written", file=sys.stderr)
+        return 1
+    print(table(result["runs"]))
+    if result["moved"]:
+        print(f"{out} exists, so this run went to {result['out']} (--overwrite replaces it)")
+    total = sum(r["seconds"]["total"] for r in result["runs"])
+    print(f"{total:.0f} s; report in {result['out']}/report.md")
     return 0
 
 

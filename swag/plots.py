@@ -6,6 +6,7 @@ shown, no global state is touched, and no display is needed. Save with ``fig.sav
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,7 +19,12 @@ from swag.metrics import auroc, ece, reliability_curve
 
 
 def reliability_diagram(
-    probs: Tensor, targets: Tensor, *, n_bins: int = 15, ax: Axes | None = None
+    probs: Tensor,
+    targets: Tensor,
+    *,
+    n_bins: int = 15,
+    ax: Axes | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Accuracy per confidence bin against the diagonal, with the gap to the mean confidence.
 
@@ -31,6 +37,7 @@ def reliability_diagram(
         targets: ``(N,)`` integer class indices.
         n_bins: Number of equal-width confidence bins.
         ax: Axes to draw the diagram into (without the histogram); a new figure when None.
+        title: What is shown (e.g. the method), put before the ECE in the title.
 
     Returns:
         The figure holding the plot.
@@ -73,21 +80,32 @@ def reliability_diagram(
     )
     ax.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="black", label="perfect calibration")
     ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel="accuracy")
-    ax.set_title(f"ECE = {ece(probs, targets, n_bins=n_bins):.4f} ({n_bins} bins)")
+    value = f"ECE = {ece(probs, targets, n_bins=n_bins):.4f} ({n_bins} bins)"
+    ax.set_title(value if title is None else f"{title}: {value}")
     ax.legend(loc="upper left")
     return fig
 
 
 def ood_histogram(
-    scores_in: Tensor, scores_out: Tensor, *, label: str = "score", bins: int = 50
+    scores_in: Tensor,
+    scores_out: Tensor,
+    *,
+    label: str = "score",
+    bins: int = 50,
+    names: tuple[str, str] = ("in-distribution", "OOD"),
+    title: str | None = None,
 ) -> Figure:
     """Overlaid density histograms of in-distribution and OOD scores, AUROC in the title.
 
     Args:
         scores_in: ``(N_in,)`` finite scores of in-distribution inputs (higher = more OOD).
         scores_out: ``(N_out,)`` finite scores of out-of-distribution inputs.
-        label: x-axis label, the name of the score (e.g. ``"predictive entropy"``).
+        label: x-axis label, the name of the score with its unit (e.g.
+            ``"predictive entropy (nats)"``).
         bins: Number of shared bins spanning both score sets.
+        names: Legend entries of the two sets, e.g. the datasets'
+            ``("Fashion-MNIST test", "MNIST")``.
+        title: What is shown (e.g. the method), put before the AUROC in the title.
 
     Returns:
         The new figure.
@@ -104,22 +122,39 @@ def ood_histogram(
     edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=bins).tolist()
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    for scores, name, color in ((s_in, "in-distribution", "tab:blue"), (s_out, "OOD", "tab:red")):
+    for scores, name, color in ((s_in, names[0], "tab:blue"), (s_out, names[1], "tab:red")):
         ax.hist(scores, bins=edges, density=True, alpha=0.5, color=color, label=name)
-    ax.set(xlabel=label, ylabel="density", title=f"AUROC = {value:.4f} (OOD positive)")
+    auroc_text = f"AUROC = {value:.4f} ({names[1]} positive)"
+    ax.set(xlabel=label, ylabel="density")
+    ax.set_title(auroc_text if title is None else f"{title}: {auroc_text}")
     ax.legend()
     return fig
 
 
 def compare_methods(
-    results: Mapping[str, Mapping[str, float]], metrics: Sequence[str] | None = None
+    results: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] | None = None,
+    *,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+    titles: Mapping[str, str] | None = None,
+    ncols: int = 4,
+    reference: str | None = None,
 ) -> Figure:
-    """Grouped bar chart of methods by metric: one panel (own y-scale) per metric, a bar per method.
+    """Methods as rows of dots, one panel per metric, each panel's axis zoomed to its values.
+
+    Every panel has its own x-range around the values (never forced to include 0), so close
+    values stay apart; with ``errors`` each dot gets a ± bar (e.g. the std over seeds). NaN
+    values (an undefined metric) leave their row empty.
 
     Args:
         results: ``{method: {metric: value}}``, e.g. ``{"SWAG": summary(probs, targets), ...}``.
         metrics: Metrics to show, in order; by default those every method reports, in the order of
             the first method.
+        errors: ``{method: {metric: half-width}}`` of the bars; missing entries draw none.
+        titles: Panel titles by metric, e.g. ``{"nll": "NLL ↓"}`` (default: the metric's key).
+        ncols: Panels per row of the figure.
+        reference: A method whose value gets a dotted vertical line in every panel (e.g. the
+            ``"SGD"`` baseline), to read the others against.
 
     Returns:
         The new figure.
@@ -152,19 +187,39 @@ def compare_methods(
             value = results[method][m]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"results[{method!r}][{m!r}] must be a number, got {value!r}")
-            if not np.isfinite(value):
-                raise ValueError(f"results[{method!r}][{m!r}] is {value}; plot finite values only")
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    if reference is not None and reference not in results:
+        raise ValueError(f"reference {reference!r} is not one of the methods {methods}")
 
-    fig = Figure(figsize=(max(3.0 * len(metrics), 4.0), 3.5), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    positions = np.arange(len(methods))
-    for ax, metric in zip(axes, metrics, strict=True):
-        values = [float(results[method][metric]) for method in methods]
-        bars = ax.bar(positions, values, color=[f"C{i % 10}" for i in positions])
-        ax.bar_label(bars, fmt="%.3g")
-        ax.set_xticks(positions, labels=methods, rotation=30, ha="right")
-        ax.set_title(metric)
-        ax.margins(y=0.15)
+    ncols = min(ncols, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    label_width = 0.07 * max(len(m) for m in methods)
+    fig = Figure(
+        figsize=(label_width + 2.6 * ncols, 0.6 + (0.28 * len(methods) + 0.7) * nrows),
+        layout="constrained",
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    rows = np.arange(len(methods))[::-1]  # the first method on top
+    for i, ax in enumerate(axes.flat):
+        if i >= len(metrics):
+            fig.delaxes(ax)
+            continue
+        metric = metrics[i]
+        values = np.array([float(results[m][metric]) for m in methods])
+        err = np.array([float((errors or {}).get(m, {}).get(metric, 0.0)) for m in methods])
+        ok = np.isfinite(values)
+        ax.errorbar(
+            values[ok], rows[ok], xerr=np.nan_to_num(err[ok]), fmt="o", color="tab:blue",
+            ecolor="tab:gray", capsize=3, markersize=5,
+        )  # fmt: skip
+        ax.set_title((titles or {}).get(metric, metric), fontsize=10)
+        ax.set_yticks(rows, labels=methods)
+        ax.grid(axis="x", alpha=0.4)
+        ax.margins(x=0.15, y=0.08)
+        ax.tick_params(axis="x", labelsize=8)
+        if reference is not None and math.isfinite(float(results[reference][metric])):
+            ax.axvline(float(results[reference][metric]), color="tab:red", ls=":", lw=1)
     return fig
 
 

@@ -1,19 +1,70 @@
-"""`swag bench --preset smoke` end to end, and the benchmark's building blocks."""
+"""`swag bench`: the smoke preset end to end, and a run that fails early and is never half written.
+
+Runs of the smoke preset are shared: the first call of ``run_seed`` per test session really
+trains (about 20 s on an idle machine), later tests reuse its result through ``cached_runs``.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
+import os
+import shutil
+import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import swag
+import swag.bench.outdir as outdir
+import swag.bench.report as report
+import swag.bench.runner as runner
 from swag.bench.config import PRESETS, BenchConfig
+from swag.bench.evaluate import METHODS, Predictions
+from swag.bench.progress import Progress
 from swag.bench.train import schedule
-from swag.cli import main
+from swag.cli import _parser, main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(
+    not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist"
+)
+SMOKE = ["bench", "--preset", "smoke", "--no-progress"]
+# fewer figures to write where they are not the point
+FEW = [*SMOKE, "--skip", *(m for m in METHODS if m not in ("SGD", "SWA", "SWAG"))]
+_CACHE: dict[str, Any] = {}
+_real_run_seed = runner.run_seed
+
+
+def _cached_run_seed(cfg: BenchConfig, seed: int, **kw: Any) -> Any:
+    if "run" not in _CACHE:
+        _CACHE["run"] = _real_run_seed(cfg, seed, **{**kw, "methods": list(METHODS)})
+    summary, predictions, data = _CACHE["run"]
+    summary = json.loads(json.dumps(summary))  # a copy, NaN kept
+    summary["settings"]["seed"] = seed
+    summary["results"] = {m: summary["results"][m] for m in kw["methods"]}
+    probs = {m: predictions.probs[m] for m in kw["methods"]}
+    return summary, Predictions(probs, predictions.seconds, predictions.fitted), data
+
+
+@pytest.fixture
+def cached_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "run_seed", _cached_run_seed)
+
+
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any training or data loading fails the test: the error must come before both."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the bench started working before checking its arguments")
+
+    monkeypatch.setattr(runner, "load_data", fail)
+    monkeypatch.setattr(runner, "train", fail)
 
 
 def test_schedule_is_the_papers_piecewise_linear_rate() -> None:
@@ -31,42 +82,240 @@ def test_config_validation() -> None:
         PRESETS["smoke"].replace(num_samples=1)
 
 
-def test_collection_covers_the_rank() -> None:
+def test_collection_covers_the_rank_and_short_is_the_old_default() -> None:
     for cfg in PRESETS.values():
         assert cfg.swa_epochs * cfg.collects_per_epoch >= cfg.max_rank, cfg.preset
+    assert (PRESETS["short"].epochs, PRESETS["short"].train_size) == (8, None)
+    assert PRESETS["default"].epochs > PRESETS["short"].epochs
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_smoke_bench_writes_a_complete_report(tmp_path: Path) -> None:
+@needs_data
+def test_smoke_bench_writes_a_complete_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "run_seed", _cached_run_seed)
     rng_state = torch.get_rng_state()
-    assert main(["bench", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = tmp_path / "run"
+    # progress on, but stderr is no terminal here: plain lines, no carriage returns
+    assert main(["bench", "--preset", "smoke", "--out", str(out)]) == 0
     assert torch.equal(torch.get_rng_state(), rng_state), "the bench must not touch the global RNG"
-    summary = json.loads((tmp_path / "metrics.json").read_text())
-    methods = [
-        "SGD", "SWA", "SWAG-Diag", "SWAG", "MultiSWAG", "Deep ensemble",
-        "SGD + temp. scaling", "MC dropout",
-    ]  # fmt: skip
-    assert list(summary["results"]) == methods
+    err = capsys.readouterr().err
+    if "predict" in err:  # this test did the real run (not a cached one)
+        assert "\r" not in err
+        for what in ("loading Fashion-MNIST", "train SGD run 1/2", "predict MultiSWAG:"):
+            assert what in err
+    assert "writing figures and report" in err
+    summary = json.loads((out / "metrics.json").read_text(), parse_constant=_reject)
+    assert list(summary["results"]) == list(METHODS)
     for name, result in summary["results"].items():
         assert 0.0 <= result["accuracy"] <= 1.0, name
         assert result["nll"] > 0 and 0 <= result["ece"] <= 1, name
         assert 0 <= result["ood_auroc_entropy"] <= 1, name
-    # mutual information exists only for methods with several samples
-    assert math.isnan(summary["results"]["SGD"]["ood_auroc_mi"])
-    assert not math.isnan(summary["results"]["SWAG"]["ood_auroc_mi"])
-    report = (tmp_path / "report.md").read_text()
-    assert "| MultiSWAG |" in report and "seed 0" in report
-    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "reliability_swag.png").is_file()
-    assert (tmp_path / "ood_entropy_deep_ensemble.png").is_file()
+    # mutual information exists only for methods with several samples: null, not NaN
+    assert summary["results"]["SGD"]["ood_auroc_mi"] is None
+    assert summary["results"]["SWAG"]["ood_auroc_mi"] is not None
+    for key in ("SWAG scale", "MultiSWAG scale"):
+        assert 0.01 <= summary["fitted"][key] <= 4.0
+    assert summary["fitted"]["temperature"] > 0
+    text = (out / "report.md").read_text()
+    opening = text.split("\n\n")[1]
+    assert 3 <= opening.count(". ") + 1 <= 6 and "lowest test NLL" in opening
+    assert "SWAG scale" in opening and "took" in opening
+    assert "| MultiSWAG (fitted scale) |" in text and "seed 0" in text
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "reliability_swag.png").is_file()
+    assert (out / "ood_entropy_deep_ensemble.png").is_file()
+    assert (out / "ood_mi_multiswag.png").is_file() and not (out / "ood_mi_sgd.png").exists()
+    for pic in ("comparison.png", "reliability_mc_dropout.png", "ood_mi_swag_fitted_scale.png"):
+        assert f"({pic})" in text, pic
+
+
+def _reject(constant: str) -> None:
+    raise ValueError(f"metrics.json holds {constant}, which strict JSON parsers reject")
+
+
+@needs_data
+def test_files_have_ordinary_modes(tmp_path: Path, cached_runs: None) -> None:
+    assert main([*FEW, "--out", str(tmp_path / "run")]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.md", "metrics.json", "comparison.png"):
+        mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o777 & ~umask
+
+
+@needs_data
+def test_several_seeds_write_a_mean_and_std_report(tmp_path: Path, cached_runs: None) -> None:
+    out = tmp_path / "seeds"
+    assert main([*FEW, "--seeds", "0", "1", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "seeds 0, 1" in text and " ± " in text and "minus SGD" in text
+    assert (out / "seed-0" / "report.md").is_file() and (out / "seed-1" / "report.md").is_file()
+    combined = json.loads((out / "metrics.json").read_text(), parse_constant=_reject)
+    assert [s["settings"]["seed"] for s in combined["seeds"]] == [0, 1]
+
+
+@needs_data
+def test_an_existing_run_is_never_silently_overwritten(
+    tmp_path: Path, cached_runs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert main([*FEW, "--out", str(out)]) == 0
+    assert (out / "mine.txt").read_text() == "keep me"
+    assert (tmp_path / "run-2" / "report.md").is_file()
+    assert f"{out} exists, so this run went to {out}-2" in capsys.readouterr().out
+    assert main([*FEW, "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "mine.txt").exists() and (out / "report.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-2"]  # no temp folder left
+
+
+@needs_data
+def test_a_full_disk_leaves_no_half_report(
+    tmp_path: Path,
+    cached_runs: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    saved = []
+
+    def save(fig: Any, path: Path) -> None:
+        if len(saved) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        saved.append(path)
+        fig.savefig(path)
+
+    monkeypatch.setattr(report, "_save", save)
+    assert main([*FEW, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the run nor its temporary folder
+
+
+@pytest.mark.parametrize("where", ["file", "inside-file"])
+def test_out_that_is_or_lies_in_a_file_fails_before_training(
+    where: str, tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    assert main([*SMOKE, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file, not a folder" in err and err.count("\n") == 1
+
+
+def test_unwritable_out_fails_before_training(
+    tmp_path: Path,
+    no_training: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def denied(**kwargs: Any) -> str:  # what mkdtemp raises in a read-only folder
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(outdir.tempfile, "mkdtemp", denied)
+    assert main([*SMOKE, "--out", str(tmp_path / "ro" / "run")]) == 2
+    assert "cannot write into" in capsys.readouterr().err
+
+
+def test_out_on_a_full_disk_fails_before_training(
+    tmp_path: Path,
+    no_training: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(outdir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))  # type: ignore[attr-defined]
+    assert main([*SMOKE, "--out", str(tmp_path / "run")]) == 2
+    assert "MB free" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 2"),
+        (["--epochs", "3", "--swa-epochs", "3"], "--swa-epochs must be between 1 and --epochs"),
+        (["--samples", "1"], "--samples must be >= 2"),
+        (["--seed", "-1"], "--seed must be between 0 and 2**32 - 1"),
+        (["--seeds", "0", "0"], "--seeds lists a seed twice"),
+    ],
+)
+def test_bad_flags_are_named_before_any_work(
+    flags: list[str], message: str, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*SMOKE, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "swa_epochs" not in err and "members" not in err.split("(")[0]
+
+
+def test_every_flag_has_help_with_its_default_and_no_rest_markup() -> None:
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    bench = subparsers.choices["bench"]  # type: ignore[attr-defined]
+    for action in bench._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and "(default" in action.help, action.option_strings
+    for text in (parser.format_help(), bench.format_help()):
+        assert "``" not in text and "`" not in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"swag {swag.__version__}"
+
+
+def test_progress_prints_plain_lines_outside_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream=stream, every=0.0)
+    assert not progress.bars  # library tqdm bars stay off outside a terminal
+    progress.note("predict SWAG: 30 samples")
+    bar = progress.bar(3, "seed 0: train SGD run 1/3")
+    for _ in range(3):
+        bar.update()
+    bar.set_postfix_str("loss 0.1")
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert lines[0].endswith("predict SWAG: 30 samples")
+    assert lines[-1].endswith("seed 0: train SGD run 1/3: 3/3 steps (100%)")
+    assert len(lines) == 4  # a line per update (every=0), none repeated at close
+    silent = io.StringIO()
+    Progress(enabled=False, stream=silent).note("x")
+    assert silent.getvalue() == ""
+
+
+def test_conclusions_name_the_winners_from_the_numbers() -> None:
+    def result(nll: float, auroc: float) -> dict[str, float]:
+        keys = ("accuracy", "ece", "brier", "shift_accuracy", "shift_nll", "shift_ece")
+        out = dict.fromkeys(keys, 0.5) | {"nll": nll, "ood_auroc_entropy": auroc}
+        return out | {"ood_auroc_mi": math.nan}
+
+    summary = {
+        "settings": {"seed": 3, "device": "cpu", "rotate_degrees": 45.0},
+        "seconds": {"total": 120.0},
+        "load": [0.5, 0.7],
+        "fitted": {"temperature": 1.7, "SWAG scale": 0.25},
+        "results": {"SGD": result(0.40, 0.70), "SWAG": result(0.30, 0.80)},
+    }
+    text = report.conclusions([summary])
+    assert "SWAG has the lowest test NLL (0.300; SGD 0.400)" in text
+    assert "SWAG does best (AUROC 0.800; SGD 0.700)" in text
+    assert "temperature 1.7" in text and "SWAG scale 0.25" in text
+    assert "took 2.0 min" in text
 
 
 def test_missing_data_is_a_clear_cli_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["bench", "--preset", "smoke", "--data-dir", str(tmp_path), "--no-progress"])
+    out = tmp_path / "run"
+    code = main([*SMOKE, "--data-dir", str(tmp_path), "--out", str(out)])
     assert code == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no temp folder
 
 
 @pytest.mark.parametrize(
@@ -78,5 +327,21 @@ def test_unusable_device_is_a_clear_cli_error_before_any_work(
 ) -> None:
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert main(["bench", "--preset", "smoke", "--device", device, "--no-progress"]) == 2
+    assert main([*SMOKE, "--device", device]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_paper_claims_are_marked_from_the_means_with_a_seed_count() -> None:
+    def run(sgd: float, swa: float, swag_: float) -> dict[str, Any]:
+        results = {m: {"nll": v, "ece": 0.02} for m, v in (("SGD", sgd), ("SWA", swa))}
+        results["SWAG"] = {"nll": swag_, "ece": 0.01}
+        return {"results": results}
+
+    # seed 2 breaks the order (SWAG > SWA); the means keep it
+    lines = report.claims([run(0.40, 0.35, 0.30), run(0.41, 0.36, 0.31), run(0.40, 0.33, 0.34)])
+    assert lines[0].startswith("- NLL: SWAG < SWA < SGD: **holds** on the mean")
+    assert "SWAG 0.3167, SWA 0.3467, SGD 0.4033" in lines[0] and "on 2 of 3 seeds" in lines[0]
+    assert lines[1].startswith("- ECE: SWAG < SGD: **holds**") and "on 3 of 3" in lines[1]
+    assert len(lines) == 2  # no MultiSWAG or deep ensemble in these runs: no claim about them
+    worse = report.claims([run(0.30, 0.35, 0.40)])
+    assert "**fails**" in worse[0] and "on 0 of 1 seed." in worse[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from swag.metrics import auroc, ece, reliability_curve
 from swag.plots import compare_methods, ood_histogram, reliability_diagram
@@ -36,6 +36,8 @@ def test_reliability_diagram(tmp_path: Path) -> None:
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     diagram, hist = fig.axes
     assert diagram.get_title() == f"ECE = {ece(probs, targets, n_bins=10):.4f} (10 bins)"
+    titled = reliability_diagram(probs, targets, n_bins=10, title="SWAG").axes[0]
+    assert titled.get_title() == f"SWAG: ECE = {ece(probs, targets, n_bins=10):.4f} (10 bins)"
     nonempty = int((reliability_curve(probs, targets, n_bins=10).counts > 0).sum())
     assert len(diagram.patches) == 2 * nonempty  # an accuracy bar and a gap bar per bin
     assert len(hist.patches) == 10
@@ -61,6 +63,9 @@ def test_ood_histogram(tmp_path: Path) -> None:
     (ax,) = fig.axes
     assert ax.get_xlabel() == "predictive entropy"
     assert ax.get_title().startswith(f"AUROC = {auroc(s_in, s_out):.4f}")
+    named = ood_histogram(s_in, s_out, names=("Fashion-MNIST", "MNIST"), title="SWAG").axes[0]
+    assert named.get_title() == f"SWAG: AUROC = {auroc(s_in, s_out):.4f} (MNIST positive)"
+    assert [t.get_text() for t in named.get_legend().get_texts()] == ["Fashion-MNIST", "MNIST"]
     assert len(ax.patches) == 40
     assert_png(fig, tmp_path / "ood.png")
     with pytest.raises(ValueError, match="finite"):
@@ -74,10 +79,28 @@ def test_compare_methods(tmp_path: Path) -> None:
     }
     fig = compare_methods(results)
     assert [ax.get_title() for ax in fig.axes] == ["accuracy", "nll", "ece"]
-    heights = [bar.get_height() for bar in fig.axes[1].patches if isinstance(bar, Rectangle)]
-    assert heights == pytest.approx([0.35, 0.22])
+    nll_ax = fig.axes[1]
+    (xs, ys) = nll_ax.lines[0].get_data()
+    assert list(xs) == pytest.approx([0.35, 0.22])
+    assert list(ys) == [1, 0]  # methods as rows, the first on top
+    labels = fig.axes[0].get_yticklabels()  # the other panels share them
+    assert [t.get_text() for t in labels] == ["SGD", "SWAG"]
+    lo, hi = fig.axes[0].get_xlim()
+    assert 0.85 < lo < 0.91 and 0.93 < hi < 1.0  # zoomed to the values, not from 0
     assert_png(fig, tmp_path / "compare.png")
     assert [ax.get_title() for ax in compare_methods(results, metrics=["ece"]).axes] == ["ece"]
+
+
+def test_compare_methods_error_bars_titles_and_nan(tmp_path: Path) -> None:
+    results = {"SGD": {"nll": 0.35, "mi": math.nan}, "SWAG": {"nll": 0.22, "mi": 0.8}}
+    errors = {"SGD": {"nll": 0.01}, "SWAG": {"nll": 0.02}}
+    fig = compare_methods(results, errors=errors, titles={"nll": "NLL ↓"}, ncols=1, reference="SGD")
+    assert [ax.get_title() for ax in fig.axes] == ["NLL ↓", "mi"]
+    bars = fig.axes[0].collections[0].get_segments()
+    assert [seg[1][0] - seg[0][0] for seg in bars] == pytest.approx([0.02, 0.04])
+    assert list(fig.axes[1].lines[0].get_data()[0]) == [0.8]  # NaN: no dot
+    assert list(fig.axes[0].lines[-1].get_xdata()) == [0.35, 0.35]  # the reference line
+    assert_png(fig, tmp_path / "compare_err.png")
 
 
 def test_compare_methods_errors() -> None:

@@ -1,21 +1,23 @@
-"""Benchmark evaluation: every method's predictions on one stacked input, and their scores."""
+"""Benchmark evaluation: every method's predictions on one stacked input, and their scores.
+
+The methods are a registry (:data:`METHODS`): a name, the training runs it needs, and how it
+predicts. ``swag bench --skip NAME`` drops rows; a new method is one more entry.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from swag import metrics
+from swag import MultiSWAG, PointPosterior, Posterior, fit_scale, metrics, predict
 from swag.bench.config import BenchConfig
+from swag.bench.progress import Progress
 from swag.bench.train import Run
-from swag.multiswag import MultiSWAG
-from swag.point import PointPosterior
-from swag.posterior import Posterior
-from swag.predict import predict
 from swag.temperature import apply_temperature, fit_temperature
 
 
@@ -42,6 +44,31 @@ class EvalData:
         return probs[..., :a, :], probs[..., a:b, :], probs[..., b:, :]
 
 
+# name -> the training runs it needs ("sgd" or "swag"), in report order
+METHODS: dict[str, str] = {
+    "SGD": "sgd",
+    "SWA": "swag",
+    "SWAG-Diag": "swag",
+    "SWAG": "swag",
+    "SWAG (fitted scale)": "swag",
+    "MultiSWAG": "swag",
+    "MultiSWAG (fitted scale)": "swag",
+    "Deep ensemble": "sgd",
+    "SGD + temp. scaling": "sgd",
+    "MC dropout": "sgd",
+}
+
+
+@dataclass
+class Predictions:
+    """Per-sample probabilities ``(S, N_total, C)`` and seconds per method, and fitted knobs."""
+
+    probs: dict[str, Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    fitted: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def loader(x: Tensor, batch_size: int) -> list[Tensor]:
     return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
 
@@ -52,16 +79,19 @@ def method_predictions(
     swag: list[Run],
     data: EvalData,
     *,
+    methods: Sequence[str],
     seed: int,
     device: torch.device,
-    progress: bool,
-) -> dict[str, tuple[Tensor, float]]:
-    """Per-sample probabilities ``(S, N_total, C)`` and seconds taken, for every method."""
-    model = sgd[0].model
+    progress: Progress,
+) -> Predictions:
+    """Every method in ``methods`` (names of :data:`METHODS`), predicted and timed."""
+    model = (sgd or swag)[0].model
     inputs = loader(data.stacked, cfg.eval_batch_size)
     bn = loader(data.bn_x, cfg.batch_size)
     posteriors: list[Posterior] = [r.collector.posterior() for r in swag if r.collector]
     points: list[Posterior] = [PointPosterior.from_model(r.model) for r in sgd]
+    out = Predictions()
+    n = len(data.stacked)
 
     def bma(
         post: Posterior,
@@ -70,28 +100,82 @@ def method_predictions(
         *,
         diagonal: bool = False,
         mc_dropout: bool = False,
-    ) -> Callable[[], Tensor]:
-        return lambda: predict(
+    ) -> Tensor:
+        probs: Tensor = predict(
             post, model, inputs, num_samples=samples, scale=scale, diagonal=diagonal,
             bn_loader=bn, bn_batches=cfg.bn_batches, mc_dropout=mc_dropout, reduce=False,
-            generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
-        ).cpu()  # fmt: skip
+            generator=torch.Generator().manual_seed(seed), device=device, progress=progress.bars,
+        )  # fmt: skip
+        return probs.cpu()
 
-    methods: dict[str, Callable[[], Tensor]] = {
-        "SGD": lambda: _forward(model, inputs, device).unsqueeze(0),
-        "SWA": bma(PointPosterior(posteriors[0].mean, posteriors[0].layout), 1),
-        "SWAG-Diag": bma(posteriors[0], cfg.num_samples, cfg.diag_scale, diagonal=True),
-        "SWAG": bma(posteriors[0], cfg.num_samples, cfg.scale),
-        "MultiSWAG": bma(MultiSWAG(posteriors), cfg.num_samples, cfg.scale),
-        "Deep ensemble": bma(MultiSWAG(points), len(points)),
-        "SGD + temp. scaling": lambda: _temperature_scaled(model, inputs, data, cfg, device),
-        "MC dropout": bma(points[0], cfg.num_samples, mc_dropout=True),
+    def fitted(key: str, post: Posterior) -> float:
+        if key not in out.fitted:
+            x, y = data.val_x[: cfg.fit_val_size], data.val_y[: cfg.fit_val_size]
+            val = list(
+                zip(loader(x, cfg.eval_batch_size), loader(y, cfg.eval_batch_size), strict=True)
+            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RuntimeWarning)
+                out.fitted[key] = fit_scale(
+                    post, model, val, num_samples=cfg.fit_samples, bn_loader=bn,
+                    bn_batches=cfg.bn_batches, tol=cfg.fit_tol, device=device,
+                    generator=torch.Generator().manual_seed(seed + 1), progress=progress.bars,
+                )  # fmt: skip
+            out.notes += [f"{key}: {w.message}" for w in caught]
+        return out.fitted[key]
+
+    def temperature_scaled() -> Tensor:
+        val_logits = _logits(model, loader(data.val_x, cfg.eval_batch_size), device)
+        out.fitted["temperature"] = fit_temperature(val_logits, data.val_y)
+        logits = _logits(model, inputs, device)
+        return apply_temperature(logits, out.fitted["temperature"]).softmax(-1).unsqueeze(0)
+
+    s, m = cfg.num_samples, len(posteriors)
+    swag0 = posteriors[0] if posteriors else None
+    multi = MultiSWAG(posteriors) if posteriors else None
+    table: dict[str, tuple[str, Callable[[], Tensor]]] = {
+        "SGD": ("1 network", lambda: _logits(model, inputs, device).softmax(-1).unsqueeze(0)),
+        "SWA": ("the SWAG mean, BN refreshed", lambda: bma(_mean(swag0), 1)),
+        "SWAG-Diag": (
+            f"{s} samples at scale {cfg.diag_scale:g}",
+            lambda: bma(_need(swag0), s, cfg.diag_scale, diagonal=True),
+        ),
+        "SWAG": (f"{s} samples at scale {cfg.scale:g}", lambda: bma(_need(swag0), s, cfg.scale)),
+        "SWAG (fitted scale)": (
+            f"scale fitted on {cfg.fit_val_size} validation images, {s} samples",
+            lambda: bma(_need(swag0), s, fitted("SWAG scale", _need(swag0))),
+        ),
+        "MultiSWAG": (
+            f"{m} members, {s} samples at scale {cfg.scale:g}",
+            lambda: bma(_need(multi), s, cfg.scale),
+        ),
+        "MultiSWAG (fitted scale)": (
+            f"{m} members, one shared scale fitted on validation images, {s} samples",
+            lambda: bma(_need(multi), s, fitted("MultiSWAG scale", _need(multi))),
+        ),
+        "Deep ensemble": (f"{len(points)} networks", lambda: bma(MultiSWAG(points), len(points))),
+        "SGD + temp. scaling": ("temperature fitted on validation images", temperature_scaled),
+        "MC dropout": (f"{s} dropout passes", lambda: bma(points[0], s, mc_dropout=True)),
     }
-    out = {}
-    for name, fn in methods.items():
+    for name in methods:
+        what, fn = table[name]
+        progress.note(f"predict {name}: {what}, {n} images")
         start = time.perf_counter()
-        out[name] = (fn(), time.perf_counter() - start)
+        out.probs[name] = fn()
+        out.seconds[name] = time.perf_counter() - start
     return out
+
+
+def _need(post: Posterior | None) -> Posterior:
+    if post is None:
+        raise ValueError("this method needs SWAG training runs, and none were trained")
+    return post
+
+
+def _mean(post: Posterior | None) -> Posterior:
+    """The SWA solution of a SWAG posterior, as a point posterior."""
+    p = _need(post)
+    return PointPosterior(p.mean, p.layout)
 
 
 @torch.no_grad()
@@ -99,19 +183,6 @@ def _logits(model: nn.Module, inputs: list[Tensor], device: torch.device) -> Ten
     """The model's logits in eval mode, with the BatchNorm statistics it was trained with."""
     model.eval()
     return torch.cat([model(x.to(device)).cpu() for x in inputs])
-
-
-def _forward(model: nn.Module, inputs: list[Tensor], device: torch.device) -> Tensor:
-    return _logits(model, inputs, device).softmax(-1)
-
-
-def _temperature_scaled(
-    model: nn.Module, inputs: list[Tensor], data: EvalData, cfg: BenchConfig, device: torch.device
-) -> Tensor:
-    val_logits = _logits(model, loader(data.val_x, cfg.eval_batch_size), device)
-    temperature = fit_temperature(val_logits, data.val_y)
-    logits = _logits(model, inputs, device)
-    return apply_temperature(logits, temperature).softmax(-1).unsqueeze(0)
 
 
 def score(per_sample: Tensor, data: EvalData) -> dict[str, float]:

@@ -1,11 +1,15 @@
-"""The benchmark report: ``metrics.json``, ``report.md`` and figures, written atomically."""
+"""The benchmark report: ``metrics.json``, ``report.md`` (conclusions first) and figures.
+
+Files are written into the run's temporary folder (:mod:`swag.bench.outdir`), which is renamed
+into place only when everything is written, so they are plain writes with the usual umask.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,86 +17,191 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from swag import metrics, plots
+from swag.bench.aggregate import COLUMNS, paired_table, stats, table
 from swag.bench.evaluate import EvalData
 
-COLUMNS = [
-    ("accuracy", "acc ↑"),
-    ("nll", "NLL ↓"),
-    ("ece", "ECE ↓"),
-    ("brier", "Brier ↓"),
-    ("shift_accuracy", "rot. acc ↑"),
-    ("shift_nll", "rot. NLL ↓"),
-    ("shift_ece", "rot. ECE ↓"),
-    ("ood_auroc_entropy", "AUROC H ↑"),
-    ("ood_auroc_mi", "AUROC MI ↑"),
-    ("ood_aupr_out_entropy", "AUPR-out H ↑"),
-    ("ood_fpr95_entropy", "FPR95 H ↓"),
-]
+IN, OOD = "Fashion-MNIST test", "MNIST"
+TITLES = {
+    "accuracy": "test accuracy ↑",
+    "nll": "test NLL (nats) ↓",
+    "ece": "test ECE ↓",
+    "shift_accuracy": "rotated test: accuracy ↑",
+    "shift_nll": "rotated test: NLL ↓",
+    "shift_ece": "rotated test: ECE ↓",
+    "ood_auroc_entropy": "MNIST vs test: AUROC (entropy) ↑",
+    "ood_auroc_mi": "MNIST vs test: AUROC (MI) ↑",
+}
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    """A markdown table: one row per method, the headline metrics as columns."""
-    head = "| method | " + " | ".join(label for _, label in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
-    rows = [
-        f"| {name} | " + " | ".join(_fmt(r[key]) for key, _ in COLUMNS) + " |"
-        for name, r in results.items()
-    ]
-    return "\n".join([head, rule, *rows])
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None, so strict JSON parsers accept it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
-def _fmt(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:.4f}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def slug(name: str) -> str:
+    return (
+        name.lower().replace(" ", "_").replace(".", "").replace("+", "plus").replace("(", "")
+    ).replace(")", "")
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
-def write_report(
-    out: Path, summary: dict[str, Any], predictions: dict[str, Tensor], data: EvalData
-) -> None:
-    """Write ``metrics.json``, ``report.md``, a reliability diagram and an OOD histogram per
-    method, and a comparison chart, into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    results = summary["results"]
+def write_figures(out: Path, predictions: dict[str, Tensor], data: EvalData) -> None:
+    """A reliability diagram and OOD histograms (entropy; MI for sampled methods) per method."""
     for name, per_sample in predictions.items():
-        slug = name.lower().replace(" ", "_").replace(".", "").replace("+", "plus")
         test, ood, _ = data.split(per_sample.mean(0))
-        _save(plots.reliability_diagram(test, data.test_y), out / f"reliability_{slug}.png")
-        h_in, h_out = metrics.predictive_entropy(test), metrics.predictive_entropy(ood)
-        _save(
-            plots.ood_histogram(h_in, h_out, label=f"predictive entropy ({name})"),
-            out / f"ood_entropy_{slug}.png",
-        )
-    _save(
-        plots.compare_methods(results, ["accuracy", "nll", "ece", "ood_auroc_entropy"]),
-        out / "comparison.png",
+        fig = plots.reliability_diagram(test, data.test_y, title=name)
+        _save(fig, out / f"reliability_{slug(name)}.png")
+        scores = {
+            "entropy": (
+                "predictive entropy (nats)",
+                metrics.predictive_entropy(test),
+                metrics.predictive_entropy(ood),
+            )
+        }
+        if per_sample.shape[0] > 1:
+            test_s, ood_s, _ = data.split(per_sample)
+            scores["mi"] = (
+                "mutual information (nats)",
+                metrics.mutual_information(test_s),
+                metrics.mutual_information(ood_s),
+            )
+        for key, (label, s_in, s_out) in scores.items():
+            fig = plots.ood_histogram(s_in, s_out, label=label, names=(IN, OOD), title=name)
+            _save(fig, out / f"ood_{key}_{slug(name)}.png")
+
+
+def write_report(out: Path, summaries: Sequence[dict[str, Any]]) -> None:
+    """``metrics.json``, ``report.md`` and ``comparison.png`` for one run or several seeds."""
+    agg = stats(summaries)
+    several = len(summaries) > 1
+    means = {m: {k: v[0] for k, v in r.items()} for m, r in agg.items()}
+    errors = {m: {k: v[1] for k, v in r.items()} for m, r in agg.items()} if several else None
+    reference = "SGD" if "SGD" in means else None
+    fig = plots.compare_methods(
+        means, list(TITLES), errors=errors, titles=TITLES, reference=reference
     )
-    _atomic_write(out / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
-    _atomic_write(out / "report.md", markdown(summary))
+    _save(fig, out / "comparison.png")
+    content: Any = summaries[0] if not several else {"seeds": list(summaries)}
+    (out / "metrics.json").write_text(json.dumps(json_safe(content), indent=2) + "\n")
+    (out / "report.md").write_text(markdown(summaries))
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """The report: the table, what the columns mean, the settings, the data and the times."""
-    s, sec = summary["settings"], summary["seconds"]
-    runs = ", ".join(f"{t:.0f}" for t in sec["train_per_run"])
+def _best(agg: dict[str, dict[str, tuple[float, float]]], key: str, high: bool) -> str:
+    finite = [m for m in agg if not math.isnan(agg[m][key][0])]
+    return (max if high else min)(finite, key=lambda m: agg[m][key][0])
+
+
+def conclusions(summaries: Sequence[dict[str, Any]]) -> str:
+    """3–5 sentences read off the numbers: who wins where, the fitted knobs, the wall time."""
+    agg = stats(summaries)
+    several = len(summaries) > 1
+
+    def v(method: str, key: str) -> str:
+        mean, std = agg[method][key]
+        return f"{mean:.3f} ± {std:.3f}" if several else f"{mean:.3f}"
+
+    def vs_sgd(method: str, key: str) -> str:
+        return "" if method == "SGD" else f"; SGD {v('SGD', key)}"
+
+    nll, ece = _best(agg, "nll", False), _best(agg, "ece", False)
+    shift, ood_h = _best(agg, "shift_nll", False), _best(agg, "ood_auroc_entropy", True)
+    seeds = ", ".join(str(s["settings"]["seed"]) for s in summaries)
+    text = [
+        f"{'Averaged over the seeds, i' if several else 'I'}n-distribution {nll} has the lowest "
+        f"test NLL ({v(nll, 'nll')}{vs_sgd(nll, 'nll')}) and {ece} the lowest ECE "
+        f"({v(ece, 'ece')}{vs_sgd(ece, 'ece')}).",
+        f"On test images rotated {summaries[0]['settings']['rotate_degrees']:g}°, {shift} has "
+        f"the lowest NLL ({v(shift, 'shift_nll')}{vs_sgd(shift, 'shift_nll')}).",
+        f"Telling MNIST from Fashion-MNIST by predictive entropy, {ood_h} does best (AUROC "
+        f"{v(ood_h, 'ood_auroc_entropy')}{vs_sgd(ood_h, 'ood_auroc_entropy')}).",
+    ]
+    fitted = [s.get("fitted", {}) for s in summaries]
+    knobs = []
+    for key, name in (
+        ("temperature", "temperature"),
+        ("SWAG scale", "SWAG scale"),
+        ("MultiSWAG scale", "MultiSWAG scale"),
+    ):
+        values = [f[key] for f in fitted if key in f]
+        if values:
+            knobs.append(f"{name} {', '.join(f'{x:.3g}' for x in values)}")
+    if knobs:
+        text.append(
+            "Fitted on validation images (per seed): " + "; ".join(knobs) + " (the SWAG paper "
+            "fixes the scale at 0.5)."
+        )
+    walls = [s["seconds"]["total"] for s in summaries]
+    text.append(
+        f"{'Seeds' if several else 'Seed'} {seeds} took {sum(walls) / 60:.1f} min in all on "
+        f"{summaries[0]['settings']['device']} (load average {summaries[0]['load'][0]:.1f} at "
+        "the start)."
+    )
+    return " ".join(text)
+
+
+# The SWAG paper's in-distribution claims: (text, metric, methods that must come in this
+# order, whether higher is better for the metric).
+CLAIMS: list[tuple[str, str, list[str], bool]] = [
+    ("NLL: SWAG < SWA < SGD", "nll", ["SWAG", "SWA", "SGD"], False),
+    ("ECE: SWAG < SGD", "ece", ["SWAG", "SGD"], False),
+    ("NLL: MultiSWAG ≤ deep ensemble", "nll", ["MultiSWAG", "Deep ensemble"], False),
+    (
+        "AUROC (entropy): MultiSWAG ≥ deep ensemble",
+        "ood_auroc_entropy",
+        ["MultiSWAG", "Deep ensemble"],
+        True,
+    ),
+]
+
+
+def claims(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """The paper's claims, each marked holds / fails on the mean, with the per-seed count."""
+    lines = []
+    for text, key, order, high in CLAIMS:
+        if not all(m in summaries[0]["results"] for m in order):
+            continue
+
+        def ok(values: list[float], high: bool = high) -> bool:
+            pairs = itertools.pairwise(values)
+            return all(b <= a if high else a <= b for a, b in pairs)
+
+        per_seed = [ok([s["results"][m][key] for m in order]) for s in summaries]
+        means = [stats(summaries)[m][key][0] for m in order]
+        numbers = ", ".join(f"{m} {v:.4f}" for m, v in zip(order, means, strict=True))
+        verdict = "holds" if ok(means) else "fails"
+        lines.append(
+            f"- {text}: **{verdict}** on the mean ({numbers}); on {sum(per_seed)} of "
+            f"{len(summaries)} seed{'s' if len(summaries) > 1 else ''}."
+        )
+    return lines
+
+
+def markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    """Conclusions, the table, the pictures, then the settings, the data and the times."""
+    first = summaries[0]
+    s = first["settings"]
+    several = len(summaries) > 1
+    seeds = ", ".join(str(x["settings"]["seed"]) for x in summaries)
     lines = [
         "# swag bench report",
         "",
-        f"Preset `{s['preset']}`, seed {s['seed']}, device `{s['device']}`. "
+        conclusions(summaries),
+        "",
+        f"Preset `{s['preset']}`, seed{'s' if several else ''} {seeds}, device `{s['device']}`. "
         f"Fashion-MNIST in-distribution, MNIST out-of-distribution, test images rotated "
-        f"{s['rotate_degrees']:g}° as the shifted set.",
+        f"{s['rotate_degrees']:g}° as the shifted set."
+        + (" Mean ± standard deviation over the seeds." if several else ""),
         "",
-        table(summary["results"]),
-        "",
+        table(summaries),
         "acc/NLL/ECE/Brier on the Fashion-MNIST test set; *rot.* on the rotated test images; "
         "AUROC/AUPR-out/FPR95 for telling MNIST from Fashion-MNIST test images by predictive "
         "entropy (H) or mutual information (MI; – for single-sample methods). ECE: 15 "
@@ -100,23 +209,66 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "![comparison](comparison.png)",
         "",
+        "Each panel zooms on its own values; the dotted red line is SGD"
+        + (", the bars ± one standard deviation over the seeds." if several else "."),
+        "",
+    ]
+    verdicts = claims(summaries)
+    if verdicts:
+        lines += ["## The SWAG paper's in-distribution claims", "", *verdicts, ""]
+    if several:
+        lines += [
+            "## Each method minus SGD, paired by seed",
+            "",
+            paired_table(summaries),
+            "## Seeds",
+            "",
+            *(
+                f"- [seed {x['settings']['seed']}](seed-{x['settings']['seed']}/report.md)"
+                for x in summaries
+            ),
+            "",
+        ]
+    else:
+        lines += ["## Per method", ""]
+        for name in first["results"]:
+            pics = [f"reliability_{slug(name)}.png", f"ood_entropy_{slug(name)}.png"]
+            if not math.isnan(first["results"][name]["ood_auroc_mi"] or math.nan):
+                pics.append(f"ood_mi_{slug(name)}.png")
+            lines += [f"### {name}", "", " ".join(f"![{p}]({p})" for p in pics), ""]
+    lines += _settings(first) + _times(summaries)
+    return "\n".join(lines)
+
+
+def _settings(summary: dict[str, Any]) -> list[str]:
+    return [
         "## Settings",
         "",
         "| setting | value |",
         "|---|---|",
-        *(f"| {k} | {v} |" for k, v in s.items()),
+        *(f"| {k} | {v} |" for k, v in summary["settings"].items()),
         "",
         "## Data",
         "",
         *(f"- {k}: {v} images" for k, v in summary["data"].items()),
         "",
-        "## Time",
-        "",
-        f"- training: {sec['train']:.0f} s ({runs} s per run)",
-        *(f"- predict, {k}: {v:.1f} s" for k, v in sec["predict"].items()),
-        f"- total: {sec['total']:.0f} s",
-        "",
-        "Environment: " + ", ".join(f"{k} {v}" for k, v in summary["environment"].items()),
-        "",
     ]
-    return "\n".join(lines)
+
+
+def _times(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["## Time", ""]
+    for x in summaries:
+        sec = x["seconds"]
+        runs = ", ".join(f"{t:.0f}" for t in sec["train_per_run"])
+        lines += [
+            f"- seed {x['settings']['seed']}: total {sec['total']:.0f} s wall "
+            f"({sec['cpu']:.0f} s CPU); training {sec['train']:.0f} s ({runs} s per run); "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in sec["predict"].items())
+            + f"; load average {x['load'][0]:.1f} at the start, {x['load'][1]:.1f} at the end",
+        ]
+    env = summaries[0]["environment"]
+    lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return lines
+
+
+__all__ = ["COLUMNS", "conclusions", "json_safe", "markdown", "write_figures", "write_report"]

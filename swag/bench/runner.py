@@ -1,19 +1,20 @@
-"""``swag bench``: train, evaluate and report every method under one seed and one budget."""
+"""``swag bench``: train, evaluate and report every method under each seed, all or nothing."""
 
 from __future__ import annotations
 
 import os
 import platform
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from swag.bench.config import BenchConfig
-from swag.bench.evaluate import EvalData, method_predictions, score
-from swag.bench.report import write_report
+from swag.bench.evaluate import METHODS, EvalData, Predictions, method_predictions, score
+from swag.bench.outdir import prepare
+from swag.bench.progress import Progress
+from swag.bench.report import write_figures, write_report
 from swag.bench.train import Run, train
 from swag.data import load_fashion_mnist, load_mnist_subset, synthetic_shift
 
@@ -45,45 +46,42 @@ def load_data(
     return x[rest], y[rest], data
 
 
-def run_bench(
+def run_seed(
     cfg: BenchConfig,
+    seed: int,
     *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    out: str | os.PathLike[str] = "runs/bench",
-    data_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the benchmark and write ``report.md``, ``metrics.json`` and figures under ``out``.
-
-    Returns:
-        The contents of ``metrics.json``: settings, timings, and per-method metrics.
-    """
-    start = time.perf_counter()
-    device = torch.device(device)
+    device: torch.device,
+    data_dir: str | os.PathLike[str] | None,
+    methods: Sequence[str],
+    progress: Progress,
+) -> tuple[dict[str, Any], Predictions, EvalData]:
+    """Train, predict and score every method under one seed; returns the summary too."""
+    start, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+    progress.note(f"seed {seed}: loading Fashion-MNIST and MNIST")
     train_x, train_y, data = load_data(cfg, seed, data_dir)
-    sgd: list[Run] = []
-    swag: list[Run] = []
-    jobs = [(kind, m) for m in range(cfg.members) for kind in ("sgd", "swag")]
-    for kind, m in tqdm(jobs, desc="training runs", disable=not progress):
-        run = train(
-            cfg,
-            train_x,
-            train_y,
-            swag=kind == "swag",
-            seed=seed * 1000 + m,
-            device=device,
-            desc=f"{kind.upper()} run {m + 1}/{cfg.members}",
-            progress=progress,
-        )
-        (swag if kind == "swag" else sgd).append(run)
+    kinds = {METHODS[m] for m in methods}
+    runs: dict[str, list[Run]] = {"sgd": [], "swag": []}
+    for m in range(cfg.members):
+        for kind in ("sgd", "swag"):
+            if kind not in kinds:
+                continue
+            what = "SGD" if kind == "sgd" else "SWAG (SGD, then collecting iterates)"
+            desc = f"seed {seed}: train {what} run {m + 1}/{cfg.members}"
+            run = train(
+                cfg, train_x, train_y, swag=kind == "swag", seed=seed * 1000 + m,
+                device=device, desc=desc, progress=progress,
+            )  # fmt: skip
+            runs[kind].append(run)
     train_seconds = time.perf_counter() - start
     predictions = method_predictions(
-        cfg, sgd, swag, data, seed=seed, device=device, progress=progress
-    )
-    results = {name: score(probs, data) for name, (probs, _) in predictions.items()}
+        cfg, runs["sgd"], runs["swag"], data, methods=methods, seed=seed, device=device,
+        progress=progress,
+    )  # fmt: skip
+    progress.note(f"seed {seed}: scoring {len(methods)} methods")
+    results = {name: score(probs, data) for name, probs in predictions.probs.items()}
     summary = {
         "settings": {"seed": seed, "device": str(device), **vars(cfg)},
+        "methods": list(methods),
         "data": {
             "train": len(train_x),
             "val": len(data.val_x),
@@ -95,15 +93,71 @@ def run_bench(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
             "machine": platform.machine(),
         },
         "seconds": {
             "train": train_seconds,
-            "train_per_run": [r.seconds for r in sgd + swag],
-            "predict": {name: sec for name, (_, sec) in predictions.items()},
+            "train_per_run": [r.seconds for r in runs["sgd"] + runs["swag"]],
+            "predict": predictions.seconds,
             "total": time.perf_counter() - start,
+            "cpu": time.process_time() - cpu,
         },
+        "load": [load, os.getloadavg()[0]],
+        "fitted": predictions.fitted,
+        "notes": predictions.notes,
         "results": results,
     }
-    write_report(Path(out), summary, {k: p for k, (p, _) in predictions.items()}, data)
-    return summary
+    return summary, predictions, data
+
+
+def run_bench(
+    cfg: BenchConfig,
+    *,
+    seeds: Sequence[int] = (0,),
+    device: str | torch.device = "cpu",
+    out: str | os.PathLike[str] = "runs/bench",
+    data_dir: str | os.PathLike[str] | None = None,
+    methods: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark for each seed and write the report, all or nothing.
+
+    ``out`` is checked before any training (:func:`swag.bench.outdir.prepare`); the run is
+    written into a temporary sibling folder and renamed to ``out`` at the end (to ``out-2``,
+    ... when ``out`` exists and ``overwrite`` is False). One seed: ``report.md``,
+    ``metrics.json`` and figures in ``out``. Several: the mean ± std report in ``out`` and each
+    seed's own in ``out/seed-S``.
+
+    Returns:
+        ``{"out": the folder written, "moved": True when it is not ``out``, "runs": each seed's
+        summary (the content of its metrics.json)}``.
+    """
+    progress = progress or Progress()
+    device = torch.device(device)
+    methods = list(methods or METHODS)
+    run_dir = prepare(out, overwrite=overwrite)
+    if run_dir.moved:
+        progress.note(f"{out} exists: writing {run_dir.final} (--overwrite replaces it)")
+    try:
+        summaries = []
+        for seed in seeds:
+            summary, predictions, data = run_seed(
+                cfg, seed, device=device, data_dir=data_dir, methods=methods, progress=progress
+            )
+            folder = run_dir.tmp if len(seeds) == 1 else run_dir.tmp / f"seed-{seed}"
+            folder.mkdir(exist_ok=True)
+            progress.note(f"seed {seed}: writing figures and report")
+            write_figures(folder, predictions.probs, data)
+            write_report(folder, [summary])
+            summaries.append(summary)
+            del predictions
+        if len(seeds) > 1:
+            progress.note("writing the mean ± std report over the seeds")
+            write_report(run_dir.tmp, summaries)
+        final = run_dir.commit()
+    except BaseException:
+        run_dir.discard()
+        raise
+    return {"out": str(final), "moved": run_dir.moved, "runs": summaries}

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from swag import Collector
 from swag.bench.config import BenchConfig
-from swag.collector import Collector
+from swag.bench.progress import Progress
 
 
 def small_cnn(width: int = 8, dropout: float = 0.2, num_classes: int = 10) -> nn.Sequential:
@@ -26,7 +26,10 @@ def small_cnn(width: int = 8, dropout: float = 0.2, num_classes: int = 10) -> nn
 
 
 def schedule(step: int, window: int, lr: float, final_lr: float) -> float:
-    """The SWAG paper's rate: ``lr`` until 50% of ``window``, linear to ``final_lr`` by 90%."""
+    """The SWAG paper's rate: ``lr`` until 50% of ``window``, linear to ``final_lr`` by 90%.
+
+    The benchmark's only learning-rate schedule: every training run calls it once per step.
+    """
     t = step / max(window, 1)
     if t <= 0.5:
         return lr
@@ -52,6 +55,7 @@ class Run:
     model: nn.Module
     collector: Collector | None
     seconds: float
+    cpu_seconds: float
 
 
 def train(
@@ -63,14 +67,14 @@ def train(
     seed: int,
     device: torch.device,
     desc: str,
-    progress: bool = True,
+    progress: Progress,
 ) -> Run:
     """Train one network on ``(x, y)``; with ``swag`` collect SWAG statistics at the end.
 
     The run draws all its randomness (initialisation, shuffling, dropout) from ``seed`` inside a
     forked RNG, so the caller's global RNG state is left as it was.
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     steps_per_epoch = -(-len(x) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     window = (cfg.epochs - cfg.swa_epochs) * steps_per_epoch if swag else total
@@ -88,7 +92,7 @@ def train(
         )
         collector = Collector(model, max_rank=cfg.max_rank) if swag else None
         g = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
+        bar = progress.bar(total, desc)
         step = 0
         for _ in range(cfg.epochs):
             for xb, yb in batches(x, y, cfg.batch_size, g):
@@ -101,7 +105,7 @@ def train(
                 if collector is not None and step > window and (step - window) % collect_every == 0:
                     collector.collect()
                 bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix_str(f"loss {loss.item():.3f}")
         bar.close()
     model.eval()
-    return Run(model, collector, time.perf_counter() - start)
+    return Run(model, collector, time.perf_counter() - start, time.process_time() - cpu)
