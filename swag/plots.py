@@ -17,6 +17,8 @@ from torch import Tensor
 
 from swag.metrics import auroc, ece, reliability_curve
 
+__all__ = ["compare_methods", "loss_line", "loss_plane", "ood_histogram", "reliability_diagram"]
+
 
 def reliability_diagram(
     probs: Tensor,

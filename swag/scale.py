@@ -39,6 +39,8 @@ from swag.metrics import nll
 from swag.posterior import Posterior
 from swag.predict import predict
 
+__all__ = ["fit_scale"]
+
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618..., the golden-section ratio
 
 
