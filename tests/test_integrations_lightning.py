@@ -193,6 +193,9 @@ def test_bad_arguments_name_the_fix() -> None:
         ({"start": 1.5}, "fraction in \\[0, 1\\)"),
         ({"collect_every": 0}, "collect_every must be 'epoch' or an int >= 1"),
         ({"swa_lr": -0.1}, "swa_lr must be a float > 0"),
+        ({"swa_lr": float("inf")}, "swa_lr must be a float > 0"),
+        ({"swa_lr": True}, "swa_lr must be a float > 0"),
+        ({"start": -1}, "start must be an epoch"),
         ({"anneal_strategy": "step"}, "anneal_strategy must be 'cos' or 'linear'"),
     ]:
         with pytest.raises(ValueError, match=msg):

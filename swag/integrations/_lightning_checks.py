@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from swag.integrations import _missing_extra
+from swag.integrations._args import check_rank_and_start
 
 try:
     from lightning.pytorch.strategies import (
@@ -56,24 +59,15 @@ def check_args(
     anneal_steps: int,
     anneal_strategy: str,
 ) -> None:
-    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
-        raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
-    bad_start = (
-        isinstance(start, bool)
-        or not isinstance(start, int | float)
-        or (isinstance(start, int) and start < 0)
-        or (isinstance(start, float) and not 0 <= start < 1)
-    )
-    if bad_start:
-        raise ValueError(
-            f"start must be an epoch (int >= 0) or a fraction in [0, 1), got {start!r}"
-        )
+    check_rank_and_start(max_rank, start, "epoch")
     every_ok = collect_every == EPOCH or (
         isinstance(collect_every, int) and not isinstance(collect_every, bool) and collect_every > 0
     )
     if not every_ok:
         raise ValueError(f"collect_every must be 'epoch' or an int >= 1, got {collect_every!r}")
-    if swa_lr is not None and not (isinstance(swa_lr, int | float) and swa_lr > 0):
+    if swa_lr is not None and not (
+        isinstance(swa_lr, int | float) and not isinstance(swa_lr, bool) and 0 < swa_lr < math.inf
+    ):
         raise ValueError(f"swa_lr must be a float > 0 or None, got {swa_lr!r}")
     if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 0:
         raise ValueError(f"anneal_steps must be an int >= 0, got {anneal_steps!r}")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import swag
 from swag.integrations import _missing_extra
+from swag.integrations._args import check_rank_and_start
 from swag.layout import ParamSelector
 
 try:
@@ -73,18 +74,7 @@ class SWAGCallback(TrainerCallback):
         device: torch.device | str | None = None,
         resume_from: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 0:
-            raise ValueError(f"max_rank must be an int >= 0, got {max_rank!r}")
-        bad_start = (
-            isinstance(start, bool)
-            or not isinstance(start, int | float)
-            or (isinstance(start, int) and start < 0)
-            or (isinstance(start, float) and not 0 <= start < 1)
-        )
-        if bad_start:
-            raise ValueError(
-                f"start must be a step (int >= 0) or a fraction in [0, 1), got {start!r}"
-            )
+        check_rank_and_start(max_rank, start, "step")
         every = collect_every
         if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
             raise ValueError(f"collect_every must be an int >= 1, got {collect_every!r}")
