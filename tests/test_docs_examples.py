@@ -1,0 +1,97 @@
+"""Every docs page's Python examples run as written, and print what the page says they do."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # the transformers page builds its model from a config
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# Pages whose ```python blocks cannot run in one pytest process, and why.
+NOT_RUNNABLE = {"scale.md": "its blocks are launched with torchrun on several ranks"}
+
+
+def blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.DOTALL)
+
+
+def accuracies_above(threshold: float) -> Callable[[str], None]:
+    """Every accuracy printed at a line's end is that of a network that learned the task."""
+
+    def check(out: str) -> None:
+        found = [float(a) for a in re.findall(r"(0\.\d+|1\.0)\s*$", out, flags=re.MULTILINE)]
+        assert found and min(found) > threshold, out
+
+    return check
+
+
+def first_accuracy_above(threshold: float) -> Callable[[str], None]:
+    def check(out: str) -> None:
+        match = re.search(r"(?:accuracy: |SWAP: )([0-9.]+)", out)
+        assert match is not None and float(match.group(1)) > threshold, out
+
+    return check
+
+
+def prints(text: str) -> Callable[[str], None]:
+    def check(out: str) -> None:
+        assert text in out, out
+
+    return check
+
+
+def nothing(out: str) -> None:
+    """The example asserts its own claim (e.g. the recovered scale), or prints nothing to check."""
+
+
+CHECKS: dict[str, Callable[[str], None]] = {
+    "schedules.md": accuracies_above(0.8),  # chance is 0.5
+    "sam.md": accuracies_above(0.8),
+    "swalp.md": first_accuracy_above(0.85),
+    "swap.md": first_accuracy_above(0.85),
+    "subspace.md": prints("passes over the data per ESS sample"),
+    "fit_scale.md": nothing,
+    "lightning.md": nothing,
+    "transformers.md": nothing,
+}
+
+
+def test_every_page_with_python_is_run() -> None:
+    with_code = {p.name for p in DOCS.glob("*.md") if blocks(p.name)}
+    assert with_code - set(NOT_RUNNABLE) == set(CHECKS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One thread, restored afterwards: the examples are tiny and CI's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Lightning 2.6 calls torch's deprecated pytree LeafSpec, and advises loader workers that an
+# in-memory example does not need: neither warning is the example's to fix.
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
+@pytest.mark.parametrize("page", sorted(CHECKS))
+def test_page_examples_run(page: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if page in ("lightning.md", "transformers.md"):
+        pytest.importorskip(page.removesuffix(".md"))
+    code = blocks(page)
+    assert code, f"docs/{page} has no ```python block"
+    try:
+        for i, block in enumerate(code):
+            exec(compile(block, f"docs/{page} block {i}", "exec"), {})
+    finally:
+        if dist.is_initialized():  # the SWAP example's one-process group, if it failed midway
+            dist.destroy_process_group()
+    CHECKS[page](capsys.readouterr().out)
