@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Real
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ def reliability_diagram(
     """
     if ax is not None and not isinstance(ax, Axes):
         raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
+    _check_title(title)
     curve = reliability_curve(probs, targets, n_bins=n_bins)
     conf, acc = curve.confidence.cpu().numpy(), curve.accuracy.cpu().numpy()
     counts = curve.counts.cpu().numpy()
@@ -116,6 +118,13 @@ def ood_histogram(
         raise TypeError(f"label must be a string, got {type(label).__name__}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    if (
+        not isinstance(names, tuple | list)
+        or len(names) != 2
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise TypeError(f"names must be two strings (in-distribution, OOD), got {names!r}")
+    _check_title(title)
     value = auroc(scores_in, scores_out)
     s_in = scores_in.detach().cpu().to(torch.float64).numpy()
     s_out = scores_out.detach().cpu().to(torch.float64).numpy()
@@ -187,10 +196,20 @@ def compare_methods(
             raise ValueError(f"method {method!r} has no value for metrics {missing}")
         for m in metrics:
             value = results[method][m]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, Real):
                 raise TypeError(f"results[{method!r}][{m!r}] must be a number, got {value!r}")
+    _check_errors(errors)
+    if titles is not None and (
+        not isinstance(titles, Mapping)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in titles.items())
+    ):
+        raise TypeError(f"titles must map metric names to strings, got {titles!r}")
+    if isinstance(ncols, bool) or not isinstance(ncols, int):
+        raise TypeError(f"ncols must be an int >= 1, got {ncols!r}")
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
+    if reference is not None and not isinstance(reference, str):
+        raise TypeError(f"reference must be a method name (a string), got {reference!r}")
     if reference is not None and reference not in results:
         raise ValueError(f"reference {reference!r} is not one of the methods {methods}")
 
@@ -223,6 +242,25 @@ def compare_methods(
         if reference is not None and math.isfinite(float(results[reference][metric])):
             ax.axvline(float(results[reference][metric]), color="tab:red", ls=":", lw=1)
     return fig
+
+
+def _check_title(title: object) -> None:
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {type(title).__name__}")
+
+
+def _check_errors(errors: object) -> None:
+    """``errors`` is None or ``{method: {metric: half-width ≥ 0}}`` (NaN: no bar)."""
+    if errors is None:
+        return
+    if not isinstance(errors, Mapping) or not all(isinstance(v, Mapping) for v in errors.values()):
+        raise TypeError(f"errors must map methods to {{metric: half-width}} dicts, got {errors!r}")
+    for method, row in errors.items():
+        for metric, width in row.items():
+            if isinstance(width, bool) or not isinstance(width, Real):
+                raise TypeError(f"errors[{method!r}][{metric!r}] must be a number, got {width!r}")
+            if width < 0:
+                raise ValueError(f"errors[{method!r}][{metric!r}] must be >= 0, got {width}")
 
 
 def _root_figure(ax: Axes) -> Figure:

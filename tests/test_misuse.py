@@ -135,9 +135,16 @@ KINDS: dict[str, list[tuple[str, Callable[[], Any]]]] = {
     "ax": [("wrong type", lambda: "ax")],
     "results": [
         ("wrong type", lambda: [("SWAG", 1.0)]),
-        ("nan", lambda: {"SWAG": {"nll": NAN}}),
+        ("not a number", lambda: {"SWAG": {"nll": "0.3"}}),
         ("empty", lambda: {}),
     ],
+    "titles": [("wrong type", lambda: ["NLL"]), ("not strings", lambda: {"nll": 3})],
+    "errors": [
+        ("wrong type", lambda: [0.1]),
+        ("not a number", lambda: {"SWAG": {"nll": "0.1"}}),
+        ("negative", lambda: {"SWAG": {"nll": -0.1}}),
+    ],
+    "names": [("wrong type", lambda: "in"), ("not strings", lambda: (1, 2))],
     "metric_names": [("wrong type", lambda: "nll"), ("not strings", lambda: [3]), ("empty", list)],
 }
 
@@ -450,19 +457,26 @@ FUNCTIONS = [
         "plots.reliability_diagram",
         swag_plots.reliability_diagram,
         lambda: {**_binned(), "ax": None},
-        {**BINS, "ax": "ax"},
+        {**BINS, "ax": "ax", "title": "text"},
     ),
     Fn(
         "plots.ood_histogram",
         swag_plots.ood_histogram,
         lambda: {**_scores(), "label": "entropy", "bins": 5},
-        {**SCORES, "label": "text", "bins": "count"},
+        {**SCORES, "label": "text", "bins": "count", "names": "names", "title": "text"},
     ),
     Fn(
         "plots.compare_methods",
         swag_plots.compare_methods,
         lambda: {"results": {"SWAG": {"nll": 0.3}, "SGD": {"nll": 0.5}}, "metrics": ["nll"]},
-        {"results": "results", "metrics": "metric_names"},
+        {
+            "results": "results",
+            "metrics": "metric_names",
+            "errors": "errors",
+            "titles": "titles",
+            "ncols": "count",
+            "reference": "text",
+        },
     ),
 ]
 
