@@ -195,7 +195,7 @@ def compare_methods(
         if missing:
             raise ValueError(f"method {method!r} has no value for metrics {missing}")
         for m in metrics:
-            value = results[method][m]
+            value: object = results[method][m]
             if isinstance(value, bool) or not isinstance(value, Real):
                 raise TypeError(f"results[{method!r}][{m!r}] must be a number, got {value!r}")
     _check_errors(errors)
