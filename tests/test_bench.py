@@ -296,7 +296,7 @@ def test_conclusions_name_the_winners_from_the_numbers() -> None:
 
     summary = {
         "settings": {"seed": 3, "device": "cpu", "rotate_degrees": 45.0},
-        "seconds": {"total": 120.0},
+        "seconds": {"total": 120.0, "cpu": 60.0},
         "load": [0.5, 0.7],
         "fitted": {"temperature": 1.7, "SWAG scale": 0.25},
         "results": {"SGD": result(0.40, 0.70), "SWAG": result(0.30, 0.80)},
@@ -305,7 +305,7 @@ def test_conclusions_name_the_winners_from_the_numbers() -> None:
     assert "SWAG has the lowest test NLL (0.300; SGD 0.400)" in text
     assert "SWAG does best (AUROC 0.800; SGD 0.700)" in text
     assert "temperature 1.7" in text and "SWAG scale 0.25" in text
-    assert "took 2.0 min" in text
+    assert "took 2.0 min of wall time (1.0 min of CPU time)" in text
 
 
 def test_missing_data_is_a_clear_cli_error(

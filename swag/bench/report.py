@@ -114,7 +114,6 @@ def conclusions(summaries: Sequence[dict[str, Any]]) -> str:
 
     nll, ece = _best(agg, "nll", False), _best(agg, "ece", False)
     shift, ood_h = _best(agg, "shift_nll", False), _best(agg, "ood_auroc_entropy", True)
-    seeds = ", ".join(str(s["settings"]["seed"]) for s in summaries)
     text = [
         f"{'Averaged over the seeds, i' if several else 'I'}n-distribution {nll} has the lowest "
         f"test NLL ({v(nll, 'nll')}{vs_sgd(nll, 'nll')}) and {ece} the lowest ECE "
@@ -139,11 +138,16 @@ def conclusions(summaries: Sequence[dict[str, Any]]) -> str:
             "Fitted on validation images (per seed): " + "; ".join(knobs) + " (the SWAG paper "
             "fixes the scale at 0.5)."
         )
-    walls = [s["seconds"]["total"] for s in summaries]
+    walls = [s["seconds"]["total"] / 60 for s in summaries]
+    cpus = [s["seconds"].get("cpu", math.nan) / 60 for s in summaries]
+
+    def span(xs: list[float]) -> str:
+        return f"{min(xs):.1f}–{max(xs):.1f}" if several else f"{xs[0]:.1f}"
+
     text.append(
-        f"{'Seeds' if several else 'Seed'} {seeds} took {sum(walls) / 60:.1f} min in all on "
-        f"{summaries[0]['settings']['device']} (load average {summaries[0]['load'][0]:.1f} at "
-        "the start)."
+        f"{'Each seed' if several else 'The run'} took {span(walls)} min of wall time "
+        f"({span(cpus)} min of CPU time) on {summaries[0]['settings']['device']}, with a load "
+        f"average of {summaries[0]['load'][0]:.1f} at the start."
     )
     return " ".join(text)
 
@@ -213,6 +217,9 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
         + (", the bars ± one standard deviation over the seeds." if several else "."),
         "",
     ]
+    notes = [f"- seed {x['settings']['seed']}: {n}" for x in summaries for n in x.get("notes", [])]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
     verdicts = claims(summaries)
     if verdicts:
         lines += ["## The SWAG paper's in-distribution claims", "", *verdicts, ""]
