@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         cfg,
         x,
         y,
-        swag=True,
+        kind="swag",
         seed=args.seed,
         device=torch.device("cpu"),
         desc="SWAG",
