@@ -206,6 +206,34 @@ def test_smoke_bench_writes_a_complete_report(
         assert f"({pic})" in text, pic
 
 
+def test_only_the_runs_the_rows_need_are_trained(monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[tuple[str, int]] = []
+
+    def fake_train(*args: Any, kind: str, seed: int, **kwargs: Any) -> None:
+        trained.append((kind, seed))
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "load_data", lambda *args: (torch.zeros(1), None, None))
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "method_predictions", stop)
+
+    def runs(methods: list[str]) -> list[tuple[str, int]]:
+        trained.clear()
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_seed(
+                PRESETS["smoke"], 3, device=torch.device("cpu"), data_dir=None,
+                methods=methods, progress=Progress(enabled=False),
+            )  # fmt: skip
+        return trained
+
+    assert runs(["SGD", "SWAG", "FGE", "SWAG (SAM)"]) == [
+        ("sgd", 3000), ("swag", 3000), ("fge", 3000), ("swag_sam", 3000)
+    ]  # fmt: skip
+    assert runs(["SGD", "Deep ensemble", "SAM"]) == [("sgd", 3000), ("sam", 3000), ("sgd", 3001)]
+
+
 @needs_data
 def test_skip_and_fge_sam_choose_the_rows(
     tmp_path: Path, cached_runs: None, monkeypatch: pytest.MonkeyPatch

@@ -26,6 +26,15 @@ _WHAT: dict[Kind, str] = {
     "swag_sam": "SWAG (SAM) (SAM, then collecting iterates)",
 }
 
+# the rows that need `members` runs of a kind
+_ENSEMBLES: dict[Kind, tuple[str, ...]] = {
+    "sgd": ("Deep ensemble",),
+    "swag": ("MultiSWAG", "MultiSWAG (fitted scale)"),
+    "fge": (),
+    "sam": (),
+    "swag_sam": (),
+}
+
 
 def load_data(
     cfg: BenchConfig, seed: int, data_dir: str | os.PathLike[str] | None
@@ -69,15 +78,13 @@ def run_seed(
     train_x, train_y, data = load_data(cfg, seed, data_dir)
     kinds = {METHODS[m] for m in methods}
     runs: dict[Kind, list[Run]] = {kind: [] for kind in KINDS if kind in kinds}
-    # SGD and SWAG: `members` runs each; FGE, SAM and SWAG (SAM): one run each, from the
-    # initialisation and data order of the first SGD run
-    plan = [(m, kind) for m in range(cfg.members) for kind in KINDS[:2]]
-    plan += [(0, kind) for kind in KINDS[2:]]
+    # SGD and SWAG: `members` runs each when an ensemble row needs them, else one; FGE, SAM
+    # and SWAG (SAM): one run each, from the initialisation and data order of the first SGD run
+    count = {kind: cfg.members if set(methods) & set(_ENSEMBLES[kind]) else 1 for kind in KINDS}
+    plan = [(m, k) for m in range(cfg.members) for k in KINDS if k in kinds and m < count[k]]
     for m, kind in plan:
-        if kind not in kinds:
-            continue
-        count = f" run {m + 1}/{cfg.members}" if kind in KINDS[:2] else ""
-        desc = f"seed {seed}: train {_WHAT[kind]}{count}"
+        count_text = f" run {m + 1}/{count[kind]}" if kind in KINDS[:2] else ""
+        desc = f"seed {seed}: train {_WHAT[kind]}{count_text}"
         run = train(
             cfg, train_x, train_y, kind=kind, seed=seed * 1000 + m, device=device, desc=desc,
             progress=progress,
