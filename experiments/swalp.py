@@ -1,6 +1,6 @@
 """SWALP at our scale: 8-bit block-floating-point training on Fashion-MNIST, averaged in float32.
 
-Per seed, training runs of the benchmark's CNN (``swag.bench.train.small_cnn``) on a subset of
+Per seed, training runs of the benchmark's CNN (``swag.bench.small_cnn``) on a subset of
 Fashion-MNIST, float and 8-bit, under one of two protocols:
 
 - ``--protocol equal`` (four runs, the same number of steps each): float SGD and 8-bit SGD
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag.bench.train import batches, small_cnn
+from swag.bench import batches, small_cnn
 from swag.data import load_fashion_mnist
 from swag.lowp import BlockFloat, QuantizedOptimizer, quantize_model
 from swag.schedules import SWAGDecay

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import torch
 
 import swag
-from swag.bench.config import PRESETS, BenchConfig
-from swag.bench.evaluate import FGE_SAM, METHODS
+from swag.bench import FGE_SAM, METHODS, PRESETS, BenchConfig
 
 __all__ = ["main"]
 
@@ -152,9 +151,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swag`` console script."""
     args = _parser().parse_args(argv)
-    from swag.bench import run_bench
-    from swag.bench.aggregate import table
-    from swag.bench.progress import Progress
+    from swag.bench import Progress, run_bench, table
 
     seeds = args.seeds or [0 if args.seed is None else args.seed]
     cfg, problem = _config(args, seeds)

@@ -20,14 +20,14 @@ import pytest
 import torch
 
 import swag
-import swag.bench.outdir as outdir
-import swag.bench.report as report
-import swag.bench.runner as runner
-import swag.bench.train as train_mod
-from swag.bench.config import PRESETS, BenchConfig
-from swag.bench.evaluate import FGE_SAM, METHODS, Predictions
-from swag.bench.progress import Progress
-from swag.bench.train import plan
+import swag.bench._outdir as outdir
+import swag.bench._report as report
+import swag.bench._runner as runner
+import swag.bench._train as train_mod
+from swag.bench._config import PRESETS, BenchConfig
+from swag.bench._evaluate import FGE_SAM, METHODS, Predictions
+from swag.bench._progress import Progress
+from swag.bench._train import plan
 from swag.cli import _parser, main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

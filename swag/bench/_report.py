@@ -1,6 +1,6 @@
 """The benchmark report: ``metrics.json``, ``report.md`` (conclusions first) and figures.
 
-Files are written into the run's temporary folder (:mod:`swag.bench.outdir`), which is renamed
+Files are written into the run's temporary folder (:mod:`swag.bench._outdir`), which is renamed
 into place only when everything is written, so they are plain writes with the usual umask.
 """
 
@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from swag import metrics, plots
-from swag.bench.aggregate import COLUMNS, paired_table, stats, table
-from swag.bench.evaluate import EvalData
+from swag.bench._aggregate import COLUMNS, paired_table, stats, table
+from swag.bench._evaluate import EvalData
 
 IN, OOD = "Fashion-MNIST test", "MNIST"
 TITLES = {

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from swag import Collector
-from swag.bench.config import BenchConfig
-from swag.bench.progress import Progress
+from swag.bench._config import BenchConfig
+from swag.bench._progress import Progress
 from swag.optim import SAM
 from swag.schedules import CollectEvery, Cyclic, SWAGDecay
 from swag.snapshots import Snapshots
@@ -40,7 +40,8 @@ def small_cnn(width: int = 8, dropout: float = 0.2, num_classes: int = 10) -> nn
 def batches(
     x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of shuffled minibatches."""
+    """One epoch of minibatches of ``(x, y)`` in an order drawn from ``generator``; the last
+    batch holds the remainder."""
     order = torch.randperm(len(x), generator=generator)
     for i in range(0, len(x), batch_size):
         idx = order[i : i + batch_size]
@@ -98,12 +99,32 @@ def train(
     desc: str,
     progress: Progress,
 ) -> Run:
-    """Train one network of ``kind`` on ``(x, y)`` (see :func:`plan` for the schedules).
+    """Train one network of ``kind`` on ``(x, y)``, the benchmark's protocol for it.
+
+    Schedules (factors of ``cfg.lr`` from :mod:`swag.schedules`): ``"sgd"`` and ``"sam"`` the
+    SWAG paper's SGD schedule over the whole run (``lr`` to ``lr / 100``); ``"swag"`` and
+    ``"swag_sam"`` its decay to ``swa_lr`` over the first ``epochs - swa_epochs`` epochs,
+    then ``collects_per_epoch`` collects per epoch; ``"fge"`` ``lr`` until ``fge_cycles``
+    linear cycles from ``lr`` to ``lr / 100`` fill the last ``swa_epochs`` epochs, a snapshot
+    after each cycle's last step.
 
     ``"sam"`` and ``"swag_sam"`` wrap the same SGD in :class:`swag.optim.SAM` (radius
     ``cfg.sam_rho``, BatchNorm statistics updated at θ only): two gradient evaluations per
     step. The run draws all its randomness (initialisation, shuffling, dropout) from ``seed``
     inside a forked RNG, so the caller's global RNG state is left as it was.
+
+    Args:
+        cfg: the settings (:class:`~swag.bench.BenchConfig`).
+        x: ``(N, 1, 28, 28)`` training images.
+        y: ``(N,)`` their labels.
+        kind: ``"sgd"``, ``"swag"``, ``"fge"``, ``"sam"`` or ``"swag_sam"``.
+        seed: the run's seed.
+        device: where to train.
+        desc: the progress line's text.
+        progress: where progress goes (``Progress(enabled=False)`` for none).
+
+    Raises:
+        ValueError: if ``kind`` is none of these.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

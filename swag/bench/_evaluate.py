@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from swag import MultiSWAG, PointPosterior, Posterior, fit_scale, metrics, predict
-from swag.bench.config import BenchConfig
-from swag.bench.progress import Progress
-from swag.bench.train import Kind, Run
+from swag.bench._config import BenchConfig
+from swag.bench._progress import Progress
+from swag.bench._train import Kind, Run
 from swag.temperature import apply_temperature, fit_temperature
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class EvalData:
         return probs[..., :a, :], probs[..., a:b, :], probs[..., b:, :]
 
 
-# name -> the kind of training run it needs (swag.bench.train.KINDS), in report order
+# name -> the kind of training run it needs (swag.bench._train.KINDS), in report order
 METHODS: dict[str, Kind] = {
     "SGD": "sgd",
     "SWA": "swag",

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from swag.bench.config import BenchConfig
-from swag.bench.evaluate import FGE_SAM, METHODS, EvalData, Predictions, method_predictions, score
-from swag.bench.outdir import prepare
-from swag.bench.progress import Progress
-from swag.bench.report import write_figures, write_report
-from swag.bench.train import KINDS, Kind, Run, train
+from swag.bench._config import BenchConfig
+from swag.bench._evaluate import FGE_SAM, METHODS, EvalData, Predictions, method_predictions, score
+from swag.bench._outdir import prepare
+from swag.bench._progress import Progress
+from swag.bench._report import write_figures, write_report
+from swag.bench._train import KINDS, Kind, Run, train
 from swag.data import load_fashion_mnist, load_mnist_subset, synthetic_shift
 
 _WHAT: dict[Kind, str] = {
@@ -142,13 +142,13 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the benchmark for each seed and write the report, all or nothing.
 
-    ``out`` is checked before any training (:func:`swag.bench.outdir.prepare`); the run is
-    written into a temporary sibling folder and renamed to ``out`` at the end (to ``out-2``,
-    ... when ``out`` exists and ``overwrite`` is False). One seed: ``report.md``,
-    ``metrics.json`` and figures in ``out``. Several: the mean ± std report in ``out`` and each
-    seed's own in ``out/seed-S``. ``methods`` (names of
-    :data:`swag.bench.evaluate.METHODS`) defaults to all of them, less the FGE and SAM rows when
-    ``cfg.fge_sam`` is False.
+    ``out`` is checked before any training (a file, a path inside a file, an unwritable
+    folder or a full disk fail at once); the run is written into a temporary sibling folder
+    and renamed to ``out`` at the end (to ``out-2``, ... when ``out`` exists and
+    ``overwrite`` is False). One seed: ``report.md``, ``metrics.json`` and figures in
+    ``out``. Several: the mean ± std report in ``out`` and each seed's own in ``out/seed-S``.
+    ``methods`` (names of :data:`swag.bench.METHODS`) defaults to all of them, less the FGE
+    and SAM rows when ``cfg.fge_sam`` is False.
 
     Returns:
         ``{"out": the folder written, "moved": True when it is not ``out``, "runs": each seed's
