@@ -430,7 +430,16 @@ def test_conclusions_name_the_winners_from_the_numbers() -> None:
     assert "SWAG has the lowest test NLL (0.300; SGD 0.400)" in text
     assert "SWAG does best (AUROC 0.800; SGD 0.700)" in text
     assert "temperature 1.7" in text and "SWAG scale 0.25" in text
-    assert "took 2.0 min" in text
+    assert "took 2.0 min" in text and "FGE" not in text
+    # the FGE and SAM rows, when run, get their sentence
+    summary["settings"]["fge_cycles"] = 4
+    fge, cyc, sam = result(0.2, 0.9), result(0.25, 0.9), result(0.3, 0.75)
+    fge["accuracy"], cyc["accuracy"], sam["ece"] = 0.91, 0.905, 0.125
+    summary["results"] |= {"FGE": fge, "SWA (cyclical)": cyc, "SAM": sam}
+    text = report.conclusions([summary])
+    assert "ensemble of 4 cycle-end snapshots reaches accuracy 0.910 and NLL 0.200" in text
+    assert "(one network) 0.905 and 0.250" in text
+    assert "SAM has ECE 0.125 and entropy AUROC 0.750 against SGD's 0.500 and 0.700" in text
 
 
 def test_missing_data_is_a_clear_cli_error(
