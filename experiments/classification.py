@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from swag.bench.aggregate import load, paired_table, table
-from swag.bench.report import write_report
+from swag.bench import load_runs, paired_table, table, write_report
 
 
 def main() -> None:
@@ -24,7 +23,7 @@ def main() -> None:
         "--out", type=Path, help="write report.md, metrics.json and the figure here"
     )
     args = parser.parse_args()
-    summaries = load(args.runs)
+    summaries = load_runs(args.runs)
     print(table(summaries) + "\n" + paired_table(summaries))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,7 @@ import torch
 from torch import Tensor
 
 import swag
-from swag.bench.config import PRESETS
-from swag.bench.progress import Progress
-from swag.bench.train import train
+from swag.bench import PRESETS, Progress, train
 from swag.data import load_fashion_mnist
 from swag.landscape import Plane, scan_line, scan_plane
 from swag.plots import loss_line, loss_plane
@@ -84,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         cfg,
         x,
         y,
-        swag=True,
+        kind="swag",
         seed=args.seed,
         device=torch.device("cpu"),
         desc="SWAG",

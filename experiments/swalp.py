@@ -1,6 +1,6 @@
 """SWALP at our scale: 8-bit block-floating-point training on Fashion-MNIST, averaged in float32.
 
-Per seed, training runs of the benchmark's CNN (``swag.bench.train.small_cnn``) on a subset of
+Per seed, training runs of the benchmark's CNN (``swag.bench.small_cnn``) on a subset of
 Fashion-MNIST, float and 8-bit, under one of two protocols:
 
 - ``--protocol equal`` (four runs, the same number of steps each): float SGD and 8-bit SGD
@@ -38,9 +38,10 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag.bench.train import batches, schedule, small_cnn
+from swag.bench import batches, small_cnn
 from swag.data import load_fashion_mnist
 from swag.lowp import BlockFloat, QuantizedOptimizer, quantize_model
+from swag.schedules import SWAGDecay
 
 METHODS = (
     "float SGD", "float SWA", "8-bit SGD", "8-bit SGD (float activations)", "8-bit SWALP",
@@ -86,9 +87,12 @@ def fit(
     else:
         window, final = args.epochs * spe, args.lr * 0.01
     sgd_end = args.epochs * spe  # where the decaying schedule ends
+    base: float = args.lr
+    decay = SWAGDecay(window, final / base)
 
     def lr(s: int) -> float:
-        return args.swa_lr if extend and s >= sgd_end else schedule(s, window, args.lr, final)
+        swa_lr: float = args.swa_lr
+        return swa_lr if extend and s >= sgd_end else base * decay(s)
 
     every = max(spe // args.collects, 1)
     torch.manual_seed(seed)  # this script owns its process: initialisation and dropout

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import swag
-from swag.bench.train import small_cnn
+from swag.bench import small_cnn
 from swag.data import load_fashion_mnist
 from swag.distributed import gather_multiswag
 from swag.swap import SWAP

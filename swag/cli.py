@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import torch
 
 import swag
-from swag.bench.config import PRESETS, BenchConfig
-from swag.bench.evaluate import METHODS
+from swag.bench import FGE_SAM, METHODS, PRESETS, BenchConfig
 
 __all__ = ["main"]
 
@@ -68,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         help="leave these methods out, e.g. --skip 'MC dropout' (default: run all of: "
         + ", ".join(m for m in METHODS if m != "SGD")
         + ", and SGD)",
+    )
+    bench.add_argument(
+        "--fge-sam",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the FGE and SAM rows (" + ", ".join(FGE_SAM) + "): one cyclical run and "
+        "two SAM runs, about five SGD runs' worth of training (default: the preset's, on in "
+        "short, smoke and full, off in default)",
     )
     bench.add_argument(
         "--device",
@@ -133,7 +140,8 @@ def _config(args: argparse.Namespace, seeds: list[int]) -> tuple[BenchConfig | N
             f"--samples must be >= {cfg.members} (one per MultiSWAG member in preset "
             f"{args.preset!r}), got {samples}"
         )
-    return cfg.replace(epochs=epochs, swa_epochs=swa, num_samples=samples), None
+    fge_sam = cfg.fge_sam if args.fge_sam is None else args.fge_sam
+    return cfg.replace(epochs=epochs, swa_epochs=swa, num_samples=samples, fge_sam=fge_sam), None
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -143,9 +151,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swag`` console script."""
     args = _parser().parse_args(argv)
-    from swag.bench import run_bench
-    from swag.bench.aggregate import table
-    from swag.bench.progress import Progress
+    from swag.bench import Progress, run_bench, table
 
     seeds = args.seeds or [0 if args.seed is None else args.seed]
     cfg, problem = _config(args, seeds)
@@ -154,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"swag bench: error: {problem}", file=sys.stderr)
         return 2
     out = args.out or f"runs/bench-{args.preset}-s{'-'.join(map(str, seeds))}"
-    methods = [m for m in METHODS if m not in args.skip]
+    methods = [m for m in METHODS if m not in args.skip and (cfg.fge_sam or m not in FGE_SAM)]
     # a plain `kill` ends the run like Ctrl-C: the unfinished run folder is removed
     signal.signal(signal.SIGTERM, _terminate)
     try:

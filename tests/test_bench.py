@@ -20,13 +20,14 @@ import pytest
 import torch
 
 import swag
-import swag.bench.outdir as outdir
-import swag.bench.report as report
-import swag.bench.runner as runner
-from swag.bench.config import PRESETS, BenchConfig
-from swag.bench.evaluate import METHODS, Predictions
-from swag.bench.progress import Progress
-from swag.bench.train import schedule
+import swag.bench._outdir as outdir
+import swag.bench._report as report
+import swag.bench._runner as runner
+import swag.bench._train as train_mod
+from swag.bench._config import PRESETS, BenchConfig
+from swag.bench._evaluate import FGE_SAM, METHODS, Predictions
+from swag.bench._progress import Progress
+from swag.bench._train import plan
 from swag.cli import _parser, main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -67,12 +68,85 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "train", fail)
 
 
-def test_schedule_is_the_papers_piecewise_linear_rate() -> None:
-    assert schedule(0, 100, 0.1, 0.01) == 0.1
-    assert schedule(50, 100, 0.1, 0.01) == 0.1
-    assert math.isclose(schedule(70, 100, 0.1, 0.01), 0.055)
-    assert schedule(90, 100, 0.1, 0.01) == 0.01
-    assert schedule(500, 100, 0.1, 0.01) == 0.01
+def test_runs_follow_the_papers_schedules() -> None:
+    cfg = PRESETS["smoke"]  # 2 epochs, the last one collecting; 4 collects per epoch; 2 cycles
+    spe, total = 10, 20
+    sgd, never = plan(cfg, "sgd", spe)
+    assert never is None and plan(cfg, "sam", spe)[1] is None
+    # the SWAG paper's SGD rate: lr to 50% of the run, linear to lr/100 by 90%, then lr/100
+    for k in range(total):
+        t = k / total
+        want = 1.0 if t <= 0.5 else 0.01 if t >= 0.9 else 1 + (0.01 - 1) * (t - 0.5) / 0.4
+        assert math.isclose(sgd(k), want, rel_tol=1e-12), k
+    swag_rate, when = plan(cfg, "swag", spe)
+    assert swag_rate(total - 1) == cfg.swa_lr / cfg.lr
+    assert when is not None and [k for k in range(1, total + 1) if when(k)] == [12, 14, 16, 18, 20]
+    # FGE: lr for the first epoch, then 2 linear cycles of 5 steps from lr to lr/100
+    fge, at = plan(cfg, "fge", spe)
+    assert [fge(k) for k in range(10)] == [1.0] * 10
+    for k in range(10, total):
+        t = ((k - 10) % 5 + 1) / 5
+        assert math.isclose(fge(k), (1 - t) + t * 0.01, rel_tol=1e-12), k
+    assert at is not None and [k for k in range(1, total + 1) if at(k)] == [15, 20]
+
+
+def _counting_cnn(calls: list[int]) -> Any:
+    real = train_mod.small_cnn
+
+    def make(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = real(*args, **kwargs)
+        model.register_forward_pre_hook(lambda *_: calls.append(1))
+        return model
+
+    return make
+
+
+def test_fge_members_are_exactly_the_weights_at_cycle_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = PRESETS["smoke"].replace(batch_size=8)  # 80 images: 10 steps per epoch, as above
+    x, y = torch.randn(80, 1, 28, 28), torch.randint(0, 10, (80,))
+    seen: list[tuple[int, torch.Tensor]] = []
+    real_step = torch.optim.SGD.step
+
+    def step(self: torch.optim.SGD, closure: Any = None) -> Any:
+        loss = real_step(self, closure)
+        params = [p for g in self.param_groups for p in g["params"]]
+        seen.append((len(seen) + 1, torch.cat([p.detach().reshape(-1) for p in params])))
+        return loss
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    run = train_mod.train(
+        cfg, x, y, kind="fge", seed=0, device=torch.device("cpu"), desc="fge",
+        progress=Progress(enabled=False),
+    )  # fmt: skip
+    assert run.snapshots is not None and run.collected_at == [15, 20]
+    members = run.snapshots.posterior()
+    assert len(members) == 2
+    # the weights after optimizer steps 15 and 20 (the last steps of the two cycles), exactly
+    for member, k in zip(members.components, (15, 20), strict=True):
+        assert torch.equal(member.mean, seen[k - 1][1])
+
+
+def test_sam_runs_take_two_passes_per_step_and_swag_collects_on_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = PRESETS["smoke"].replace(batch_size=8)
+    x, y = torch.randn(80, 1, 28, 28), torch.randint(0, 10, (80,))
+    runs = {}
+    for kind in ("sgd", "sam", "swag_sam"):
+        calls: list[int] = []
+        monkeypatch.setattr(train_mod, "small_cnn", _counting_cnn(calls))
+        runs[kind] = train_mod.train(
+            cfg, x, y, kind=kind, seed=0, device=torch.device("cpu"), desc=kind,
+            progress=Progress(enabled=False),
+        )  # fmt: skip
+        assert len(calls) == (1 if kind == "sgd" else 2) * 20, kind
+    swag_sam = runs["swag_sam"]
+    assert swag_sam.collector is not None and swag_sam.collector.n == 5
+    assert swag_sam.collected_at == [12, 14, 16, 18, 20]
+    # same initialisation and data order: SAM's different update is the only difference
+    assert not torch.equal(runs["sgd"].model[0].weight, runs["sam"].model[0].weight)
 
 
 def test_config_validation() -> None:
@@ -122,12 +196,63 @@ def test_smoke_bench_writes_a_complete_report(
     assert 3 <= opening.count(". ") + 1 <= 6 and "lowest test NLL" in opening
     assert "SWAG scale" in opening and "took" in opening
     assert "| MultiSWAG (fitted scale) |" in text and "seed 0" in text
+    for name in FGE_SAM:  # the FGE and SAM rows: on in the smoke preset
+        assert f"| {name} |" in text and f"### {name}" in text, name
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "reliability_swag.png").is_file()
     assert (out / "ood_entropy_deep_ensemble.png").is_file()
     assert (out / "ood_mi_multiswag.png").is_file() and not (out / "ood_mi_sgd.png").exists()
     for pic in ("comparison.png", "reliability_mc_dropout.png", "ood_mi_swag_fitted_scale.png"):
         assert f"({pic})" in text, pic
+
+
+def test_only_the_runs_the_rows_need_are_trained(monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[tuple[str, int]] = []
+
+    def fake_train(*args: Any, kind: str, seed: int, **kwargs: Any) -> None:
+        trained.append((kind, seed))
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "load_data", lambda *args: (torch.zeros(1), None, None))
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.setattr(runner, "method_predictions", stop)
+
+    def runs(methods: list[str]) -> list[tuple[str, int]]:
+        trained.clear()
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_seed(
+                PRESETS["smoke"], 3, device=torch.device("cpu"), data_dir=None,
+                methods=methods, progress=Progress(enabled=False),
+            )  # fmt: skip
+        return trained
+
+    assert runs(["SGD", "SWAG", "FGE", "SWAG (SAM)"]) == [
+        ("sgd", 3000), ("swag", 3000), ("fge", 3000), ("swag_sam", 3000)
+    ]  # fmt: skip
+    assert runs(["SGD", "Deep ensemble", "SAM"]) == [("sgd", 3000), ("sam", 3000), ("sgd", 3001)]
+
+
+@needs_data
+def test_skip_and_fge_sam_choose_the_rows(
+    tmp_path: Path, cached_runs: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main([*SMOKE, "--skip", "FGE", "--out", str(tmp_path / "a")]) == 0
+    rows = json.loads((tmp_path / "a" / "metrics.json").read_text())["results"]
+    assert "FGE" not in rows and {"SWA (cyclical)", "SAM", "SWAG (SAM)"} <= set(rows)
+    asked: list[list[str]] = []
+
+    def fake_run_bench(cfg: BenchConfig, **kw: Any) -> dict[str, Any]:
+        asked.append(kw["methods"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(swag.bench, "run_bench", fake_run_bench)
+    main(["bench", "--no-progress", "--out", str(tmp_path / "b")])  # default preset: off
+    main(["bench", "--fge-sam", "--no-progress", "--out", str(tmp_path / "b")])
+    main([*SMOKE, "--no-fge-sam", "--out", str(tmp_path / "b")])
+    assert not set(FGE_SAM) & set(asked[0]) and set(FGE_SAM) <= set(asked[1])
+    assert asked[2] == asked[0] and "MC dropout" in asked[0]
 
 
 def _reject(constant: str) -> None:
@@ -305,7 +430,16 @@ def test_conclusions_name_the_winners_from_the_numbers() -> None:
     assert "SWAG has the lowest test NLL (0.300; SGD 0.400)" in text
     assert "SWAG does best (AUROC 0.800; SGD 0.700)" in text
     assert "temperature 1.7" in text and "SWAG scale 0.25" in text
-    assert "took 2.0 min of wall time (1.0 min of CPU time)" in text
+    assert "took 2.0 min of wall time (1.0 min of CPU time)" in text and "FGE" not in text
+    # the FGE and SAM rows, when run, get their sentence
+    summary["settings"]["fge_cycles"] = 4
+    fge, cyc, sam = result(0.2, 0.9), result(0.25, 0.9), result(0.3, 0.75)
+    fge["accuracy"], cyc["accuracy"], sam["ece"] = 0.91, 0.905, 0.125
+    summary["results"] |= {"FGE": fge, "SWA (cyclical)": cyc, "SAM": sam}
+    text = report.conclusions([summary])
+    assert "ensemble of 4 cycle-end snapshots reaches accuracy 0.910 and NLL 0.200" in text
+    assert "(one network) 0.905 and 0.250" in text
+    assert "SAM has ECE 0.125 and entropy AUROC 0.750 against SGD's 0.500 and 0.700" in text
 
 
 def test_missing_data_is_a_clear_cli_error(

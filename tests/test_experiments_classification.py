@@ -1,4 +1,4 @@
-"""Mean ± std over seeds (swag.bench.aggregate) and experiments/classification.py, its CLI."""
+"""Mean ± std over seeds (swag.bench._aggregate) and experiments/classification.py, its CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from swag.bench import aggregate
-from swag.bench.aggregate import COLUMNS
+from swag.bench import COLUMNS
+from swag.bench import _aggregate as aggregate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "classification.py"
 
@@ -40,7 +40,7 @@ def fake_run(folder: Path, seed: int, acc: float, preset: str = "default") -> Pa
 def test_table_is_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     accs = [0.90, 0.92, 0.97]
     runs = [fake_run(tmp_path / f"s{i}", i, a) for i, a in enumerate(accs)]
-    text = aggregate.table(aggregate.load(runs))
+    text = aggregate.table(aggregate.load_runs(runs))
     sgd = next(line for line in text.splitlines() if line.startswith("| SGD |"))
     expected = f"{statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f}"
     assert sgd.split(" | ")[1] == expected
@@ -51,12 +51,12 @@ def test_table_is_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
 def test_mixed_presets_are_refused(tmp_path: Path) -> None:
     runs = [fake_run(tmp_path / "a", 0, 0.9), fake_run(tmp_path / "b", 1, 0.9, preset="smoke")]
     with pytest.raises(ValueError, match="runs mix presets"):
-        aggregate.load(runs)
+        aggregate.load_runs(runs)
 
 
 def test_paired_table_is_difference_to_sgd_in_the_same_run(tmp_path: Path) -> None:
     runs = [fake_run(tmp_path / f"s{i}", i, a) for i, a in enumerate([0.90, 0.92, 0.97])]
-    summaries = aggregate.load(runs)
+    summaries = aggregate.load_runs(runs)
     for s, delta in zip(summaries, [0.01, 0.03, 0.02], strict=True):
         s["results"]["SWAG"] = s["results"]["SWAG"] | {
             "accuracy": s["results"]["SGD"]["accuracy"] + delta

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag.bench.train import small_cnn
+from swag.bench import small_cnn
 from swag.lowp import (
     BlockFloat,
     QuantizedOptimizer,

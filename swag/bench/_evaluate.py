@@ -10,15 +10,18 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from swag import MultiSWAG, PointPosterior, Posterior, fit_scale, metrics, predict
-from swag.bench.config import BenchConfig
-from swag.bench.progress import Progress
-from swag.bench.train import Run
+from swag.bench._config import BenchConfig
+from swag.bench._progress import Progress
+from swag.bench._train import Kind, Run
 from swag.temperature import apply_temperature, fit_temperature
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,8 +47,8 @@ class EvalData:
         return probs[..., :a, :], probs[..., a:b, :], probs[..., b:, :]
 
 
-# name -> the training runs it needs ("sgd" or "swag"), in report order
-METHODS: dict[str, str] = {
+# name -> the kind of training run it needs (swag.bench._train.KINDS), in report order
+METHODS: dict[str, Kind] = {
     "SGD": "sgd",
     "SWA": "swag",
     "SWAG-Diag": "swag",
@@ -56,7 +59,14 @@ METHODS: dict[str, str] = {
     "Deep ensemble": "sgd",
     "SGD + temp. scaling": "sgd",
     "MC dropout": "sgd",
+    "FGE": "fge",
+    "SWA (cyclical)": "fge",
+    "SAM": "sam",
+    "SWAG (SAM)": "swag_sam",
 }
+# the rows of the FGE and SAM runs (one run each, 5 SGD runs' worth of training in all):
+# BenchConfig.fge_sam / --fge-sam switch them on
+FGE_SAM: tuple[str, ...] = tuple(m for m, k in METHODS.items() if k in ("fge", "sam", "swag_sam"))
 
 
 @dataclass
@@ -75,8 +85,7 @@ def loader(x: Tensor, batch_size: int) -> list[Tensor]:
 
 def method_predictions(
     cfg: BenchConfig,
-    sgd: list[Run],
-    swag: list[Run],
+    runs: dict[Kind, list[Run]],
     data: EvalData,
     *,
     methods: Sequence[str],
@@ -84,8 +93,12 @@ def method_predictions(
     device: torch.device,
     progress: Progress,
 ) -> Predictions:
-    """Every method in ``methods`` (names of :data:`METHODS`), predicted and timed."""
-    model = (sgd or swag)[0].model
+    """Every method in ``methods`` (names of :data:`METHODS`), predicted and timed.
+
+    ``runs`` holds the trained runs of each kind the methods need (:data:`METHODS`).
+    """
+    sgd, swag = runs.get("sgd", []), runs.get("swag", [])
+    model = next(r for kind in runs.values() for r in kind).model
     inputs = loader(data.stacked, cfg.eval_batch_size)
     bn = loader(data.bn_x, cfg.batch_size)
     posteriors: list[Posterior] = [r.collector.posterior() for r in swag if r.collector]
@@ -130,6 +143,11 @@ def method_predictions(
         logits = _logits(model, inputs, device)
         return apply_temperature(logits, out.fitted["temperature"]).softmax(-1).unsqueeze(0)
 
+    fge = next((r.snapshots for r in runs.get("fge", []) if r.snapshots is not None), None)
+    sam = next((r.model for r in runs.get("sam", [])), None)
+    swag_sam = next(
+        (r.collector.posterior() for r in runs.get("swag_sam", []) if r.collector), None
+    )
     s, m = cfg.num_samples, len(posteriors)
     swag0 = posteriors[0] if posteriors else None
     multi = MultiSWAG(posteriors) if posteriors else None
@@ -156,6 +174,22 @@ def method_predictions(
         "Deep ensemble": (f"{len(points)} networks", lambda: bma(MultiSWAG(points), len(points))),
         "SGD + temp. scaling": ("temperature fitted on validation images", temperature_scaled),
         "MC dropout": (f"{s} dropout passes", lambda: bma(points[0], s, mc_dropout=True)),
+        "FGE": (
+            f"{cfg.fge_cycles} cycle-end snapshots of one cyclical run",
+            lambda: bma(_need(fge, "FGE").posterior(), cfg.fge_cycles),
+        ),
+        "SWA (cyclical)": (
+            "the average of the same snapshots, BN refreshed",
+            lambda: bma(_need(fge, "FGE").swa(), 1),
+        ),
+        "SAM": (
+            f"1 network trained with SAM (rho {cfg.sam_rho:g})",
+            lambda: _logits(_need(sam, "SAM"), inputs, device).softmax(-1).unsqueeze(0),
+        ),
+        "SWAG (SAM)": (
+            f"SWAG of a SAM run, {s} samples at scale {cfg.scale:g}",
+            lambda: bma(_need(swag_sam, "SWAG (SAM)"), s, cfg.scale),
+        ),
     }
     for name in methods:
         what, fn = table[name]
@@ -166,9 +200,9 @@ def method_predictions(
     return out
 
 
-def _need(post: Posterior | None) -> Posterior:
+def _need(post: T | None, what: str = "SWAG") -> T:
     if post is None:
-        raise ValueError("this method needs SWAG training runs, and none were trained")
+        raise ValueError(f"this method needs {what} training runs, and none were trained")
     return post
 
 

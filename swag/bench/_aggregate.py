@@ -28,7 +28,7 @@ COLUMNS = [
 ]
 
 
-def load(runs: Sequence[Path]) -> list[dict[str, Any]]:
+def load_runs(runs: Sequence[Path]) -> list[dict[str, Any]]:
     """The ``metrics.json`` of each run folder, checked to share one preset."""
     summaries = [json.loads((Path(r) / "metrics.json").read_text()) for r in runs]
     presets = {s["settings"]["preset"] for s in summaries}

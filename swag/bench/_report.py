@@ -1,6 +1,6 @@
 """The benchmark report: ``metrics.json``, ``report.md`` (conclusions first) and figures.
 
-Files are written into the run's temporary folder (:mod:`swag.bench.outdir`), which is renamed
+Files are written into the run's temporary folder (:mod:`swag.bench._outdir`), which is renamed
 into place only when everything is written, so they are plain writes with the usual umask.
 """
 
@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from swag import metrics, plots
-from swag.bench.aggregate import COLUMNS, paired_table, stats, table
-from swag.bench.evaluate import EvalData
+from swag.bench._aggregate import COLUMNS, paired_table, stats, table
+from swag.bench._evaluate import EvalData
 
 IN, OOD = "Fashion-MNIST test", "MNIST"
 TITLES = {
@@ -123,6 +123,22 @@ def conclusions(summaries: Sequence[dict[str, Any]]) -> str:
         f"Telling MNIST from Fashion-MNIST by predictive entropy, {ood_h} does best (AUROC "
         f"{v(ood_h, 'ood_auroc_entropy')}{vs_sgd(ood_h, 'ood_auroc_entropy')}).",
     ]
+    rows = summaries[0]["results"]
+    side = []
+    if {"FGE", "SWA (cyclical)"} <= rows.keys():
+        side.append(
+            f"FGE's ensemble of {summaries[0]['settings']['fge_cycles']} cycle-end snapshots "
+            f"reaches accuracy {v('FGE', 'accuracy')} and NLL {v('FGE', 'nll')}, the SWA of the "
+            f"same snapshots (one network) {v('SWA (cyclical)', 'accuracy')} and "
+            f"{v('SWA (cyclical)', 'nll')}"
+        )
+    if "SAM" in rows:
+        side.append(
+            f"SAM has ECE {v('SAM', 'ece')} and entropy AUROC {v('SAM', 'ood_auroc_entropy')} "
+            f"against SGD's {v('SGD', 'ece')} and {v('SGD', 'ood_auroc_entropy')}"
+        )
+    if side:
+        text.append("; ".join(side) + ".")
     fitted = [s.get("fitted", {}) for s in summaries]
     knobs = []
     for key, name in (

@@ -16,6 +16,11 @@ class BenchConfig:
     whole run and its final rate ``lr * 0.01``; a SWAG run's window is its first
     ``epochs - swa_epochs`` epochs and its final rate ``swa_lr``, held constant for the last
     ``swa_epochs`` epochs while the collector records ``collects_per_epoch`` iterates per epoch.
+    An FGE run (same length as an SGD run) keeps ``lr`` until ``fge_cycles`` cycles, linear
+    from ``lr`` to ``lr / 100``, fill its last ``swa_epochs`` epochs, with a snapshot after each
+    cycle's last step. SAM runs wrap the same SGD in SAM with radius ``sam_rho`` (twice the
+    gradient evaluations); ``fge_sam`` says whether a plain ``swag bench`` trains the FGE and
+    SAM rows (FGE, SWA (cyclical), SAM, SWAG (SAM)) at all.
     The posterior scale of the fitted-scale rows is fitted on the first ``fit_val_size``
     validation images with ``fit_samples`` draws per candidate (:func:`swag.fit_scale`).
     """
@@ -47,6 +52,9 @@ class BenchConfig:
     fit_samples: int = 10
     fit_val_size: int = 2000
     fit_tol: float = 0.1
+    fge_cycles: int = 4
+    sam_rho: float = 0.05
+    fge_sam: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.swa_epochs < self.epochs:
@@ -59,6 +67,10 @@ class BenchConfig:
                 f"need members >= 1 and num_samples >= members, got members={self.members}, "
                 f"num_samples={self.num_samples}"
             )
+        if self.fge_cycles < 1:
+            raise ValueError(f"fge_cycles must be >= 1, got {self.fge_cycles}")
+        if not self.sam_rho > 0:
+            raise ValueError(f"sam_rho must be > 0 (0.05 in the SAM paper), got {self.sam_rho}")
 
     def replace(self, **changes: object) -> BenchConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -85,6 +97,7 @@ PRESETS: dict[str, BenchConfig] = {
         fit_samples=2,
         fit_val_size=128,
         fit_tol=0.5,
+        fge_cycles=2,
     ),
     # The paper's regime, scaled down: SGD trained past its best validation NLL (overconfident)
     # on 10,000 images for 30 epochs, the paper's weight decay and SWA rate (lr / 5); under
@@ -97,6 +110,9 @@ PRESETS: dict[str, BenchConfig] = {
         swa_lr=0.01,
         dropout=0.1,
         train_size=10000,
+        fge_cycles=5,
+        # FGE and SAM add five SGD runs' worth of training: off, to keep ten minutes
+        fge_sam=False,
     ),
     # The earlier default: a short budget on all 55,000 images; SGD stays calibrated here.
     "short": BenchConfig(preset="short"),
@@ -109,5 +125,6 @@ PRESETS: dict[str, BenchConfig] = {
         width=32,
         shift_size=10000,
         bn_batches=100,
+        fge_cycles=10,
     ),
 }

@@ -10,13 +10,30 @@ from typing import Any
 
 import torch
 
-from swag.bench.config import BenchConfig
-from swag.bench.evaluate import METHODS, EvalData, Predictions, method_predictions, score
-from swag.bench.outdir import prepare
-from swag.bench.progress import Progress
-from swag.bench.report import write_figures, write_report
-from swag.bench.train import Run, train
+from swag.bench._config import BenchConfig
+from swag.bench._evaluate import FGE_SAM, METHODS, EvalData, Predictions, method_predictions, score
+from swag.bench._outdir import prepare
+from swag.bench._progress import Progress
+from swag.bench._report import write_figures, write_report
+from swag.bench._train import KINDS, Kind, Run, train
 from swag.data import load_fashion_mnist, load_mnist_subset, synthetic_shift
+
+_WHAT: dict[Kind, str] = {
+    "sgd": "SGD",
+    "swag": "SWAG (SGD, then collecting iterates)",
+    "fge": "FGE (one cyclical run, a snapshot per cycle)",
+    "sam": "SAM (two gradients per step)",
+    "swag_sam": "SWAG (SAM) (SAM, then collecting iterates)",
+}
+
+# the rows that need `members` runs of a kind
+_ENSEMBLES: dict[Kind, tuple[str, ...]] = {
+    "sgd": ("Deep ensemble",),
+    "swag": ("MultiSWAG", "MultiSWAG (fitted scale)"),
+    "fge": (),
+    "sam": (),
+    "swag_sam": (),
+}
 
 
 def load_data(
@@ -60,23 +77,23 @@ def run_seed(
     progress.note(f"seed {seed}: loading Fashion-MNIST and MNIST")
     train_x, train_y, data = load_data(cfg, seed, data_dir)
     kinds = {METHODS[m] for m in methods}
-    runs: dict[str, list[Run]] = {"sgd": [], "swag": []}
-    for m in range(cfg.members):
-        for kind in ("sgd", "swag"):
-            if kind not in kinds:
-                continue
-            what = "SGD" if kind == "sgd" else "SWAG (SGD, then collecting iterates)"
-            desc = f"seed {seed}: train {what} run {m + 1}/{cfg.members}"
-            run = train(
-                cfg, train_x, train_y, swag=kind == "swag", seed=seed * 1000 + m,
-                device=device, desc=desc, progress=progress,
-            )  # fmt: skip
-            runs[kind].append(run)
+    runs: dict[Kind, list[Run]] = {kind: [] for kind in KINDS if kind in kinds}
+    # SGD and SWAG: `members` runs each when an ensemble row needs them, else one; FGE, SAM
+    # and SWAG (SAM): one run each, from the initialisation and data order of the first SGD run
+    count = {kind: cfg.members if set(methods) & set(_ENSEMBLES[kind]) else 1 for kind in KINDS}
+    plan = [(m, k) for m in range(cfg.members) for k in KINDS if k in kinds and m < count[k]]
+    for m, kind in plan:
+        count_text = f" run {m + 1}/{count[kind]}" if kind in KINDS[:2] else ""
+        desc = f"seed {seed}: train {_WHAT[kind]}{count_text}"
+        run = train(
+            cfg, train_x, train_y, kind=kind, seed=seed * 1000 + m, device=device, desc=desc,
+            progress=progress,
+        )  # fmt: skip
+        runs[kind].append(run)
     train_seconds = time.perf_counter() - start
     predictions = method_predictions(
-        cfg, runs["sgd"], runs["swag"], data, methods=methods, seed=seed, device=device,
-        progress=progress,
-    )  # fmt: skip
+        cfg, runs, data, methods=methods, seed=seed, device=device, progress=progress
+    )
     progress.note(f"seed {seed}: scoring {len(methods)} methods")
     results = {name: score(probs, data) for name, probs in predictions.probs.items()}
     summary = {
@@ -98,7 +115,8 @@ def run_seed(
         },
         "seconds": {
             "train": train_seconds,
-            "train_per_run": [r.seconds for r in runs["sgd"] + runs["swag"]],
+            "train_per_run": [r.seconds for kind in runs.values() for r in kind],
+            "train_per_kind": {k: [r.seconds for r in rs] for k, rs in runs.items()},
             "predict": predictions.seconds,
             "total": time.perf_counter() - start,
             "cpu": time.process_time() - cpu,
@@ -124,11 +142,13 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the benchmark for each seed and write the report, all or nothing.
 
-    ``out`` is checked before any training (:func:`swag.bench.outdir.prepare`); the run is
-    written into a temporary sibling folder and renamed to ``out`` at the end (to ``out-2``,
-    ... when ``out`` exists and ``overwrite`` is False). One seed: ``report.md``,
-    ``metrics.json`` and figures in ``out``. Several: the mean ± std report in ``out`` and each
-    seed's own in ``out/seed-S``.
+    ``out`` is checked before any training (a file, a path inside a file, an unwritable
+    folder or a full disk fail at once); the run is written into a temporary sibling folder
+    and renamed to ``out`` at the end (to ``out-2``, ... when ``out`` exists and
+    ``overwrite`` is False). One seed: ``report.md``, ``metrics.json`` and figures in
+    ``out``. Several: the mean ± std report in ``out`` and each seed's own in ``out/seed-S``.
+    ``methods`` (names of :data:`swag.bench.METHODS`) defaults to all of them, less the FGE
+    and SAM rows when ``cfg.fge_sam`` is False.
 
     Returns:
         ``{"out": the folder written, "moved": True when it is not ``out``, "runs": each seed's
@@ -136,7 +156,7 @@ def run_bench(
     """
     progress = progress or Progress()
     device = torch.device(device)
-    methods = list(methods or METHODS)
+    methods = list(methods or (m for m in METHODS if cfg.fge_sam or m not in FGE_SAM))
     run_dir = prepare(out, overwrite=overwrite)
     if run_dir.moved:
         progress.note(f"{out} exists: writing {run_dir.final} (--overwrite replaces it)")
