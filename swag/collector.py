@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from swag import _io
+from swag._checked_state import CheckedState
 from swag._guards import (
     check_args,
     check_min_variance,
@@ -34,7 +35,7 @@ _WHOLE_MAX = 1 << 20
 _STATE = ("shift", "shifted_mean", "m2", "deviations")
 
 
-class Collector(nn.Module):
+class Collector(CheckedState):
     """Gathers SWA/SWAG statistics of a model's parameters, one ``collect()`` per iterate.
 
     State, all preallocated flat buffers on one device (``P`` = covered scalars, ``K`` =
@@ -121,6 +122,8 @@ class Collector(nn.Module):
     m2: Tensor
     deviations: Tensor
     _scratch: Tensor
+
+    _state_name = "collector state"
 
     def __init__(
         self,
@@ -432,30 +435,9 @@ class Collector(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         self._n = int(state["n"])  # checked (state_problem) before anything was copied
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Validate everything before anything is copied, whatever `strict` says: a refused or
-        # partial state changes nothing (a mix of two states would be a wrong posterior).
+    def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
         mine = {name: getattr(self, name) for name in _STATE}
-        problem = state_problem(state_dict, prefix, mine, self._describe_mismatch)
-        if problem:
-            error_msgs.append(f"cannot load collector state: {problem}; nothing was loaded")
-            return
-        # Always copy, also under load_state_dict(assign=True): assigned buffers would share
-        # memory with the state's tensors (another collector's, when the state came from its
-        # state_dict()), and collecting into one would silently change the other.
-        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        return state_problem(state_dict, prefix, mine, self._describe_mismatch)
 
     def save(self, path: _io.PathLike) -> None:
         """Write the collector's state to ``path`` (safetensors, atomic) to resume later.

@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior, _io
+from swag._checked_state import CheckedState
 from swag.layout import ParamSelector
 
 __all__ = ["Snapshots", "multi_swa"]
 
 
-class Snapshots(nn.Module):
+class Snapshots(CheckedState):
     """Up to ``max_snapshots`` copies of a model's parameters, as rows of one flat buffer.
 
     ``collect()`` copies the covered parameters into the next row (``P`` elements, no
@@ -59,6 +60,8 @@ class Snapshots(nn.Module):
     """
 
     snapshots: Tensor
+
+    _state_name = "snapshots"
 
     def __init__(
         self,
@@ -178,28 +181,6 @@ class Snapshots(nn.Module):
         if not bool(rows[:n].isfinite().all()):
             return "its snapshots hold NaN or inf (a damaged file)"
         return None
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Check everything before anything is copied: a refused state changes nothing.
-        problem = self._state_problem(state_dict, prefix)
-        if problem:
-            error_msgs.append(f"cannot load snapshots: {problem}; nothing was loaded")
-            return
-        # Always copy (also under assign=True): a shared buffer would let collecting into one
-        # Snapshots silently change another.
-        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def save(self, path: _io.PathLike) -> None:
         """Write the buffer and count to ``path`` (safetensors, atomic), to resume a run."""

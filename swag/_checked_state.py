@@ -1,0 +1,43 @@
+"""State dicts that load whole or not at all, for the modules that accumulate statistics."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from torch import nn
+
+
+class CheckedState(nn.Module, ABC):
+    """``load_state_dict`` validates the whole state before copying any of it, and always copies.
+
+    A refused or partial state (also under ``strict=False``) changes nothing: a mix of two
+    states would be a wrong posterior. ``assign=True`` still copies: assigned buffers would
+    share memory with the state's tensors (another module's, when the state came from its
+    ``state_dict()``), and collecting into one would silently change the other.
+    """
+
+    _state_name: str  # in the error: "cannot load {_state_name}: ..."
+
+    @abstractmethod
+    def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
+        """What is wrong with ``state_dict`` for this module, in words; ``None`` if it fits."""
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        problem = self._state_problem(state_dict, prefix)
+        if problem:
+            error_msgs.append(f"cannot load {self._state_name}: {problem}; nothing was loaded")
+            return
+        local_metadata = {**local_metadata, "assign_to_params_buffers": False}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
