@@ -104,8 +104,9 @@ def elliptical_slice(
     with torch.no_grad():
         ll = float(log_likelihood(z)) / temperature
     if not math.isfinite(ll):
+        said = "+inf" if ll > 0 else str(ll)
         raise ValueError(
-            f"log_likelihood at the initial state (init) is {ll:+}; it must be finite: "
+            f"log_likelihood at the initial state (init) is {said}; it must be finite: "
             + ("+inf is no likelihood of data" if ll > 0 else "start elsewhere with init=")
         )
     steps = burn_in + num_samples * thin

@@ -129,9 +129,9 @@ def fit_vi(
             elbo = data / temperature - gaussian_kl(loc, tril, prior_std)
             if not bool(elbo.isfinite()):
                 raise ValueError(
-                    f"the ELBO is {float(elbo)} at step {len(trace) + 1}: the log-likelihood "
-                    "of a batch is not finite (NaN or inf in the weights, inputs or targets, "
-                    "or an lr= so large that q diverged); nothing was returned"
+                    f"the ELBO is {float(elbo.detach())} at step {len(trace) + 1}: the "
+                    "log-likelihood of a batch is not finite (NaN or inf in the weights, inputs "
+                    "or targets, or an lr= so large that q diverged); nothing was returned"
                 )
             opt.zero_grad()
             (-elbo).backward()  # type: ignore[no-untyped-call]
