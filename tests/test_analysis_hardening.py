@@ -729,3 +729,22 @@ def test_scan_plane_memory_is_o_p() -> None:
     point = 4 * layout.size
     # the working copy of the model, one point and its two partial sums, a little slack
     assert peak < 8 * point, f"peak extra {peak / 1e6:.1f} MB = {peak / point:.1f} points"
+
+
+def test_every_legend_in_the_plots_has_an_explicit_loc() -> None:
+    # loc="best" (the default) measures overlaps and warns "slow" under load; with
+    # filterwarnings=error that made tests/test_bench.py flaky
+    import swag.plots
+
+    tree = ast.parse(Path(swag.plots.__file__).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "legend"
+    ]
+    assert len(calls) >= 5
+    for call in calls:
+        locs = [k.value for k in call.keywords if k.arg == "loc"]
+        assert locs and isinstance(locs[0], ast.Constant) and locs[0].value != "best", call.lineno
