@@ -194,6 +194,30 @@ MISUSE: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         "shift",
     ),
     "theta z": (lambda: SUB.theta(torch.zeros(3)), ValueError, "z"),
+    "theta z list": (lambda: SUB.theta([0.0, 0.0]), TypeError, "z"),  # type: ignore[arg-type]
+    "project theta": (lambda: SUB.project(torch.zeros(3)), ValueError, "theta"),
+    "pca rank float": (lambda: Subspace.pca(POST, 1.0), TypeError, "rank"),  # type: ignore[arg-type]
+    "random norm str": (lambda: Subspace.random(POST, 2, norm="1"), TypeError, "norm"),  # type: ignore[arg-type]
+    "random generator": (lambda: Subspace.random(POST, 2, generator=1), TypeError, "generator"),  # type: ignore[arg-type]
+    "subspace layout": (lambda: Subspace(SUB.shift, SUB.basis, None), TypeError, "layout"),  # type: ignore[arg-type]
+    "subspace basis list": (lambda: Subspace(SUB.shift, [[0.0]], LAYOUT), TypeError, "basis"),  # type: ignore[arg-type]
+    "subspace basis dtype": (
+        lambda: Subspace(SUB.shift, SUB.basis.double(), LAYOUT),
+        ValueError,
+        "basis",
+    ),
+    "subspace kind": (lambda: Subspace(SUB.shift, SUB.basis, LAYOUT, "svd"), ValueError, "kind"),
+    "post subspace": (
+        lambda: SubspacePosterior(POST, chain=torch.zeros(2, 2)),
+        TypeError,
+        "subspace",
+    ),  # type: ignore[arg-type]
+    "post chain list": (lambda: SubspacePosterior(SUB, chain=[[0.0, 0.0]]), TypeError, "chain"),  # type: ignore[arg-type]
+    "post prior_std str": (
+        lambda: SubspacePosterior(SUB, chain=torch.zeros(2, 2), prior_std="1"),  # type: ignore[arg-type]
+        TypeError,
+        "prior_std",
+    ),
     # landscape: geometry
     "plane parallel": (
         lambda: Plane(SUB.shift, SUB.basis[0], -2.5 * SUB.basis[0]),
