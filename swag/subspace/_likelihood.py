@@ -95,6 +95,12 @@ class SubspaceLikelihood:
         input_fn: batch → model input (default: the first item).
         target_fn: batch → target tensor (default: the second item).
         device: where to run the model and the data (default: the subspace's device).
+
+    Raises:
+        TypeError: for a one-shot iterator as ``loader``, float class targets, or arguments
+            of the wrong type (each named).
+        ValueError: for an empty loader, ``(B, 1)`` class targets, an unknown likelihood, or
+            ``noise_var`` that is not finite and > 0 or given without ``"gaussian"``.
     """
 
     def __init__(
