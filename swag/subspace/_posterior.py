@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from swag import _io
-from swag._checks import check_generator, check_scale, check_shape
+from swag._checks import check_generator, check_positive, check_scale, check_shape
 from swag.layout import ParamLayout
 from swag.posterior import PosteriorMixin
 from swag.subspace._basis import Subspace
@@ -47,6 +47,16 @@ class SubspacePosterior(PosteriorMixin):
     prior_std: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.subspace, Subspace):
+            raise TypeError(
+                f"subspace must be a swag.subspace.Subspace, got {type(self.subspace).__name__}"
+            )
+        for name in ("chain", "loc", "scale_tril"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, Tensor) and value.is_floating_point()):
+                raise TypeError(f"{name} must be a float tensor or None, got {value!r}")
+        for name in ("temperature", "prior_std"):
+            check_positive(getattr(self, name), name)
         k = self.subspace.dim
         if (self.chain is None) == (self.loc is None and self.scale_tril is None):
             raise ValueError("give either chain= (ESS) or loc= and scale_tril= (VI), not both")
