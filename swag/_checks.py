@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import Any, NoReturn, SupportsIndex
 
 import torch
@@ -132,3 +132,34 @@ def check_device(device: Any) -> None:
         except RuntimeError as err:
             raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
     raise TypeError(f"device must be a torch.device, a string or None, got {type(device).__name__}")
+
+
+def check_reiterable(loader: Any, name: str) -> None:
+    """Raises unless ``loader`` is an iterable of batches that can be walked more than once.
+
+    An iterator (a generator, ``iter(loader)``, ``map(...)``) is its own iterator and is used up
+    by the first pass: a second pass would silently see no batch. A list, a tuple or a
+    ``DataLoader`` gives a fresh iterator per pass.
+    """
+    check_loader(loader, name)
+    if isinstance(loader, Iterator):
+        raise TypeError(
+            f"{name} is a one-shot iterator ({type(loader).__name__}) but is walked more than "
+            "once; pass a list of the batches or a DataLoader"
+        )
+
+
+def check_positive(value: object, name: str, *, zero_ok: bool = False) -> float:
+    """``value`` as a float, refused unless it is a finite real number > 0 (>= 0 if ``zero_ok``).
+
+    Raises:
+        TypeError: for anything that is not a real number (a bool or a string too).
+        ValueError: for NaN, ±inf or a value below the bound.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    out = float(value)
+    if not math.isfinite(out) or out < 0 or (out == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return out

@@ -138,7 +138,7 @@ def ood_histogram(
     auroc_text = f"AUROC = {value:.4f} ({names[1]} positive)"
     ax.set(xlabel=label, ylabel="density")
     ax.set_title(auroc_text if title is None else f"{title}: {auroc_text}")
-    ax.legend()
+    ax.legend(loc="upper right")
     return fig
 
 
@@ -275,8 +275,40 @@ def _root_figure(ax: Axes) -> Figure:
 # -- loss surfaces (data from swag.landscape) ------------------------------------------------
 
 
-def _np(x: Tensor | Sequence[float] | Sequence[Sequence[float]]) -> np.ndarray:
-    return torch.as_tensor(x).detach().cpu().to(torch.float64).numpy()
+def _np(x: Tensor | Sequence[float] | Sequence[Sequence[float]], name: str = "value") -> np.ndarray:
+    """``x`` as a float64 array; TypeError naming ``name`` for anything that is not numbers."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {x!r}")
+    try:
+        return torch.as_tensor(x).detach().cpu().to(torch.float64).numpy()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{name} must be a tensor or a sequence of numbers, got {type(x).__name__}"
+        ) from None
+
+
+def _finite(arr: np.ndarray, name: str) -> None:
+    """Refuse NaN or ±inf in ``arr`` with our own message (matplotlib's would be obscure)."""
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise ValueError(
+            f"{name} must be finite, it holds {bad} NaN or inf value(s) (e.g. grid points where "
+            "the weights overflowed); crop the grid to the finite region or clip the values"
+        )
+
+
+def _axis(arr: np.ndarray, name: str) -> None:
+    """Refuse a coordinate axis that is not finite and strictly increasing."""
+    _finite(arr, name)
+    if not bool(np.all(np.diff(arr) > 0)):
+        raise ValueError(
+            f"{name} must be strictly increasing (distinct values), got {arr.tolist()}"
+        )
+
+
+def _check_ax(ax: object) -> None:
+    if ax is not None and not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
 
 
 def loss_line(
@@ -303,12 +335,23 @@ def loss_line(
     Returns:
         The figure holding the plot.
     """
-    t, loss, err = _np(ts), _np(train_loss), _np(test_error)
+    _check_ax(ax)
+    t, loss = _np(ts, "ts"), _np(train_loss, "train_loss")
+    err = _np(test_error, "test_error")
     if not (t.ndim == 1 and t.shape == loss.shape == err.shape and len(t) >= 2):
         raise ValueError(
             f"ts, train_loss and test_error must be 1-D of one length >= 2, got shapes "
             f"{t.shape}, {loss.shape}, {err.shape}"
         )
+    _axis(t, "ts")
+    _finite(loss, "train_loss")
+    _finite(err, "test_error")
+    if (
+        not isinstance(labels, tuple | list)
+        or len(labels) != 2
+        or not all(isinstance(n, str) for n in labels)
+    ):
+        raise TypeError(f"labels must be two strings (the points at t = 0 and 1), got {labels!r}")
     if ax is None:
         fig = Figure(figsize=(6.0, 4.0), layout="constrained")
         ax = fig.add_subplot()
@@ -352,28 +395,76 @@ def loss_plane(
             ``Plane.gaussian(swag_posterior)``; drawn as its 1σ, 2σ and 3σ density contours
             (Mahalanobis distance 1, 2, 3: ellipses holding 39%, 86% and 99% of its mass).
         levels: number of filled contour levels.
-        log: space the levels logarithmically (losses span decades); needs positive values.
+        log: space the levels logarithmically (losses span decades) when every value is > 0;
+            with a zero or negative value (an error rate of 0) the levels are linear.
         ax: Axes to draw into; a new figure when None.
 
     Returns:
         The figure holding the plot.
+
+    Raises:
+        TypeError: for arguments of the wrong type (a float or bool ``levels``, a string grid).
+        ValueError: for grids that are not strictly increasing, values of another shape,
+            NaN or inf values, values that are all equal (no contour to draw), ``levels`` < 2,
+            or a Gaussian whose covariance is not positive
+            definite. Each message names the argument.
     """
     from matplotlib.colors import LogNorm
 
-    a, b, v = _np(as_), _np(bs), _np(values)
-    if v.shape != (len(b), len(a)) or min(len(a), len(b)) < 2:
+    _check_ax(ax)
+    a, b, v = _np(as_, "as_"), _np(bs, "bs"), _np(values, "values")
+    if a.ndim != 1 or b.ndim != 1 or v.shape != (len(b), len(a)) or min(len(a), len(b)) < 2:
         raise ValueError(
-            f"values must have shape (len(bs), len(as_)) = ({len(b)}, {len(a)}) with both >= 2, "
-            f"got {v.shape}"
+            f"values must have shape (len(bs), len(as_)) = ({len(b)}, {len(a)}) with both >= 2 "
+            f"and as_, bs 1-D, got {v.shape}"
         )
+    _axis(a, "as_")
+    _axis(b, "bs")
+    _finite(v, "values")
+    if v.min() == v.max():
+        raise ValueError(
+            f"values are all equal ({v.min():.6g}): a constant surface has no contours to draw"
+        )
+    if isinstance(levels, bool) or not isinstance(levels, int):
+        raise TypeError(f"levels must be an int >= 2 (the number of levels), got {levels!r}")
+    if levels < 2:
+        raise ValueError(f"levels must be an int >= 2, got {levels}")
+    if not isinstance(log, bool):
+        raise TypeError(f"log must be a bool, got {type(log).__name__} {log!r}")
+    if not isinstance(label, str):
+        raise TypeError(f"label must be a string, got {type(label).__name__}")
+    if points is not None and not isinstance(points, Mapping):
+        raise TypeError(f"points must map names to (a, b), got {type(points).__name__}")
+    marks = {}
+    for name, xy in (points or {}).items():
+        p = _np(xy, f"points[{name!r}]")
+        if p.shape != (2,) or not np.isfinite(p).all():
+            raise ValueError(f"points[{name!r}] must be two finite coordinates (a, b), got {p}")
+        marks[str(name)] = p
+    ring = None
+    if gaussian is not None:
+        if not isinstance(gaussian, tuple | list) or len(gaussian) != 2:
+            raise TypeError(f"gaussian must be (centre (2,), cov (2, 2)), got {gaussian!r}")
+        centre, cov = _np(gaussian[0], "gaussian centre"), _np(gaussian[1], "gaussian cov")
+        if centre.shape != (2,) or cov.shape != (2, 2):
+            raise ValueError(
+                f"gaussian must be (centre (2,), cov (2, 2)), got {centre.shape}, {cov.shape}"
+            )
+        _finite(centre, "gaussian centre")
+        _finite(cov, "gaussian cov")
+        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
+        if vals.min() <= 0 or not np.allclose(cov, cov.T):
+            raise ValueError(
+                f"gaussian cov must be symmetric positive definite, got {cov.tolist()}"
+            )
+        ring = centre, vals, vecs
     if ax is None:
         fig = Figure(figsize=(6.0, 5.0), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = _root_figure(ax)
-    finite = v[np.isfinite(v)]
-    if log and finite.size and finite.min() > 0:
-        edges = np.geomspace(finite.min(), finite.max(), levels + 1)
+    if log and v.min() > 0:
+        edges = np.geomspace(v.min(), v.max(), levels + 1)
         norm = LogNorm(vmin=edges[0], vmax=edges[-1])
         filled = ax.contourf(a, b, v, levels=edges, norm=norm, cmap="viridis")
     else:
@@ -381,23 +472,15 @@ def loss_plane(
     bar = fig.colorbar(filled, ax=ax, label=label)
     bar.ax.yaxis.set_major_formatter("{x:.3g}")
     bar.ax.yaxis.set_minor_formatter("")
-    if gaussian is not None:
-        centre, cov = _np(gaussian[0]), _np(gaussian[1])
-        if centre.shape != (2,) or cov.shape != (2, 2):
-            raise ValueError(
-                f"gaussian must be (centre (2,), cov (2, 2)), got {centre.shape}, {cov.shape}"
-            )
-        vals, vecs = np.linalg.eigh(cov)
-        if vals.min() <= 0:
-            raise ValueError(f"the Gaussian's covariance must be positive definite, got {cov}")
+    if ring is not None:
+        centre, vals, vecs = ring
         angle = np.linspace(0.0, 2 * np.pi, 200)
         circle = np.stack([np.cos(angle), np.sin(angle)])
         for r, style in ((1, "-"), (2, "--"), (3, ":")):
-            ring = centre[:, None] + r * (vecs * np.sqrt(vals)) @ circle
-            ax.plot(ring[0], ring[1], color="white", linestyle=style, linewidth=1.2)
+            xy = centre[:, None] + r * (vecs * np.sqrt(vals)) @ circle
+            ax.plot(xy[0], xy[1], color="white", linestyle=style, linewidth=1.2)
         ax.plot([], [], color="white", label="SWAG density (1, 2, 3σ)")
-    for i, (name, xy) in enumerate((points or {}).items()):
-        p = _np(xy)
+    for i, (name, p) in enumerate(marks.items()):
         ax.plot(p[0], p[1], marker="*^os"[i % 4], markersize=11, color=f"C{(i + 1) % 10}",
                 markeredgecolor="black", linestyle="none", label=name)  # fmt: skip
     if points or gaussian is not None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 import swag
+from swag._checks import check_generator, check_positive
 from swag.layout import ParamLayout
 
 Source = swag.Collector | swag.SWAGPosterior
@@ -25,7 +26,9 @@ def _statistics(source: Source) -> swag.SWAGPosterior:
 
 
 def _check_rank(rank: int, limit: int, what: str) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"rank must be an int in [1, {limit}] ({what}), got {rank!r}")
+    if not 1 <= rank <= limit:
         raise ValueError(f"rank must be an int in [1, {limit}] ({what}), got {rank!r}")
 
 
@@ -57,6 +60,21 @@ class Subspace:
     kind: str = "custom"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.layout, ParamLayout):
+            raise TypeError(f"layout must be a swag.ParamLayout, got {type(self.layout).__name__}")
+        for name in ("shift", "basis"):
+            value = getattr(self, name)
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise TypeError(
+                    f"{name} must be a float tensor, got "
+                    + (str(value.dtype) if isinstance(value, Tensor) else type(value).__name__)
+                )
+        if self.basis.dtype != self.shift.dtype:
+            raise ValueError(
+                f"basis must have the dtype of shift ({self.shift.dtype}), got {self.basis.dtype}"
+            )
+        if self.kind not in ("pca", "random", "custom"):
+            raise ValueError(f"kind must be 'pca', 'random' or 'custom', got {self.kind!r}")
         size = self.layout.size
         if self.shift.shape != (size,):
             raise ValueError(f"shift must have shape ({size},), got {tuple(self.shift.shape)}")
@@ -73,6 +91,8 @@ class Subspace:
 
     def theta(self, z: Tensor) -> Tensor:
         """θ̂ + zB: ``z`` ``(..., k)`` to flat weights ``(..., P)`` (differentiable in ``z``)."""
+        if not isinstance(z, Tensor):
+            raise TypeError(f"z must be a tensor (..., {self.dim}), got {type(z).__name__}")
         if z.shape[-1:] != (self.dim,):
             raise ValueError(f"z must have last dimension {self.dim}, got {tuple(z.shape)}")
         theta: Tensor = self.shift + z.to(self.basis.dtype) @ self.basis
@@ -80,6 +100,9 @@ class Subspace:
 
     def project(self, theta: Tensor) -> Tensor:
         """Least-squares coordinates ``(..., k)`` of ``theta`` ``(..., P)`` in the subspace."""
+        if not isinstance(theta, Tensor) or theta.shape[-1:] != (self.layout.size,):
+            got = tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__
+            raise ValueError(f"theta must have shape (..., {self.layout.size}), got {got}")
         b = self.basis.to(torch.float64)
         gram = b @ b.T
         rhs = (theta.to(torch.float64) - self.shift.to(torch.float64)) @ b.T
@@ -152,6 +175,9 @@ class Subspace:
         """
         post = _statistics(source)
         _check_rank(rank, post.layout.size, f"at most P = {post.layout.size}")
+        check_generator(generator)
+        if norm is not None:
+            check_positive(norm, "norm")
         if norm is None:
             if post.rank < 2:
                 raise ValueError(

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from swag._checks import check_bool, check_callable, check_count, check_generator, check_positive
+
 LogLik = Callable[[Tensor], Tensor]
 
 
@@ -75,25 +77,38 @@ def elliptical_slice(
         max_shrinks: give up (RuntimeError) after this many shrinks in one step, which only a
             likelihood that is NaN or −∞ almost everywhere causes.
 
+    Raises:
+        TypeError: for arguments of the wrong type (a float count, a string scale).
+        ValueError: for counts or scales out of range, a non-finite log-likelihood at
+            ``init`` (the message says ``+inf``, ``-inf`` or ``nan``), or +inf at any state.
+        RuntimeError: after ``max_shrinks`` shrinks in one step.
+
     Returns:
         The chain, on the device and dtype of ``init`` (float64 CPU by default).
     """
-    for name, value in (("prior_std", prior_std), ("temperature", temperature)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be finite and > 0, got {value}")
+    check_callable(log_likelihood, "log_likelihood")
+    prior_std = check_positive(prior_std, "prior_std")
+    temperature = check_positive(temperature, "temperature")
     for name, count in (("num_samples", num_samples), ("thin", thin), ("dim", dim)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {count!r}")
-    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
-        raise ValueError(f"burn_in must be an int >= 0, got {burn_in!r}")
+        check_count(count, name)
+    check_count(burn_in, "burn_in", minimum=0)
+    check_count(max_shrinks, "max_shrinks")
+    check_generator(generator)
+    check_bool(progress, "progress")
+    if init is not None and not isinstance(init, Tensor):
+        raise TypeError(f"init must be a tensor ({dim},) or None, got {type(init).__name__}")
     z = torch.zeros(dim, dtype=torch.float64) if init is None else init.detach().clone()
-    if z.shape != (dim,):
-        raise ValueError(f"init must have shape ({dim},), got {tuple(z.shape)}")
+    if z.shape != (dim,) or not z.is_floating_point() or not bool(z.isfinite().all()):
+        raise ValueError(f"init must be a finite float tensor ({dim},), got {z}")
     evaluations = 1
     with torch.no_grad():
         ll = float(log_likelihood(z)) / temperature
     if not math.isfinite(ll):
-        raise ValueError(f"the log-likelihood at the initial state is {ll}; start elsewhere")
+        said = "+inf" if ll > 0 else str(ll)
+        raise ValueError(
+            f"log_likelihood at the initial state (init) is {said}; it must be finite: "
+            + ("+inf is no likelihood of data" if ll > 0 else "start elsewhere with init=")
+        )
     steps = burn_in + num_samples * thin
     kept, kept_ll = [], []
     for step in tqdm(range(steps), desc="ESS", disable=not progress):
@@ -106,6 +121,11 @@ def elliptical_slice(
             evaluations += 1
             with torch.no_grad():
                 new_ll = float(log_likelihood(proposal)) / temperature
+            if new_ll == math.inf:
+                raise ValueError(
+                    f"log_likelihood returned +inf at z = {proposal.tolist()}; a log-likelihood "
+                    "of data is finite (or -inf): check it for overflow"
+                )
             if new_ll > level:
                 z, ll = proposal, new_ll
                 break

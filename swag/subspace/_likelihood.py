@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from swag._checks import check_callable, check_device, check_positive, check_reiterable
 from swag.bn import InputFn, default_input_fn
 from swag.subspace._basis import Subspace
 
@@ -38,6 +39,33 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def check_class_target(logits: Tensor | None, target: object) -> None:
+    """Refuse targets that are not integer class indices ``(B,)`` for logits ``(B, C)``.
+
+    With ``logits`` None only the dtype and the 1-D shape are checked. Float targets would
+    be read as class probabilities by ``cross_entropy`` and ``(B, 1)`` targets fail deep inside
+    it; both are refused here with the fix.
+    """
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a tensor of class indices, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold integer class indices (torch.long), got {target.dtype}; "
+            "convert with target.long() (class probabilities are not supported)"
+        )
+    if logits is None:
+        if target.dim() != 1:
+            raise ValueError(
+                f"target must have shape (B,), got {tuple(target.shape)}; squeeze a (B, 1) "
+                "target with target.squeeze(1)"
+            )
+    elif logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(
+            f"target must have shape (B,) for logits (B, C) = {tuple(logits.shape)}, got "
+            f"{tuple(target.shape)}; squeeze a (B, 1) target with target.squeeze(1)"
+        )
+
+
 class SubspaceLikelihood:
     """log p(D | θ̂ + zB): the summed log-likelihood of every example of ``loader``.
 
@@ -60,12 +88,19 @@ class SubspaceLikelihood:
         model: the architecture (its covered parameters are replaced by θ(z)).
         subspace: where z lives.
         loader: the training batches ``(x, y)`` (or any batch with ``input_fn``/``target_fn``),
-            re-iterable (a list or a ``DataLoader``).
+            re-iterable (a list or a ``DataLoader``; a generator is refused, TypeError: it is
+            read once to count the examples and again at every call).
         likelihood: ``"classification"`` or ``"gaussian"``.
         noise_var: the observation variance for mean-only regression outputs.
         input_fn: batch → model input (default: the first item).
         target_fn: batch → target tensor (default: the second item).
         device: where to run the model and the data (default: the subspace's device).
+
+    Raises:
+        TypeError: for a one-shot iterator as ``loader``, float class targets, or arguments
+            of the wrong type (each named).
+        ValueError: for an empty loader, ``(B, 1)`` class targets, an unknown likelihood, or
+            ``noise_var`` that is not finite and > 0 or given without ``"gaussian"``.
     """
 
     def __init__(
@@ -80,12 +115,27 @@ class SubspaceLikelihood:
         target_fn: TargetFn | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(subspace, Subspace):
+            raise TypeError(
+                f"subspace must be a swag.subspace.Subspace, got {type(subspace).__name__}"
+            )
+        check_reiterable(loader, "loader")
+        check_callable(input_fn, "input_fn")
+        check_callable(target_fn, "target_fn")
+        check_device(device)
         if likelihood not in ("classification", "gaussian"):
             raise ValueError(
                 f"likelihood must be 'classification' or 'gaussian', got {likelihood!r}"
             )
-        if noise_var is not None and (likelihood != "gaussian" or not noise_var > 0):
-            raise ValueError(f"noise_var must be > 0 and only for 'gaussian', got {noise_var!r}")
+        if noise_var is not None:
+            check_positive(noise_var, "noise_var")
+            if likelihood != "gaussian":
+                raise ValueError(
+                    "noise_var must be > 0 and only given with likelihood='gaussian', got "
+                    f"noise_var={noise_var!r} with likelihood={likelihood!r}"
+                )
         subspace.layout.resolve(model)
         self.model = model
         self.subspace = subspace
@@ -96,9 +146,14 @@ class SubspaceLikelihood:
         self.target_fn = target_fn or default_target_fn
         self.device = torch.device(device) if device is not None else subspace.shift.device
         self.calls = 0
-        self.size = sum(len(self.target_fn(b)) for b in loader)
+        self.size = 0
+        for batch in loader:
+            target = self.target_fn(batch)
+            if likelihood == "classification":
+                check_class_target(None, target)
+            self.size += len(target)
         if self.size == 0:
-            raise ValueError("the loader yielded no example; pass the training batches")
+            raise ValueError("loader yielded no example; pass the training batches")
 
     def batches(self) -> Iterator[tuple[Any, Tensor]]:
         """``(input, target)`` per batch of ``loader``, moved to ``device``."""
@@ -127,6 +182,7 @@ class SubspaceLikelihood:
 
     def _log_prob(self, out: Tensor, target: Tensor) -> Tensor:
         if self.likelihood == "classification":
+            check_class_target(out, target)
             return -nn.functional.cross_entropy(out, target, reduction="sum")
         if self.noise_var is not None:
             mean, var = out.reshape(target.shape), torch.full_like(target, self.noise_var)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from swag import _io
+from swag._checks import check_generator, check_positive, check_scale, check_shape
 from swag.layout import ParamLayout
 from swag.posterior import PosteriorMixin
 from swag.subspace._basis import Subspace
@@ -46,6 +47,16 @@ class SubspacePosterior(PosteriorMixin):
     prior_std: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.subspace, Subspace):
+            raise TypeError(
+                f"subspace must be a swag.subspace.Subspace, got {type(self.subspace).__name__}"
+            )
+        for name in ("chain", "loc", "scale_tril"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, Tensor) and value.is_floating_point()):
+                raise TypeError(f"{name} must be a float tensor or None, got {value!r}")
+        for name in ("temperature", "prior_std"):
+            check_positive(getattr(self, name), name)
         k = self.subspace.dim
         if (self.chain is None) == (self.loc is None and self.scale_tril is None):
             raise ValueError("give either chain= (ESS) or loc= and scale_tril= (VI), not both")
@@ -96,10 +107,12 @@ class SubspacePosterior(PosteriorMixin):
 
     @property
     def method(self) -> Literal["ess", "vi"]:
+        """How z was inferred: ``"ess"`` (a chain of states) or ``"vi"`` (a fitted Gaussian)."""
         return "ess" if self.chain is not None else "vi"
 
     @property
     def layout(self) -> ParamLayout:  # type: ignore[override]
+        """Which model parameters the P entries of θ are: the subspace's layout."""
         return self.subspace.layout
 
     @property
@@ -119,8 +132,13 @@ class SubspacePosterior(PosteriorMixin):
         from a chain of S states uses each state exactly once; separate single draws (as
         :func:`swag.predict` takes them) are uniform over the states, with repeats. From a
         Gaussian: loc + L ε.
+
+        Raises:
+            TypeError, ValueError: for a ``sample_shape`` that ``SWAGPosterior.sample`` refuses
+                (negative or non-integer sizes), with the same message.
         """
-        shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+        shape = check_shape(sample_shape)
+        check_generator(generator)
         num = math.prod(shape)
         k, dev = self.subspace.dim, self.subspace.shift.device
         if self.chain is not None:
@@ -139,7 +157,7 @@ class SubspacePosterior(PosteriorMixin):
         self,
         sample_shape: SampleShape = (),
         *,
-        scale: float = 0.5,
+        scale: float | None = 0.5,
         diagonal: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -147,10 +165,11 @@ class SubspacePosterior(PosteriorMixin):
 
         ``scale`` and ``diagonal`` are accepted for the uniform interface (``swag.predict``
         passes SWAG's 0.5) and ignored: the spread of z was inferred, and the temperature set
-        at inference is the knob that widens or narrows it. ``scale < 0`` is still an error.
+        at inference is the knob that widens or narrows it. ``scale`` (None, or a finite
+        number >= 0), ``diagonal`` and ``sample_shape`` are still checked as
+        ``SWAGPosterior.sample`` checks them, with the same messages.
         """
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
+        check_scale(scale, diagonal)
         return self.subspace.theta(self.sample_z(sample_shape, generator=generator))
 
     def save(self, path: _io.PathLike) -> None:
@@ -177,34 +196,63 @@ class SubspacePosterior(PosteriorMixin):
     ) -> SubspacePosterior:
         """Read a posterior written by :meth:`save`.
 
+        Strict: every field and tensor is checked (names, shapes, one float dtype, finite
+        values, the kind of subspace, canonical numbers) before anything is built.
+
         Raises:
-            ValueError: if the file is damaged, foreign, or its tensors do not fit its layout.
+            ValueError: if the file is damaged, foreign, or its tensors do not fit its layout;
+                the message names the file.
         """
         tensors, meta = _io.load_file(path, KIND, device)
-        layout = ParamLayout.from_json(_io.require(meta, "layout", path))
-        basis = tensors.get("basis")
-        k = basis.shape[0] if basis is not None and basis.dim() == 2 else 0
-        sub = Subspace(
-            _io.check_shape(tensors, "shift", (layout.size,), path),
-            _io.check_shape(tensors, "basis", (k, layout.size), path),
-            layout,
-            _io.require(meta, "subspace_kind", path),
-        )
+        layout = _io.layout_field(meta, "layout", path)
+        kind = _io.require(meta, "subspace_kind", path)
+        if kind not in SUBSPACE_KINDS:
+            raise ValueError(
+                f"{path}: metadata field 'subspace_kind' {kind!r} is not one of {SUBSPACE_KINDS}"
+            )
         method = _io.require(meta, "method", path)
-        temperature = float(_io.require(meta, "temperature", path))
-        prior_std = float(_io.require(meta, "prior_std", path))
+        if method not in ("ess", "vi"):
+            raise ValueError(f"{path}: unknown method {method!r} (expected 'ess' or 'vi')")
+        temperature = _float_field(meta, "temperature", path)
+        prior_std = _float_field(meta, "prior_std", path)
+        names = ("shift", "basis") + (("chain",) if method == "ess" else ("loc", "scale_tril"))
+        _io.expect_tensors(tensors, names, path)
+        shift = _io.tensor_field(tensors, "shift", path, (layout.size,), _io.FLOAT_DTYPES.values())
+        same = (shift.dtype,)
+        k = _rows(tensors, "basis")
+        basis = _io.tensor_field(tensors, "basis", path, (k, layout.size), same)
         try:
+            sub = Subspace(shift, basis, layout, kind)
             if method == "ess":
-                chain = tensors.get("chain")
-                s = chain.shape[0] if chain is not None and chain.dim() == 2 else 0
-                chain = _io.check_shape(tensors, "chain", (s, k), path)
+                chain = _io.tensor_field(tensors, "chain", path, (_rows(tensors, "chain"), k), same)
                 return cls(sub, chain=chain, temperature=temperature, prior_std=prior_std)
-            if method == "vi":
-                loc = _io.check_shape(tensors, "loc", (k,), path)
-                tril = _io.check_shape(tensors, "scale_tril", (k, k), path)
-                return cls(
-                    sub, loc=loc, scale_tril=tril, temperature=temperature, prior_std=prior_std
-                )
+            loc = _io.tensor_field(tensors, "loc", path, (k,), same)
+            tril = _io.tensor_field(tensors, "scale_tril", path, (k, k), same)
+            return cls(sub, loc=loc, scale_tril=tril, temperature=temperature, prior_std=prior_std)
         except ValueError as e:
+            if str(path) in str(e):
+                raise
             raise ValueError(f"{path}: {e}") from e
-        raise ValueError(f"{path}: unknown method {method!r} (expected 'ess' or 'vi')")
+
+
+SUBSPACE_KINDS = ("pca", "random", "custom")
+
+
+def _rows(tensors: dict[str, Tensor], name: str) -> int:
+    """The leading size of a 2-D tensor (0 for anything else, which its shape check refuses)."""
+    t = tensors.get(name)
+    return t.shape[0] if t is not None and t.dim() == 2 else 0
+
+
+def _float_field(meta: dict[str, str], key: str, path: _io.PathLike) -> float:
+    """``meta[key]``: a finite float > 0 written as ``repr`` writes it (nothing else parses)."""
+    text = _io.require(meta, key, path)
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and repr(value) == text):
+        raise ValueError(
+            f"{path}: metadata field {key!r} {text!r} is not a finite float > 0 as repr() writes it"
+        )
+    return value

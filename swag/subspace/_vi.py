@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from swag._checks import check_bool, check_count, check_generator, check_positive
 from swag.subspace._likelihood import SubspaceLikelihood
 
 
@@ -78,15 +79,26 @@ def fit_vi(
         init_std: the initial standard deviation of every coordinate (μ starts at 0).
         generator: source of ε (CPU generator), for a reproducible fit.
         progress: show a progress bar over epochs.
+
+    Raises:
+        TypeError: for arguments of the wrong type.
+        ValueError: for counts or scales out of range, or an ELBO that is NaN or infinite at
+            any step (NaN weights or data, or a diverging fit): no NaN posterior is returned.
     """
-    for name, value in (("prior_std", prior_std), ("temperature", temperature), ("lr", lr)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be finite and > 0, got {value}")
-    if not init_std > 0:
-        raise ValueError(f"init_std must be > 0, got {init_std}")
+    if not isinstance(likelihood, SubspaceLikelihood):
+        raise TypeError(
+            "likelihood must be a swag.subspace.SubspaceLikelihood, got "
+            + type(likelihood).__name__
+        )
+    for name, value in (
+        ("prior_std", prior_std), ("temperature", temperature), ("lr", lr), ("init_std", init_std)
+    ):  # fmt: skip
+        check_positive(value, name)
     for name, count in (("epochs", epochs), ("mc_samples", mc_samples)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {count!r}")
+        check_count(count, name)
+    check_bool(full, "full")
+    check_generator(generator)
+    check_bool(progress, "progress")
     k = likelihood.subspace.dim
     dt = torch.float64
     loc = nn.Parameter(torch.zeros(k, dtype=dt))
@@ -95,7 +107,7 @@ def fit_vi(
     params = [loc, raw_diag] + ([lower] if full else [])
     opt = torch.optim.Adam(params, lr=lr)
     loader = likelihood.loader
-    per_epoch = len(loader) if isinstance(loader, Sized) else sum(1 for _ in loader)
+    per_epoch = len(loader) if isinstance(loader, Sized) else sum(1 for _ in loader)  # re-iterable
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     mask = torch.ones(k, k, dtype=dt).tril(-1)
@@ -104,7 +116,7 @@ def fit_vi(
         diag = torch.diag(nn.functional.softplus(raw_diag))
         return diag + lower * mask if full else diag
 
-    trace = []
+    trace: list[float] = []
     for _ in tqdm(range(epochs), desc="VI", disable=not progress):
         for inputs, target in likelihood.batches():
             tril = scale_tril()
@@ -115,6 +127,12 @@ def fit_vi(
                 data = data + likelihood.batch_log_lik(z, inputs, target).to(dt)
             data = data / mc_samples * (likelihood.size / len(target))
             elbo = data / temperature - gaussian_kl(loc, tril, prior_std)
+            if not bool(elbo.isfinite()):
+                raise ValueError(
+                    f"the ELBO is {float(elbo.detach())} at step {len(trace) + 1}: the "
+                    "log-likelihood of a batch is not finite (NaN or inf in the weights, inputs "
+                    "or targets, or an lr= so large that q diverged); nothing was returned"
+                )
             opt.zero_grad()
             (-elbo).backward()  # type: ignore[no-untyped-call]
             opt.step()
