@@ -10,7 +10,13 @@ with ``R`` rounding to nearest (ties to even) or stochastically (up with probabi
 the fractional part, which is unbiased). Values past the range saturate at the extreme codes:
 this happens when the block's maximum rounds up to ``2^(W−1)·δ``, or when the exponent was
 clamped by ``E``. NaN stays NaN (and makes the rest of its block meaningless) and ±inf
-saturates. In float32 the exponent is also capped at 126, so that ``−2^(W−1)·δ`` stays finite.
+saturates. The exponent is also kept inside the tensor's dtype: capped above so that
+``−2^(W−1)·δ`` stays finite (126 in float32, 14 in float16), and floored so that ``δ`` is at
+least the dtype's smallest subnormal (``e ≥ W − 2 − 24`` in float16, ``W − 2 − 133`` in
+bfloat16), so every grid value is exactly representable and a zero block stays zero. float16,
+bfloat16, float32 and float64 are accepted, with ``W − 1`` at most the dtype's significand bits
+(``W ≤ 9`` for bfloat16, ``W ≤ 12`` for float16); half-precision tensors are rounded in float32
+and the exact result is cast back.
 This is the definition of the SWALP reference code: 8-bit words, 8-bit exponents, one block
 per tensor for biases and vectors and one block per row (output channel; per sample for
 activations) for everything else.
@@ -63,9 +69,13 @@ class BlockFloat:
     rounding: Rounding = "stochastic"
 
     def __post_init__(self) -> None:
-        if isinstance(self.word_length, bool) or not 2 <= self.word_length <= 24:
+        for name in ("word_length", "exponent_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if not 2 <= self.word_length <= 24:
             raise ValueError(f"word_length must be an int in [2, 24], got {self.word_length!r}")
-        if isinstance(self.exponent_bits, bool) or not 1 <= self.exponent_bits <= 8:
+        if not 1 <= self.exponent_bits <= 8:
             raise ValueError(f"exponent_bits must be an int in [1, 8], got {self.exponent_bits!r}")
         if self.block not in ("row", "tensor"):
             raise ValueError(f"block must be 'row' or 'tensor', got {self.block!r}")
@@ -79,15 +89,36 @@ class BlockFloat:
         return -half, half - 1
 
 
+_SIGNIFICAND_BITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}
+
+
+def _check_dtype(fmt: BlockFloat, dtype: torch.dtype) -> None:
+    """Refuse a dtype whose grid values ``δ·q`` the dtype could not hold exactly."""
+    bits = _SIGNIFICAND_BITS.get(dtype)
+    if bits is None:
+        raise ValueError(
+            f"quantize supports float16, bfloat16, float32 and float64 tensors, got dtype {dtype}"
+        )
+    if fmt.word_length - 1 > bits:
+        raise ValueError(
+            f"word_length={fmt.word_length} needs {fmt.word_length - 1} significand bits but "
+            f"{dtype} has {bits}: use word_length <= {bits + 1} or a wider dtype"
+        )
+
+
 def _exponent_range(fmt: BlockFloat, dtype: torch.dtype) -> tuple[int, int]:
-    """Allowed shared exponents; capped so that the code ``−2^(W−1)`` stays finite in ``dtype``."""
+    """Allowed shared exponents, inside ``dtype``: ``−2^(W−1)·δ`` finite, ``δ`` not below its
+    smallest subnormal (so that no step underflows to zero)."""
     half = 1 << (fmt.exponent_bits - 1)
-    return -half, min(half - 1, math.frexp(torch.finfo(dtype).max)[1] - 2)
+    info = torch.finfo(dtype)
+    subnormal = math.frexp(info.smallest_normal * info.eps)[1] - 1  # log2 of the smallest
+    return max(-half, subnormal + fmt.word_length - 2), min(half - 1, math.frexp(info.max)[1] - 2)
 
 
-def _exponent(amax: Tensor, fmt: BlockFloat) -> Tensor:
-    """The shared exponent ``e = clamp(⌊log₂ m⌋)`` of each block (int32, shaped like ``amax``)."""
-    lo, hi = _exponent_range(fmt, amax.dtype)
+def _exponent(amax: Tensor, fmt: BlockFloat, dtype: torch.dtype) -> Tensor:
+    """The shared exponent ``e = clamp(⌊log₂ m⌋)`` of each block (int32, shaped like ``amax``),
+    in the range of ``dtype`` (the tensor's own, when ``amax`` was computed in a wider one)."""
+    lo, hi = _exponent_range(fmt, dtype)
     # ⌊log₂ m⌋ from the float's own exponent: frexp gives m = f·2^k with f in [0.5, 1)
     _, k = torch.frexp(amax)
     e = (k - 1).clamp(lo, hi)
@@ -112,7 +143,8 @@ def quantize(
     """Round ``x`` to the block-floating-point format ``fmt`` (default: SWALP's 8-bit format).
 
     Args:
-        x: a floating tensor of any shape (float32 or float64; the result has its dtype).
+        x: a floating tensor of any shape: float16, bfloat16, float32 or float64 (the result
+            has its dtype).
         fmt: the format; ``BlockFloat()`` when None.
         generator: the randomness of stochastic rounding (default: torch's global generator).
 
@@ -120,13 +152,21 @@ def quantize(
         A new tensor of ``x``'s shape whose every block is ``δ·q`` with integer ``q`` in
         :attr:`BlockFloat.codes`. Stochastic rounding is unbiased for every value that does not
         saturate: ``E[quantize(x)] = x``.
+
+    Raises:
+        ValueError: for a non-floating dtype or one not listed, or a ``word_length`` wider
+            than the dtype's significand (``word_length > 9`` for bfloat16).
     """
     fmt = fmt or BlockFloat()
     if not x.is_floating_point():
         raise ValueError(f"quantize needs a floating tensor, got dtype {x.dtype}")
+    _check_dtype(fmt, x.dtype)
     if x.numel() == 0:
         return x.clone()
-    step = _step(_exponent(_block_max(x, fmt), fmt), fmt, x)
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        x = x.detach().float()  # every grid value of dtype is exact in float32, and back
+    step = _step(_exponent(_block_max(x, fmt), fmt, dtype), fmt, x)
     scaled = x.detach() / step  # exact: step is a power of two
     low = torch.floor(scaled)
     if fmt.rounding == "nearest":
@@ -136,7 +176,7 @@ def quantize(
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         q = low + (u < frac).to(x.dtype)
     lo, hi = fmt.codes
-    return q.clamp_(lo, hi).mul_(step)
+    return q.clamp_(lo, hi).mul_(step).to(dtype)
 
 
 def representable(x: Tensor, fmt: BlockFloat | None = None) -> bool:
@@ -146,8 +186,9 @@ def representable(x: Tensor, fmt: BlockFloat | None = None) -> bool:
     its exponent, so both ``⌊log₂ m⌋`` and one less are tried.
     """
     fmt = fmt or BlockFloat()
+    _check_dtype(fmt, x.dtype)
     lo, hi = fmt.codes
-    e = _exponent(_block_max(x, fmt), fmt)
+    e = _exponent(_block_max(x, fmt), fmt, x.dtype)
     ok = torch.zeros_like(e, dtype=torch.bool)
     for shift in (0, 1):  # a coarser exponent's grid lies inside this one's: no need to try it
         q = x / _step(e - shift, fmt, x)
