@@ -29,14 +29,16 @@ buffers and weights around each optimiser step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from swag._checks import check_generator
 
 __all__ = [
     "BlockFloat",
@@ -50,7 +52,7 @@ __all__ = [
 Rounding = Literal["stochastic", "nearest"]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BlockFloat:
     """A block-floating-point format.
 
@@ -106,6 +108,29 @@ def _check_dtype(fmt: BlockFloat, dtype: torch.dtype) -> None:
         )
 
 
+def _check_format(name: str, fmt: object) -> None:
+    if fmt is not None and not isinstance(fmt, BlockFloat):
+        raise TypeError(
+            f"{name} must be a BlockFloat or None (no rounding), got {type(fmt).__name__}"
+        )
+
+
+def _check_input(x: object, fmt: BlockFloat) -> None:
+    """Refuse what :func:`quantize` cannot round: a non-tensor, sparse or non-floating one."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_format("fmt", fmt)
+    if x.layout != torch.strided:
+        raise ValueError(
+            f"x must be a dense tensor, got layout {x.layout} (a sparse gradient, as from "
+            "nn.Embedding(sparse=True)?): block floating point rounds dense tensors only; "
+            "use sparse=False or call .to_dense()"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"quantize needs a floating tensor, got dtype {x.dtype}")
+    _check_dtype(fmt, x.dtype)
+
+
 def _exponent_range(fmt: BlockFloat, dtype: torch.dtype) -> tuple[int, int]:
     """Allowed shared exponents, inside ``dtype``: ``−2^(W−1)·δ`` finite, ``δ`` not below its
     smallest subnormal (so that no step underflows to zero)."""
@@ -158,9 +183,7 @@ def quantize(
             than the dtype's significand (``word_length > 9`` for bfloat16).
     """
     fmt = fmt or BlockFloat()
-    if not x.is_floating_point():
-        raise ValueError(f"quantize needs a floating tensor, got dtype {x.dtype}")
-    _check_dtype(fmt, x.dtype)
+    _check_input(x, fmt)
     if x.numel() == 0:
         return x.clone()
     dtype = x.dtype
@@ -186,7 +209,7 @@ def representable(x: Tensor, fmt: BlockFloat | None = None) -> bool:
     its exponent, so both ``⌊log₂ m⌋`` and one less are tried.
     """
     fmt = fmt or BlockFloat()
-    _check_dtype(fmt, x.dtype)
+    _check_input(x, fmt)
     lo, hi = fmt.codes
     e = _exponent(_block_max(x, fmt), fmt, x.dtype)
     ok = torch.zeros_like(e, dtype=torch.bool)
@@ -240,6 +263,9 @@ class Quantizer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        _check_format("forward", forward)
+        _check_format("backward", backward)
+        check_generator(generator)
         self.fwd, self.bwd, self.generator = forward, backward, generator
 
     def forward(self, x: Tensor) -> Tensor:
@@ -261,11 +287,27 @@ def quantize_model(
     module)`` selects) that passes the output through a :class:`Quantizer`; the model input is
     rounded too (a forward pre-hook on ``model``). Remove the hooks with ``h.remove()`` on each
     returned handle, e.g. to evaluate the float network.
-    """
-    quantizer = Quantizer(forward, backward, generator=generator)
 
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
-        return quantizer(out) if isinstance(out, Tensor) and out.is_floating_point() else out
+    An output that is a tuple, list, dict or dataclass (an LSTM's ``(out, (h, c))``,
+    ``nn.MultiheadAttention``'s ``(out, weights)``) has every floating tensor inside it rounded;
+    integer tensors, None, numbers and strings pass as they are.
+
+    Raises:
+        TypeError: in the forward pass, naming the module, if an output holds something else
+            (its tensors could not be reached); leave that module out with ``modules=``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if modules is not None and not callable(modules):
+        raise TypeError(
+            f"modules must be a callable (name, module) -> bool or None, got "
+            f"{type(modules).__name__}"
+        )
+    quantizer = Quantizer(forward, backward, generator=generator)
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def hook(m: nn.Module, _inp: Any, out: Any) -> Any:
+        return _round_output(out, quantizer, names.get(id(m), type(m).__name__))
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(
@@ -276,6 +318,33 @@ def quantize_model(
     handles = [model.register_forward_pre_hook(pre_hook)]
     handles += [m.register_forward_hook(hook) for n, m in model.named_modules() if pick(n, m)]
     return handles
+
+
+def _round_output(out: Any, quantizer: Quantizer, name: str) -> Any:
+    """``out`` with every floating tensor passed through ``quantizer``, its structure kept."""
+    if isinstance(out, Tensor):
+        return quantizer(out) if out.is_floating_point() else out
+    if out is None or isinstance(out, (bool, int, float, complex, str, bytes)):
+        return out
+    if isinstance(out, tuple):
+        items = [_round_output(o, quantizer, name) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else tuple(items)  # namedtuple
+    if isinstance(out, list):
+        return [_round_output(o, quantizer, name) for o in out]
+    if isinstance(out, dict):
+        return type(out)({k: _round_output(v, quantizer, name) for k, v in out.items()})
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        changes = {
+            f.name: _round_output(getattr(out, f.name), quantizer, name)
+            for f in dataclasses.fields(out)
+            if f.init
+        }
+        return dataclasses.replace(out, **changes)
+    raise TypeError(
+        f"quantize_model cannot round the output of module {name!r}, a "
+        f"{type(out).__name__}; leave the module out with modules=, or return tensors in a "
+        "tuple, list, dict or dataclass"
+    )
 
 
 class QuantizedOptimizer:
@@ -306,7 +375,17 @@ class QuantizedOptimizer:
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        for name, fmt in (("weight", weight), ("grad", grad), ("state", state)):
+            _check_format(name, fmt)
+        if isinstance(state_keys, str) or not isinstance(state_keys, Iterable):
+            raise TypeError(
+                f"state_keys must be an iterable of state names such as ('momentum_buffer',), "
+                f"got {state_keys!r}"
+            )
+        check_generator(generator)
         self.optimizer = optimizer
         self.weight, self.grad, self.state = weight, grad, state
         self.state_keys = tuple(state_keys)
@@ -332,6 +411,13 @@ class QuantizedOptimizer:
     def step(self) -> None:
         """Round gradients, take the wrapped optimiser's step, round its state and the weights."""
         if self.grad is not None:
+            for i, p in enumerate(self._params()):
+                if p.grad is not None and p.grad.is_sparse:
+                    raise ValueError(
+                        f"parameter {i} of the optimizer has a sparse gradient (an "
+                        "nn.Embedding(sparse=True)?); QuantizedOptimizer rounds dense "
+                        "gradients only: build the layer with sparse=False. Nothing was changed."
+                    )
             for p in self._params():
                 if p.grad is not None:
                     p.grad.copy_(quantize(p.grad, self.grad, generator=self.generator))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from swag.lowp import BlockFloat, QuantizedOptimizer, quantize, representable
+from swag.lowp import BlockFloat, QuantizedOptimizer, quantize, quantize_model, representable
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 WORD_LENGTHS = [2, 4, 8, 9, 12, 16, 24]
@@ -125,3 +125,66 @@ def test_unsupported_dtypes_and_word_lengths_are_refused_by_name() -> None:
         representable(torch.ones(3, dtype=torch.float16), BlockFloat(word_length=16))
     with pytest.raises(ValueError, match="dtype"):
         quantize(torch.ones(3).to(torch.float8_e4m3fn))
+
+
+class _Pair(nn.Module):
+    """Returns a dict holding float tensors (one in a tuple), an integer tensor and a string."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        return {"y": x * 1.0001, "z": (x + 0.3,), "idx": torch.arange(3), "note": "kept"}
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "mha", "dict"])
+def test_tuple_and_dict_outputs_are_rounded(kind: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4)
+    model: nn.Module = {
+        "lstm": nn.LSTM(4, 6, batch_first=True),
+        "gru": nn.GRU(4, 6, batch_first=True),
+        "mha": nn.MultiheadAttention(4, 2, batch_first=True),
+        "dict": _Pair(),
+    }[kind]
+    fmt = BlockFloat(word_length=4, rounding="nearest")
+    handles = quantize_model(model, fmt, None, modules=lambda n, m: m is model)
+    out = model(x, x, x) if kind == "mha" else model(x)
+    for h in handles:
+        h.remove()
+    floats = [t for t in _leaves(out) if t.is_floating_point()]
+    assert len(floats) >= 2  # every returned float tensor was reached
+    for t in floats:
+        assert representable(t.detach(), fmt), kind  # a 4-bit grid: float output is not on it
+    if kind == "dict":
+        assert out["note"] == "kept" and torch.equal(out["idx"], torch.arange(3))
+
+
+def _leaves(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _leaves(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _leaves(o)]
+    return []
+
+
+def test_an_output_it_cannot_reach_is_refused_naming_the_module() -> None:
+    class Opaque(nn.Module):
+        def forward(self, x: torch.Tensor) -> object:
+            return {"set": {1, 2}} if x.sum() > 1e9 else iter([x])
+
+    model = nn.Sequential(nn.Linear(2, 2), Opaque())
+    quantize_model(model)
+    with pytest.raises(TypeError, match=r"module '1'.*modules="):
+        model(torch.ones(1, 2))
+
+
+def test_sparse_gradients_get_a_clear_error() -> None:
+    emb = nn.Embedding(5, 3, sparse=True)
+    opt = QuantizedOptimizer(torch.optim.SGD(emb.parameters(), lr=0.1))
+    before = emb.weight.detach().clone()
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match=r"sparse gradient.*sparse=False"):
+        opt.step()
+    assert torch.equal(emb.weight.detach(), before)  # nothing was changed
+    with pytest.raises(ValueError, match="x must be a dense tensor"):
+        quantize(torch.eye(3).to_sparse())
