@@ -33,8 +33,10 @@ class Snapshots(CheckedState):
     running statistics are recomputed per member by :func:`swag.predict` (``bn_loader=``).
 
     Memory: ``max_snapshots · P`` elements, allocated at creation. An ``nn.Module``: ``.to()``
-    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`; to resume a
-    run from a file, :meth:`save` and :meth:`load` (safetensors, validated).
+    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`: device moves
+    reach the buffer, casts such as ``model.half()`` leave its dtype (attached to a model, the
+    snapshots are not rounded to the weights' dtype). To resume a run from a file, :meth:`save`
+    and :meth:`load` (safetensors, validated).
 
     Args:
         model: the network being trained (only a reference is kept).
