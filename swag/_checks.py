@@ -132,3 +132,28 @@ def check_device(device: Any) -> None:
         except RuntimeError as err:
             raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
     raise TypeError(f"device must be a torch.device, a string or None, got {type(device).__name__}")
+
+
+def check_real(
+    value: object, name: str, *, minimum: float | None = None, strict: bool = False
+) -> float:
+    """``value`` as a finite float, at least ``minimum`` (above it when ``strict``).
+
+    Raises:
+        TypeError: unless ``value`` is a real number (a bool, a string or a tensor is refused).
+        ValueError: if it is NaN or infinite, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number, got {type(value).__name__} {value!r}"
+            + ("; pass float(t) for a tensor" if _tensor(value) else "")
+        )
+    number = float(value)
+    bound = "" if minimum is None else f" and {'>' if strict else '>='} {minimum:g}"
+    if (
+        not math.isfinite(number)
+        or (minimum is not None and number < minimum)
+        or (strict and number == minimum)
+    ):
+        raise ValueError(f"{name} must be finite{bound}, got {value!r}")
+    return number
