@@ -157,3 +157,11 @@ def check_real(
     ):
         raise ValueError(f"{name} must be finite{bound}, got {value!r}")
     return number
+
+
+def check_state_dict(state_dict: object, name: str = "state_dict") -> None:
+    """Raises TypeError unless ``state_dict`` is a dict (a mapping from ``state_dict()``)."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(
+            f"{name} must be a dict, as returned by state_dict(), got {type(state_dict).__name__}"
+        )

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from swag._checks import check_generator
+from swag._checks import check_bool, check_generator, check_state_dict
 
 __all__ = [
     "BlockFloat",
@@ -184,6 +184,7 @@ def quantize(
     """
     fmt = fmt or BlockFloat()
     _check_input(x, fmt)
+    check_generator(generator)
     if x.numel() == 0:
         return x.clone()
     dtype = x.dtype
@@ -269,6 +270,7 @@ class Quantizer(nn.Module):
         self.fwd, self.bwd, self.generator = forward, backward, generator
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` rounded to ``forward`` (any shape, kept); its gradient rounded to ``backward``."""
         out: Tensor = _Round.apply(x, self.fwd, self.bwd, self.generator)  # type: ignore[no-untyped-call]
         return out
 
@@ -394,6 +396,7 @@ class QuantizedOptimizer:
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimiser's groups (the same list: a change to a rate reaches it)."""
         return self.optimizer.param_groups
 
     def _params(self) -> Iterable[Tensor]:
@@ -432,10 +435,21 @@ class QuantizedOptimizer:
         self.quantize_weights()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients (the wrapped optimiser's ``zero_grad``)."""
+        check_bool(set_to_none, "set_to_none")
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimiser's state (its momentum buffers already on the ``state`` grid)."""
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict` into the wrapped optimiser.
+
+        The loaded buffers are used as they are; the next :meth:`step` rounds them again.
+
+        Raises:
+            TypeError: if ``state_dict`` is not a dict.
+        """
+        check_state_dict(state_dict)
         self.optimizer.load_state_dict(state_dict)

@@ -11,7 +11,8 @@ into an equal-weight :class:`~swag.MultiSWAG` of :class:`~swag.PointPosterior` s
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior, _io
 from swag._checked_state import CheckedState
+from swag._checks import check_count, check_device
 from swag.layout import ParamSelector
 
 __all__ = ["Snapshots", "multi_swa"]
@@ -76,12 +78,10 @@ class Snapshots(CheckedState):
     ) -> None:
         super().__init__()
         _check_model("model", model)
+        check_device(device)
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int):
-            raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
-        if max_snapshots < 1:
-            raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
+        check_count(max_snapshots, "max_snapshots")
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
         dtype = dtype or functools.reduce(torch.promote_types, self.layout.dtypes)
@@ -186,6 +186,7 @@ class Snapshots(CheckedState):
 
     def save(self, path: _io.PathLike) -> None:
         """Write the buffer and count to ``path`` (safetensors, atomic), to resume a run."""
+        _check_path(path)
         meta = {"n": str(self._n), "layout": self.layout.to_json()}
         _io.save_file(path, "snapshots", {"snapshots": self.snapshots}, meta)
 
@@ -201,6 +202,9 @@ class Snapshots(CheckedState):
         Raises:
             ValueError: if the file is damaged or foreign, or does not fit ``model``.
         """
+        _check_path(path)
+        _check_model("model", model)
+        check_device(device)
         tensors, meta = _io.load_file(path, "snapshots")
         rows = tensors.get("snapshots")
         if rows is None or rows.dim() != 2:
@@ -237,6 +241,10 @@ def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
         ValueError: if ``runs`` is empty, a run collected nothing, or the runs cover different
             parameters.
     """
+    if isinstance(runs, (str, bytes, nn.Module)) or not isinstance(runs, Iterable):
+        raise TypeError(
+            f"runs must be a list of Collector, Snapshots or posteriors, got {type(runs).__name__}"
+        )
     runs = list(runs)
     if not runs:
         raise ValueError("multi_swa needs at least one run, got none")
@@ -258,3 +266,8 @@ def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
 def _check_model(name: str, model: object) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be the nn.Module being trained, got {type(model).__name__}")
+
+
+def _check_path(path: object) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a pathlib.Path, got {type(path).__name__}")

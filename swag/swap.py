@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from swag import update_bn
-from swag._checks import check_real
+from swag._checks import check_loader, check_real
 
 __all__ = ["SWAP"]
 
@@ -90,9 +90,13 @@ class SWAP:
         One all-reduce of two numbers; every rank gets the same answer, so they all leave
         phase 1 at the same step.
         """
-        if not 0 < threshold <= 1:
+        correct = check_real(correct, "correct", minimum=0)
+        total = check_real(total, "total", minimum=0)
+        if correct > total:
+            raise ValueError(f"correct must be <= total, got correct={correct}, total={total}")
+        if not 0 < check_real(threshold, "threshold") <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        counts = torch.tensor([float(correct), float(total)], dtype=torch.float64)
+        counts = torch.tensor([correct, total], dtype=torch.float64)
         dist.all_reduce(counts, group=self._status)
         self.syncs += 1
         return bool(counts[1] > 0 and counts[0] / counts[1] >= threshold)
@@ -173,11 +177,14 @@ class SWAP:
         models that differ are refused on every rank instead of averaged element by element.
 
         Raises:
+            TypeError: if ``bn_loader`` is not iterable (checked before any collective).
             RuntimeError: on every rank, if a rank failed in :meth:`independent` (naming it and
                 its error), or did not reach this point within ``timeout`` seconds.
             ValueError: on every rank, if the ranks' models differ in parameter (or, without
                 ``bn_loader``, buffer) names, shapes or dtypes; nothing is averaged.
         """
+        if bn_loader is not None:
+            check_loader(bn_loader, "bn_loader")
         tensors, layout = self._layout(with_buffers=bn_loader is None)
         statuses = self._exchange("", hashlib.sha256(layout.encode()).digest())
         failed = {r: m for r, (m, _) in enumerate(statuses) if m}
