@@ -206,16 +206,24 @@ class Snapshots(CheckedState):
         _check_model("model", model)
         check_device(device)
         tensors, meta = _io.load_file(path, "snapshots")
+        _io.expect_tensors(tensors, ["snapshots"], path)
         rows = tensors.get("snapshots")
         if rows is None or rows.dim() != 2:
             raise ValueError(f"{path} lacks a 2-d tensor 'snapshots'; the file is damaged")
         text = _io.require(meta, "layout", path)
+        layout = _io.layout_field(meta, "layout", path)  # checked row by row, naming the file
+        n = _io.int_field(meta, "n", path, low=0, high=rows.shape[0])
+        if not rows.dtype.is_floating_point or rows.shape[0] < 1:
+            raise ValueError(
+                f"{path}: its snapshots are {rows.dtype} {tuple(rows.shape)}, not a floating "
+                "(M, P) buffer with M >= 1; the file is damaged"
+            )
         try:
-            n = int(_io.require(meta, "n", path))
-            names = list(ParamLayout.from_json(text).names)
-        except (TypeError, ValueError, KeyError, IndexError) as err:
-            raise ValueError(f"{path} has damaged metadata ({err})") from err
-        snaps = cls(model, rows.shape[0], params=names, device=device, dtype=rows.dtype)
+            snaps = cls(
+                model, rows.shape[0], params=list(layout.names), device=device, dtype=rows.dtype
+            )
+        except ValueError as err:
+            raise ValueError(f"{path} does not fit model: {err}") from None
         problem = snaps._state_problem(
             {"snapshots": rows, "_extra_state": {"n": n, "layout": text}}, ""
         )
