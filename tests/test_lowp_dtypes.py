@@ -8,7 +8,9 @@ word length the dtype cannot hold is refused up front instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -155,6 +157,32 @@ def test_tuple_and_dict_outputs_are_rounded(kind: str) -> None:
         assert representable(t.detach(), fmt), kind  # a 4-bit grid: float output is not on it
     if kind == "dict":
         assert out["note"] == "kept" and torch.equal(out["idx"], torch.arange(3))
+
+
+@dataclasses.dataclass
+class _Output:
+    logits: torch.Tensor
+    hidden: tuple[torch.Tensor, ...]
+    steps: int
+
+
+class _Pair2(NamedTuple):
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def test_dataclass_and_namedtuple_outputs_keep_their_type_and_are_rounded() -> None:
+    class Net(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[_Output, _Pair2]:
+            return _Output(x * 1.01, (x + 0.1, x - 0.1), steps=3), _Pair2(x * 3.3, x / 7)
+
+    net = Net()
+    fmt = BlockFloat(word_length=4, rounding="nearest")
+    quantize_model(net, fmt, None, modules=lambda n, m: m is net)
+    out, pair = net(torch.randn(3, 5, generator=torch.Generator().manual_seed(0)))
+    assert isinstance(out, _Output) and isinstance(pair, _Pair2) and out.steps == 3
+    for t in (out.logits, *out.hidden, pair.a, pair.b):
+        assert representable(t.detach(), fmt)
 
 
 def _leaves(out: object) -> list[torch.Tensor]:
