@@ -1,16 +1,23 @@
-"""State dicts that load whole or not at all, for the modules that accumulate statistics."""
+"""State that loads whole or not at all and keeps its dtype, for the modules holding statistics."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 class CheckedState(nn.Module, ABC):
-    """``load_state_dict`` validates the whole state before copying any of it, and always copies.
+    """Buffers that keep their dtype under casts; a state that loads whole or not at all.
 
+    ``.to(device)``, ``.cuda()`` and ``.cpu()`` move the buffers, but casts (``model.half()``,
+    ``model.to(torch.bfloat16)``, ``.double()``) leave their dtype alone: an object attached to a
+    model as a submodule would otherwise be rounded to a dtype chosen for the weights.
+
+    ``load_state_dict`` validates the whole state before copying any of it, and always copies.
     A refused or partial state (also under ``strict=False``) changes nothing: a mix of two
     states would be a wrong posterior. ``assign=True`` still copies: assigned buffers would
     share memory with the state's tensors (another module's, when the state came from its
@@ -18,6 +25,17 @@ class CheckedState(nn.Module, ABC):
     """
 
     _state_name: str  # in the error: "cannot load {_state_name}: ..."
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CheckedState:
+        """Let device moves reach the buffers, not dtype casts (each keeps its own dtype)."""
+
+        def move(t: Tensor) -> Tensor:
+            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+            return fn(t) if probe.dtype == t.dtype else t.to(probe.device)
+
+        apply: Callable[..., Any] = super()._apply  # untyped in torch's stubs
+        apply(move, recurse)
+        return self
 
     @abstractmethod
     def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:

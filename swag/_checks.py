@@ -163,3 +163,36 @@ def check_positive(value: object, name: str, *, zero_ok: bool = False) -> float:
         bound = ">= 0" if zero_ok else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
     return out
+
+
+def check_real(
+    value: object, name: str, *, minimum: float | None = None, strict: bool = False
+) -> float:
+    """``value`` as a finite float, at least ``minimum`` (above it when ``strict``).
+
+    Raises:
+        TypeError: unless ``value`` is a real number (a bool, a string or a tensor is refused).
+        ValueError: if it is NaN or infinite, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number, got {type(value).__name__} {value!r}"
+            + ("; pass float(t) for a tensor" if _tensor(value) else "")
+        )
+    number = float(value)
+    bound = "" if minimum is None else f" and {'>' if strict else '>='} {minimum:g}"
+    if (
+        not math.isfinite(number)
+        or (minimum is not None and number < minimum)
+        or (strict and number == minimum)
+    ):
+        raise ValueError(f"{name} must be finite{bound}, got {value!r}")
+    return number
+
+
+def check_state_dict(state_dict: object, name: str = "state_dict") -> None:
+    """Raises TypeError unless ``state_dict`` is a dict (a mapping from ``state_dict()``)."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(
+            f"{name} must be a dict, as returned by state_dict(), got {type(state_dict).__name__}"
+        )

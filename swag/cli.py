@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -13,6 +14,49 @@ import swag
 from swag.bench import FGE_SAM, METHODS, PRESETS, BenchConfig
 
 __all__ = ["main"]
+
+
+class _Once(argparse.Action):
+    """Stores a single-valued flag, and refuses it a second time (the last would silently win)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        _refuse_twice(self, parser, namespace, option_string)
+        setattr(namespace, self.dest, values)
+
+
+class _OnceBool(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, given at most once (``--fge-sam --no-fge-sam`` is refused)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        _refuse_twice(self, parser, namespace, option_string)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _refuse_twice(
+    action: argparse.Action,
+    parser: argparse.ArgumentParser,
+    namespace: argparse.Namespace,
+    option_string: str | None,
+) -> None:
+    given: dict[str, str] = namespace.__dict__.setdefault("_given", {})
+    if action.dest in given:
+        parser.error(
+            f"{option_string} given twice (after {given[action.dest]}): it takes one value, "
+            "give it once"
+        )
+    given[action.dest] = option_string or action.dest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--preset",
+        action=_Once,
         choices=list(PRESETS),
         default="default",
         help="budget: default = the SWAG paper's regime scaled down (SGD trained until it is "
@@ -37,23 +82,31 @@ def _parser() -> argparse.ArgumentParser:
         "a GPU (default: default)",
     )
     seeds = bench.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, help="one seed (default: 0)")
+    seeds.add_argument("--seed", action=_Once, type=int, help="one seed (default: 0)")
     seeds.add_argument(
-        "--seeds", type=int, nargs="+", help="several seeds: a mean ± std report (default: 0)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        action="extend",
+        help="several seeds: a mean ± std report; may repeat, --seeds 0 --seeds 1 is "
+        "--seeds 0 1 (default: 0)",
     )
     bench.add_argument(
         "--epochs",
+        action=_Once,
         type=int,
         help=f"epochs per training run (default: the preset's, {default.epochs} for default)",
     )
     bench.add_argument(
         "--swa-epochs",
+        action=_Once,
         type=int,
         help="epochs of SWAG collection at the end of each SWAG run, 1 to --epochs - 1 "
         f"(default: the preset's, {default.swa_epochs} for default)",
     )
     bench.add_argument(
         "--samples",
+        action=_Once,
         type=int,
         help="posterior samples per SWAG method, at least one per MultiSWAG member "
         f"(default: the preset's, {default.num_samples} for default)",
@@ -61,16 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--skip",
         nargs="+",
+        action="extend",
         default=[],
         choices=[m for m in METHODS if m != "SGD"],
         metavar="METHOD",
-        help="leave these methods out, e.g. --skip 'MC dropout' (default: run all of: "
+        help="leave these methods out, e.g. --skip 'MC dropout'; may repeat: --skip A --skip B "
+        "leaves out both (default: run all of: "
         + ", ".join(m for m in METHODS if m != "SGD")
         + ", and SGD)",
     )
     bench.add_argument(
         "--fge-sam",
-        action=argparse.BooleanOptionalAction,
+        action=_OnceBool,
         default=None,
         help="train the FGE and SAM rows (" + ", ".join(FGE_SAM) + "): one cyclical run and "
         "two SAM runs, about five SGD runs' worth of training (default: the preset's, on in "
@@ -78,11 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--device",
+        action=_Once,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu or cuda (default: cuda when a GPU is visible, else cpu)",
     )
     bench.add_argument(
         "--out",
+        action=_Once,
         default=None,
         help="run folder; an existing one is kept and the run goes to OUT-2, OUT-3, ... "
         "(default: runs/bench-PRESET-sSEED)",
@@ -92,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--data-dir",
+        action=_Once,
         default=None,
         help="folder with the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)",
     )
@@ -123,9 +181,10 @@ def _config(args: argparse.Namespace, seeds: list[int]) -> tuple[BenchConfig | N
     epochs = cfg.epochs if args.epochs is None else args.epochs
     swa = cfg.swa_epochs if args.swa_epochs is None else args.swa_epochs
     samples = cfg.num_samples if args.samples is None else args.samples
+    flag = "--seed" if args.seeds is None else "--seeds"
     bad_seeds = [s for s in seeds if not 0 <= s < 2**32]
     if bad_seeds:
-        return None, f"--seed must be between 0 and 2**32 - 1, got {bad_seeds[0]}"
+        return None, f"{flag} must be between 0 and 2**32 - 1, got {bad_seeds[0]}"
     if len(set(seeds)) != len(seeds):
         return None, f"--seeds lists a seed twice: {seeds}"
     if epochs < 2:

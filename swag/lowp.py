@@ -10,7 +10,13 @@ with ``R`` rounding to nearest (ties to even) or stochastically (up with probabi
 the fractional part, which is unbiased). Values past the range saturate at the extreme codes:
 this happens when the block's maximum rounds up to ``2^(W−1)·δ``, or when the exponent was
 clamped by ``E``. NaN stays NaN (and makes the rest of its block meaningless) and ±inf
-saturates. In float32 the exponent is also capped at 126, so that ``−2^(W−1)·δ`` stays finite.
+saturates. The exponent is also kept inside the tensor's dtype: capped above so that
+``−2^(W−1)·δ`` stays finite (126 in float32, 14 in float16), and floored so that ``δ`` is at
+least the dtype's smallest subnormal (``e ≥ W − 2 − 24`` in float16, ``W − 2 − 133`` in
+bfloat16), so every grid value is exactly representable and a zero block stays zero. float16,
+bfloat16, float32 and float64 are accepted, with ``W − 1`` at most the dtype's significand bits
+(``W ≤ 9`` for bfloat16, ``W ≤ 12`` for float16); half-precision tensors are rounded in float32
+and the exact result is cast back.
 This is the definition of the SWALP reference code: 8-bit words, 8-bit exponents, one block
 per tensor for biases and vectors and one block per row (output channel; per sample for
 activations) for everything else.
@@ -23,14 +29,16 @@ buffers and weights around each optimiser step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from swag._checks import check_bool, check_generator, check_state_dict
 
 __all__ = [
     "BlockFloat",
@@ -44,7 +52,7 @@ __all__ = [
 Rounding = Literal["stochastic", "nearest"]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BlockFloat:
     """A block-floating-point format.
 
@@ -63,9 +71,13 @@ class BlockFloat:
     rounding: Rounding = "stochastic"
 
     def __post_init__(self) -> None:
-        if isinstance(self.word_length, bool) or not 2 <= self.word_length <= 24:
+        for name in ("word_length", "exponent_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if not 2 <= self.word_length <= 24:
             raise ValueError(f"word_length must be an int in [2, 24], got {self.word_length!r}")
-        if isinstance(self.exponent_bits, bool) or not 1 <= self.exponent_bits <= 8:
+        if not 1 <= self.exponent_bits <= 8:
             raise ValueError(f"exponent_bits must be an int in [1, 8], got {self.exponent_bits!r}")
         if self.block not in ("row", "tensor"):
             raise ValueError(f"block must be 'row' or 'tensor', got {self.block!r}")
@@ -79,15 +91,59 @@ class BlockFloat:
         return -half, half - 1
 
 
+_SIGNIFICAND_BITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}
+
+
+def _check_dtype(fmt: BlockFloat, dtype: torch.dtype) -> None:
+    """Refuse a dtype whose grid values ``δ·q`` the dtype could not hold exactly."""
+    bits = _SIGNIFICAND_BITS.get(dtype)
+    if bits is None:
+        raise ValueError(
+            f"quantize supports float16, bfloat16, float32 and float64 tensors, got dtype {dtype}"
+        )
+    if fmt.word_length - 1 > bits:
+        raise ValueError(
+            f"word_length={fmt.word_length} needs {fmt.word_length - 1} significand bits but "
+            f"{dtype} has {bits}: use word_length <= {bits + 1} or a wider dtype"
+        )
+
+
+def _check_format(name: str, fmt: object) -> None:
+    if fmt is not None and not isinstance(fmt, BlockFloat):
+        raise TypeError(
+            f"{name} must be a BlockFloat or None (no rounding), got {type(fmt).__name__}"
+        )
+
+
+def _check_input(x: object, fmt: BlockFloat) -> None:
+    """Refuse what :func:`quantize` cannot round: a non-tensor, sparse or non-floating one."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_format("fmt", fmt)
+    if x.layout != torch.strided:
+        raise ValueError(
+            f"x must be a dense tensor, got layout {x.layout} (a sparse gradient, as from "
+            "nn.Embedding(sparse=True)?): block floating point rounds dense tensors only; "
+            "use sparse=False or call .to_dense()"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"quantize needs a floating tensor, got dtype {x.dtype}")
+    _check_dtype(fmt, x.dtype)
+
+
 def _exponent_range(fmt: BlockFloat, dtype: torch.dtype) -> tuple[int, int]:
-    """Allowed shared exponents; capped so that the code ``−2^(W−1)`` stays finite in ``dtype``."""
+    """Allowed shared exponents, inside ``dtype``: ``−2^(W−1)·δ`` finite, ``δ`` not below its
+    smallest subnormal (so that no step underflows to zero)."""
     half = 1 << (fmt.exponent_bits - 1)
-    return -half, min(half - 1, math.frexp(torch.finfo(dtype).max)[1] - 2)
+    info = torch.finfo(dtype)
+    subnormal = math.frexp(info.smallest_normal * info.eps)[1] - 1  # log2 of the smallest
+    return max(-half, subnormal + fmt.word_length - 2), min(half - 1, math.frexp(info.max)[1] - 2)
 
 
-def _exponent(amax: Tensor, fmt: BlockFloat) -> Tensor:
-    """The shared exponent ``e = clamp(⌊log₂ m⌋)`` of each block (int32, shaped like ``amax``)."""
-    lo, hi = _exponent_range(fmt, amax.dtype)
+def _exponent(amax: Tensor, fmt: BlockFloat, dtype: torch.dtype) -> Tensor:
+    """The shared exponent ``e = clamp(⌊log₂ m⌋)`` of each block (int32, shaped like ``amax``),
+    in the range of ``dtype`` (the tensor's own, when ``amax`` was computed in a wider one)."""
+    lo, hi = _exponent_range(fmt, dtype)
     # ⌊log₂ m⌋ from the float's own exponent: frexp gives m = f·2^k with f in [0.5, 1)
     _, k = torch.frexp(amax)
     e = (k - 1).clamp(lo, hi)
@@ -112,7 +168,8 @@ def quantize(
     """Round ``x`` to the block-floating-point format ``fmt`` (default: SWALP's 8-bit format).
 
     Args:
-        x: a floating tensor of any shape (float32 or float64; the result has its dtype).
+        x: a floating tensor of any shape: float16, bfloat16, float32 or float64 (the result
+            has its dtype).
         fmt: the format; ``BlockFloat()`` when None.
         generator: the randomness of stochastic rounding (default: torch's global generator).
 
@@ -120,13 +177,20 @@ def quantize(
         A new tensor of ``x``'s shape whose every block is ``δ·q`` with integer ``q`` in
         :attr:`BlockFloat.codes`. Stochastic rounding is unbiased for every value that does not
         saturate: ``E[quantize(x)] = x``.
+
+    Raises:
+        ValueError: for a non-floating dtype or one not listed, or a ``word_length`` wider
+            than the dtype's significand (``word_length > 9`` for bfloat16).
     """
     fmt = fmt or BlockFloat()
-    if not x.is_floating_point():
-        raise ValueError(f"quantize needs a floating tensor, got dtype {x.dtype}")
+    _check_input(x, fmt)
+    check_generator(generator)
     if x.numel() == 0:
         return x.clone()
-    step = _step(_exponent(_block_max(x, fmt), fmt), fmt, x)
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        x = x.detach().float()  # every grid value of dtype is exact in float32, and back
+    step = _step(_exponent(_block_max(x, fmt), fmt, dtype), fmt, x)
     scaled = x.detach() / step  # exact: step is a power of two
     low = torch.floor(scaled)
     if fmt.rounding == "nearest":
@@ -136,7 +200,7 @@ def quantize(
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         q = low + (u < frac).to(x.dtype)
     lo, hi = fmt.codes
-    return q.clamp_(lo, hi).mul_(step)
+    return q.clamp_(lo, hi).mul_(step).to(dtype)
 
 
 def representable(x: Tensor, fmt: BlockFloat | None = None) -> bool:
@@ -146,8 +210,9 @@ def representable(x: Tensor, fmt: BlockFloat | None = None) -> bool:
     its exponent, so both ``⌊log₂ m⌋`` and one less are tried.
     """
     fmt = fmt or BlockFloat()
+    _check_input(x, fmt)
     lo, hi = fmt.codes
-    e = _exponent(_block_max(x, fmt), fmt)
+    e = _exponent(_block_max(x, fmt), fmt, x.dtype)
     ok = torch.zeros_like(e, dtype=torch.bool)
     for shift in (0, 1):  # a coarser exponent's grid lies inside this one's: no need to try it
         q = x / _step(e - shift, fmt, x)
@@ -199,9 +264,13 @@ class Quantizer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        _check_format("forward", forward)
+        _check_format("backward", backward)
+        check_generator(generator)
         self.fwd, self.bwd, self.generator = forward, backward, generator
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` rounded to ``forward`` (any shape, kept); its gradient rounded to ``backward``."""
         out: Tensor = _Round.apply(x, self.fwd, self.bwd, self.generator)  # type: ignore[no-untyped-call]
         return out
 
@@ -220,11 +289,27 @@ def quantize_model(
     module)`` selects) that passes the output through a :class:`Quantizer`; the model input is
     rounded too (a forward pre-hook on ``model``). Remove the hooks with ``h.remove()`` on each
     returned handle, e.g. to evaluate the float network.
-    """
-    quantizer = Quantizer(forward, backward, generator=generator)
 
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
-        return quantizer(out) if isinstance(out, Tensor) and out.is_floating_point() else out
+    An output that is a tuple, list, dict or dataclass (an LSTM's ``(out, (h, c))``,
+    ``nn.MultiheadAttention``'s ``(out, weights)``) has every floating tensor inside it rounded;
+    integer tensors, None, numbers and strings pass as they are.
+
+    Raises:
+        TypeError: in the forward pass, naming the module, if an output holds something else
+            (its tensors could not be reached); leave that module out with ``modules=``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if modules is not None and not callable(modules):
+        raise TypeError(
+            f"modules must be a callable (name, module) -> bool or None, got "
+            f"{type(modules).__name__}"
+        )
+    quantizer = Quantizer(forward, backward, generator=generator)
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def hook(m: nn.Module, _inp: Any, out: Any) -> Any:
+        return _round_output(out, quantizer, names.get(id(m), type(m).__name__))
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(
@@ -235,6 +320,33 @@ def quantize_model(
     handles = [model.register_forward_pre_hook(pre_hook)]
     handles += [m.register_forward_hook(hook) for n, m in model.named_modules() if pick(n, m)]
     return handles
+
+
+def _round_output(out: Any, quantizer: Quantizer, name: str) -> Any:
+    """``out`` with every floating tensor passed through ``quantizer``, its structure kept."""
+    if isinstance(out, Tensor):
+        return quantizer(out) if out.is_floating_point() else out
+    if out is None or isinstance(out, (bool, int, float, complex, str, bytes)):
+        return out
+    if isinstance(out, tuple):
+        items = [_round_output(o, quantizer, name) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else tuple(items)  # namedtuple
+    if isinstance(out, list):
+        return [_round_output(o, quantizer, name) for o in out]
+    if isinstance(out, dict):
+        return type(out)({k: _round_output(v, quantizer, name) for k, v in out.items()})
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        changes = {
+            f.name: _round_output(getattr(out, f.name), quantizer, name)
+            for f in dataclasses.fields(out)
+            if f.init
+        }
+        return dataclasses.replace(out, **changes)
+    raise TypeError(
+        f"quantize_model cannot round the output of module {name!r}, a "
+        f"{type(out).__name__}; leave the module out with modules=, or return tensors in a "
+        "tuple, list, dict or dataclass"
+    )
 
 
 class QuantizedOptimizer:
@@ -265,7 +377,17 @@ class QuantizedOptimizer:
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        for name, fmt in (("weight", weight), ("grad", grad), ("state", state)):
+            _check_format(name, fmt)
+        if isinstance(state_keys, str) or not isinstance(state_keys, Iterable):
+            raise TypeError(
+                f"state_keys must be an iterable of state names such as ('momentum_buffer',), "
+                f"got {state_keys!r}"
+            )
+        check_generator(generator)
         self.optimizer = optimizer
         self.weight, self.grad, self.state = weight, grad, state
         self.state_keys = tuple(state_keys)
@@ -274,6 +396,7 @@ class QuantizedOptimizer:
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimiser's groups (the same list: a change to a rate reaches it)."""
         return self.optimizer.param_groups
 
     def _params(self) -> Iterable[Tensor]:
@@ -291,6 +414,13 @@ class QuantizedOptimizer:
     def step(self) -> None:
         """Round gradients, take the wrapped optimiser's step, round its state and the weights."""
         if self.grad is not None:
+            for i, p in enumerate(self._params()):
+                if p.grad is not None and p.grad.is_sparse:
+                    raise ValueError(
+                        f"parameter {i} of the optimizer has a sparse gradient (an "
+                        "nn.Embedding(sparse=True)?); QuantizedOptimizer rounds dense "
+                        "gradients only: build the layer with sparse=False. Nothing was changed."
+                    )
             for p in self._params():
                 if p.grad is not None:
                     p.grad.copy_(quantize(p.grad, self.grad, generator=self.generator))
@@ -305,10 +435,21 @@ class QuantizedOptimizer:
         self.quantize_weights()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients (the wrapped optimiser's ``zero_grad``)."""
+        check_bool(set_to_none, "set_to_none")
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimiser's state (its momentum buffers already on the ``state`` grid)."""
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict` into the wrapped optimiser.
+
+        The loaded buffers are used as they are; the next :meth:`step` rounds them again.
+
+        Raises:
+            TypeError: if ``state_dict`` is not a dict.
+        """
+        check_state_dict(state_dict)
         self.optimizer.load_state_dict(state_dict)

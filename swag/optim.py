@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.optim import Optimizer
 
+from swag._checks import check_bool, check_callable, check_state_dict
+
 __all__ = ["SAM", "frozen_bn"]
 
 _TINY = 1e-12  # keeps ε̂ = 0 (not NaN) when the gradient is exactly zero
@@ -48,6 +50,8 @@ def frozen_bn(model: nn.Module) -> Iterator[None]:
     describe θ, the weights kept (the SAM authors' implementation keeps the state of the first
     forward and drops that of the second).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     saved = [
         (buf, buf.clone())
         for m in model.modules()
@@ -235,6 +239,7 @@ class SAM(Optimizer):
         Raises:
             ValueError: without a closure.
         """
+        check_callable(closure, "closure")
         if closure is None:
             raise ValueError(
                 "SAM needs a closure that computes the loss and calls backward() (two passes "
@@ -262,7 +267,43 @@ class SAM(Optimizer):
             p.copy_(self.state[p]["theta"])
         self._perturbed = []
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (with its defaults) and SAM's ``rho``/``eta``/
+        ``adaptive`` (the group's own, checked, or SAM's); one list of groups serves both.
+
+        Raises:
+            TypeError: if ``param_group`` is not a dict, or its ``rho``/``eta``/``adaptive``
+                has the wrong type.
+            ValueError: if it has no ``params``, shares a parameter with another group, or its
+                ``rho``/``eta`` is not finite (``rho`` > 0, ``eta`` >= 0).
+        """
+        if "base" not in self.__dict__:  # Optimizer.__init__ adding the base's own groups
+            super().add_param_group(param_group)
+            return
+        if not isinstance(param_group, dict):
+            raise TypeError(
+                f"param_group must be a dict such as {{'params': layer.parameters()}}, got "
+                f"{type(param_group).__name__}"
+            )
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry (the parameters to add)")
+        group = dict(param_group)
+        if "rho" in group:
+            group["rho"] = _real("rho", group["rho"], positive=True, hint=f"got {group['rho']}")
+        if "eta" in group:
+            group["eta"] = _real("eta", group["eta"], positive=False, hint=f"got {group['eta']}")
+        if not isinstance(group.get("adaptive", False), bool):
+            raise TypeError(f"adaptive must be True or False, got {group['adaptive']!r}")
+        try:
+            self.base.add_param_group(group)
+        except ValueError as err:
+            raise ValueError(f"param_group cannot be added: {err}") from None
+        for key, value in self.defaults.items():
+            self.base.param_groups[-1].setdefault(key, value)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of every parameter (the base optimizer's ``zero_grad``)."""
+        check_bool(set_to_none, "set_to_none")
         self.base.zero_grad(set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
@@ -270,6 +311,15 @@ class SAM(Optimizer):
         return self.base.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by :meth:`state_dict`, or by a plain base optimizer.
+
+        The groups get SAM's ``rho``, ``eta`` and ``adaptive`` where the state has none (a
+        plain optimizer's checkpoint resumed under SAM).
+
+        Raises:
+            TypeError: if ``state_dict`` is not a dict.
+        """
+        check_state_dict(state_dict)
         self.base.load_state_dict(state_dict)
         self.param_groups = self.base.param_groups  # load_state_dict rebuilt them
         for group in self.param_groups:  # a plain optimizer's state has no rho, eta, adaptive

@@ -30,7 +30,10 @@ _SHAPES = ("linear", "triangle", "cosine")
 
 
 def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    """TypeError unless ``value`` is an int (not a bool), ValueError if it is below ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}")
+    if value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
@@ -68,6 +71,8 @@ class CollectEvery:
         done: object = steps_done  # checked: a float or tensor step count is a caller's bug
         if isinstance(done, bool) or not isinstance(done, numbers.Integral):
             raise TypeError(f"steps_done must be the int number of steps done, got {steps_done!r}")
+        if steps_done < 0:
+            raise ValueError(f"steps_done must be >= 0 (steps done), got {steps_done}")
         return steps_done >= self.first and (steps_done - self.first) % self.every == 0
 
 
@@ -103,6 +108,8 @@ class SWAGDecay:
             )
 
     def __call__(self, k: int) -> float:
+        """The factor at step (or epoch) ``k >= 0``."""
+        _check_int("k", k, 0)
         t = k / self.swa_start
         if t <= self.decay_start:
             return 1.0
@@ -164,9 +171,12 @@ class Cyclic:
 
     def position(self, k: int) -> float:
         """``t`` in ``(0, 1]`` of step ``k ≥ start`` within its cycle."""
+        _check_int("k", k, self.start)
         return ((k - self.start) % self.cycle + 1) / self.cycle
 
     def __call__(self, k: int) -> float:
+        """The factor at step (or epoch) ``k >= 0``."""
+        _check_int("k", k, 0)
         if k < self.start:
             return 1.0
         t = self.position(k)

@@ -11,7 +11,8 @@ into an equal-weight :class:`~swag.MultiSWAG` of :class:`~swag.PointPosterior` s
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior, _io
 from swag._checked_state import CheckedState
+from swag._checks import check_count, check_device
 from swag.layout import ParamSelector
 
 __all__ = ["Snapshots", "multi_swa"]
@@ -33,8 +35,10 @@ class Snapshots(CheckedState):
     running statistics are recomputed per member by :func:`swag.predict` (``bn_loader=``).
 
     Memory: ``max_snapshots · P`` elements, allocated at creation. An ``nn.Module``: ``.to()``
-    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`; to resume a
-    run from a file, :meth:`save` and :meth:`load` (safetensors, validated).
+    and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`: device moves
+    reach the buffer, casts such as ``model.half()`` leave its dtype (attached to a model, the
+    snapshots are not rounded to the weights' dtype). To resume a run from a file, :meth:`save`
+    and :meth:`load` (safetensors, validated).
 
     Args:
         model: the network being trained (only a reference is kept).
@@ -74,12 +78,10 @@ class Snapshots(CheckedState):
     ) -> None:
         super().__init__()
         _check_model("model", model)
+        check_device(device)
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-        if isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int):
-            raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
-        if max_snapshots < 1:
-            raise ValueError(f"max_snapshots must be an int >= 1, got {max_snapshots!r}")
+        check_count(max_snapshots, "max_snapshots")
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
         dtype = dtype or functools.reduce(torch.promote_types, self.layout.dtypes)
@@ -184,6 +186,7 @@ class Snapshots(CheckedState):
 
     def save(self, path: _io.PathLike) -> None:
         """Write the buffer and count to ``path`` (safetensors, atomic), to resume a run."""
+        _check_path(path)
         meta = {"n": str(self._n), "layout": self.layout.to_json()}
         _io.save_file(path, "snapshots", {"snapshots": self.snapshots}, meta)
 
@@ -199,17 +202,28 @@ class Snapshots(CheckedState):
         Raises:
             ValueError: if the file is damaged or foreign, or does not fit ``model``.
         """
+        _check_path(path)
+        _check_model("model", model)
+        check_device(device)
         tensors, meta = _io.load_file(path, "snapshots")
+        _io.expect_tensors(tensors, ["snapshots"], path)
         rows = tensors.get("snapshots")
         if rows is None or rows.dim() != 2:
             raise ValueError(f"{path} lacks a 2-d tensor 'snapshots'; the file is damaged")
         text = _io.require(meta, "layout", path)
+        layout = _io.layout_field(meta, "layout", path)  # checked row by row, naming the file
+        n = _io.int_field(meta, "n", path, low=0, high=rows.shape[0])
+        if not rows.dtype.is_floating_point or rows.shape[0] < 1:
+            raise ValueError(
+                f"{path}: its snapshots are {rows.dtype} {tuple(rows.shape)}, not a floating "
+                "(M, P) buffer with M >= 1; the file is damaged"
+            )
         try:
-            n = int(_io.require(meta, "n", path))
-            names = list(ParamLayout.from_json(text).names)
-        except (TypeError, ValueError, KeyError, IndexError) as err:
-            raise ValueError(f"{path} has damaged metadata ({err})") from err
-        snaps = cls(model, rows.shape[0], params=names, device=device, dtype=rows.dtype)
+            snaps = cls(
+                model, rows.shape[0], params=list(layout.names), device=device, dtype=rows.dtype
+            )
+        except ValueError as err:
+            raise ValueError(f"{path} does not fit model: {err}") from None
         problem = snaps._state_problem(
             {"snapshots": rows, "_extra_state": {"n": n, "layout": text}}, ""
         )
@@ -235,6 +249,10 @@ def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
         ValueError: if ``runs`` is empty, a run collected nothing, or the runs cover different
             parameters.
     """
+    if isinstance(runs, (str, bytes, nn.Module)) or not isinstance(runs, Iterable):
+        raise TypeError(
+            f"runs must be a list of Collector, Snapshots or posteriors, got {type(runs).__name__}"
+        )
     runs = list(runs)
     if not runs:
         raise ValueError("multi_swa needs at least one run, got none")
@@ -256,3 +274,8 @@ def multi_swa(runs: Sequence[Collector | Snapshots | Posterior]) -> MultiSWAG:
 def _check_model(name: str, model: object) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be the nn.Module being trained, got {type(model).__name__}")
+
+
+def _check_path(path: object) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a pathlib.Path, got {type(path).__name__}")

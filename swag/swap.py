@@ -21,6 +21,7 @@ posteriors into one :class:`swag.MultiSWAG`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, cast
@@ -30,10 +31,13 @@ import torch.distributed as dist
 from torch import nn
 
 from swag import update_bn
+from swag._checks import check_loader, check_real
 
 __all__ = ["SWAP"]
 
 _MESSAGE = 512  # bytes of a failure message carried by the status exchange
+_MAX_TIMEOUT = 1e9  # seconds (31 years): datetime.timedelta overflows far above
+_DIGEST = 32  # bytes of the SHA-256 of the rank's layout, carried with it
 
 
 class SWAP:
@@ -62,8 +66,11 @@ class SWAP:
                 "SWAP needs an initialised process group: call "
                 "torch.distributed.init_process_group first (or run under torchrun)"
             )
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module or its DDP wrapper, got {type(model)}")
+        timeout = check_real(timeout, "timeout (seconds)", minimum=0, strict=True)
+        if timeout > _MAX_TIMEOUT:
+            raise ValueError(f"timeout must be at most {_MAX_TIMEOUT:g} seconds, got {timeout:g}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = cast(nn.Module, model.module)
         self.model = model
@@ -83,9 +90,13 @@ class SWAP:
         One all-reduce of two numbers; every rank gets the same answer, so they all leave
         phase 1 at the same step.
         """
-        if not 0 < threshold <= 1:
+        correct = check_real(correct, "correct", minimum=0)
+        total = check_real(total, "total", minimum=0)
+        if correct > total:
+            raise ValueError(f"correct must be <= total, got correct={correct}, total={total}")
+        if not 0 < check_real(threshold, "threshold") <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        counts = torch.tensor([float(correct), float(total)], dtype=torch.float64)
+        counts = torch.tensor([correct, total], dtype=torch.float64)
         dist.all_reduce(counts, group=self._status)
         self.syncs += 1
         return bool(counts[1] > 0 and counts[0] / counts[1] >= threshold)
@@ -104,13 +115,17 @@ class SWAP:
                 self._exchange(f"{type(exc).__name__}: {exc}")
             raise
 
-    def _exchange(self, message: str) -> list[str]:
-        """Every rank's status message ("" = fine), in rank order. One all_gather."""
+    def _exchange(self, message: str, digest: bytes = bytes(_DIGEST)) -> list[tuple[str, bytes]]:
+        """Every rank's status message ("" = fine) and layout digest, in rank order.
+
+        One all_gather of ``2 + _MESSAGE + _DIGEST`` bytes per rank.
+        """
         blob = message.encode()[:_MESSAGE]
-        mine = torch.zeros(_MESSAGE + 2, dtype=torch.uint8)
+        mine = torch.zeros(_MESSAGE + 2 + _DIGEST, dtype=torch.uint8)
         mine[0], mine[1] = len(blob) >> 8, len(blob) & 0xFF
         if blob:
             mine[2 : 2 + len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        mine[-_DIGEST:] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
         every = [torch.empty_like(mine) for _ in range(self.world)]
         try:
             dist.all_gather(every, mine, group=self._status)
@@ -124,8 +139,20 @@ class SWAP:
         out = []
         for t in every:
             n = (int(t[0]) << 8) | int(t[1])
-            out.append(bytes(t[2 : 2 + n].tolist()).decode(errors="replace"))
+            text = bytes(t[2 : 2 + n].tolist()).decode(errors="replace")
+            out.append((text, bytes(t[-_DIGEST:].tolist())))
         return out
+
+    def _layout(self, with_buffers: bool) -> tuple[list[torch.Tensor], str]:
+        """The tensors :meth:`average` averages, and their layout (names, shapes, dtypes)."""
+        named: list[tuple[str, str, torch.Tensor]] = [
+            ("parameter", n, t) for n, t in self.model.named_parameters()
+        ]
+        if with_buffers:
+            named += [("buffer", n, t) for n, t in self.model.named_buffers()]
+        picked = [(kind, n, t) for kind, n, t in named if t.is_floating_point()]
+        lines = [f"{kind} {n} {tuple(t.shape)} {t.dtype}" for kind, n, t in picked]
+        return [t for _, _, t in picked], "\n".join(lines)
 
     @torch.no_grad()
     def average(
@@ -145,18 +172,34 @@ class SWAP:
         batches on every rank to keep the ranks identical); without it, floating-point
         buffers are averaged like the weights.
 
+        Before any collective on the weights, the ranks compare the layout of what they
+        average (names, shapes and dtypes, as a SHA-256 carried by the status exchange), so
+        models that differ are refused on every rank instead of averaged element by element.
+
         Raises:
+            TypeError: if ``bn_loader`` is not iterable (checked before any collective).
             RuntimeError: on every rank, if a rank failed in :meth:`independent` (naming it and
                 its error), or did not reach this point within ``timeout`` seconds.
+            ValueError: on every rank, if the ranks' models differ in parameter (or, without
+                ``bn_loader``, buffer) names, shapes or dtypes; nothing is averaged.
         """
-        statuses = self._exchange("")
-        failed = {r: m for r, m in enumerate(statuses) if m}
+        if bn_loader is not None:
+            check_loader(bn_loader, "bn_loader")
+        tensors, layout = self._layout(with_buffers=bn_loader is None)
+        statuses = self._exchange("", hashlib.sha256(layout.encode()).digest())
+        failed = {r: m for r, (m, _) in enumerate(statuses) if m}
         if failed:
             what = "; ".join(f"rank {r}: {m}" for r, m in failed.items())
             raise RuntimeError(f"SWAP phase 2 failed, nothing was averaged ({what})")
-        tensors: list[torch.Tensor] = [p for p in self.model.parameters() if p.is_floating_point()]
-        if bn_loader is None:
-            tensors += [b for b in self.model.buffers() if b.is_floating_point()]
+        digests = [d for _, d in statuses]
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        if differ:
+            raise ValueError(
+                f"SWAP: the model on rank(s) {differ} differs from rank 0's in parameter or "
+                "buffer names, shapes or dtypes, so nothing was averaged; build the same model "
+                f"(and cast it the same way) on every rank. Rank {self.rank} has "
+                f"{len(tensors)} tensors, {sum(t.numel() for t in tensors)} elements"
+            )
         if tensors:
             flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
             dist.all_reduce(flat, group=self.group)

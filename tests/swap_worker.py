@@ -2,7 +2,8 @@
 
 ``python tests/swap_worker.py WORLD OUT SCENARIO`` runs WORLD ranks of one job (rank 0 in itself)
 (file rendezvous, no port). SCENARIO is ``ok``, ``raise`` (rank 1 raises inside phase 2) or
-``crash`` (rank 1's process exits inside phase 2). Each rank writes ``OUT/rank{r}.json`` (its
+``crash`` (rank 1's process exits inside phase 2), or ``layouts`` (the ranks' models differ: each
+case of :data:`LAYOUTS` in turn, then the same model). Each rank writes ``OUT/rank{r}.json`` (its
 error, helper syncs, collective calls seen in phase 2) and, when it gets that far,
 ``OUT/rank{r}.safetensors`` (weights before and after the average, BN statistics).
 """
@@ -138,13 +139,69 @@ def run(rank: int, world: int, out: str, scenario: str) -> None:
         dist.destroy_process_group()
 
 
+class _Renamed(nn.Module):
+    """nn.Linear(4, 3)'s parameters under other names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3, 4))
+        self.b = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.w.T + self.b
+
+
+def _transposed() -> nn.Module:
+    model = nn.Linear(4, 3)
+    model.weight = nn.Parameter(torch.zeros(4, 3))
+    return model
+
+
+# what rank 1 builds while rank 0 has nn.Linear(4, 3): each differs in one respect
+LAYOUTS: dict[str, Callable[[], nn.Module]] = {
+    "shape": lambda: nn.Linear(3, 4),  # 12 + 4 elements against 12 + 3: sizes differ
+    "transposed": _transposed,  # same names and element counts, other shapes
+    "dtype": lambda: nn.Linear(4, 3).double(),
+    "names": _Renamed,
+    "same": lambda: nn.Linear(4, 3),
+}
+
+
+def run_layouts(rank: int, world: int, out: str) -> None:
+    """Each LAYOUTS case: rank 0 averages nn.Linear(4, 3), the others that case's model."""
+    store = Path(out).resolve() / "rendezvous"
+    dist.init_process_group("gloo", init_method=store.as_uri(), rank=rank, world_size=world)
+    from swag.swap import SWAP
+
+    result: dict[str, Any] = {}
+    for case, build in LAYOUTS.items():
+        torch.manual_seed(rank)
+        model = nn.Linear(4, 3) if rank == 0 else build()
+        swap = SWAP(model, timeout=TIMEOUT)
+        start = time.perf_counter()
+        try:
+            swap.average()
+            result[case] = {"error": None, "bias": model.state_dict()["bias"].tolist()}
+        except Exception as exc:
+            result[case] = {"error": f"{type(exc).__name__}: {exc}"}
+        result[case]["seconds"] = time.perf_counter() - start
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
 def main(world: int, out: str, scenario: str) -> list[int | None]:
     """Run rank 0 in this process and ranks 1.. in spawned ones; their exit codes (0 for us)."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=run, args=(r, world, out, scenario)) for r in range(1, world)]
+    if scenario == "layouts":
+        procs = [ctx.Process(target=run_layouts, args=(r, world, out)) for r in range(1, world)]
+    else:
+        procs = [ctx.Process(target=run, args=(r, world, out, scenario)) for r in range(1, world)]
     for p in procs:
         p.start()
-    run(0, world, out, scenario)
+    if scenario == "layouts":
+        run_layouts(0, world, out)
+    else:
+        run(0, world, out, scenario)
     for p in procs:
         p.join(timeout=120)
     return [0] + [p.exitcode for p in procs]

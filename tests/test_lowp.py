@@ -125,7 +125,7 @@ def test_edge_cases_and_bad_input() -> None:
         BlockFloat(block="col")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rounding must be"):
         BlockFloat(rounding="up")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"torch\.optim\.Optimizer"):
+    with pytest.raises(TypeError, match=r"torch\.optim\.Optimizer"):
         QuantizedOptimizer(object())  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -23,7 +24,12 @@ import swag
 from tests.swap_worker import TIMEOUT, bn_batches, make_model
 
 ROOT = Path(__file__).parents[1]
-JOBS = {"ok3": (3, "ok"), "raise2": (2, "raise"), "crash2": (2, "crash")}
+JOBS = {
+    "ok3": (3, "ok"),
+    "raise2": (2, "raise"),
+    "crash2": (2, "crash"),
+    "layouts2": (2, "layouts"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +115,44 @@ def test_a_worker_dying_in_phase_two_gives_an_error_not_a_hang(jobs) -> None:
     assert exits == [0, 3] and ranks[1] is None  # rank 1 died; rank 0 returned
     assert ranks[0]["error"].startswith("RuntimeError: SWAP: rank 0 did not hear from every rank")
     assert ranks[0]["seconds"] < TIMEOUT + 30  # bounded by the helper's timeout, not gloo's 30 min
+
+
+@pytest.mark.parametrize("case", ["shape", "transposed", "dtype", "names"])
+def test_peers_whose_models_differ_are_refused_on_every_rank(
+    jobs: dict[str, dict[str, Any]], case: str
+) -> None:
+    ranks = jobs["layouts2"]["ranks"]
+    assert jobs["layouts2"]["exit"] == [0, 0]  # no std::terminate, no hang
+    for rank in ranks:
+        error = rank[case]["error"]
+        assert error.startswith("ValueError: SWAP: the model on rank(s) [1] differs"), error
+        assert rank[case]["seconds"] < TIMEOUT  # refused at once, not at the timeout
+
+
+def test_peers_with_the_same_model_still_average_after_refusals(
+    jobs: dict[str, dict[str, Any]],
+) -> None:
+    ranks = jobs["layouts2"]["ranks"]
+    torch.manual_seed(0)
+    b0 = torch.nn.Linear(4, 3).bias.detach().double()
+    torch.manual_seed(1)
+    b1 = torch.nn.Linear(4, 3).bias.detach().double()
+    want = ((b0 + b1) / 2).float().tolist()
+    assert [r["same"]["bias"] for r in ranks] == [want, want]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "exc"),
+    [(float("nan"), ValueError), (float("inf"), ValueError), (0, ValueError), ("5", TypeError)],
+)
+def test_swap_timeout_is_checked_by_name(timeout: object, exc: type[Exception]) -> None:
+    from swag.swap import SWAP
+
+    with (
+        mock.patch("torch.distributed.is_initialized", return_value=True),
+        pytest.raises(exc, match="timeout"),
+    ):
+        SWAP(make_model(), timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_swap_needs_a_process_group() -> None:
