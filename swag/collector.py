@@ -147,9 +147,9 @@ class Collector(CheckedState):
     ) -> None:
         super().__init__()
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
-        check_statistics_dtype(dtype)
+        _check_statistics_dtype(dtype)
         check_args(max_rank, dtype, deviation_dtype, shard, compiled)
-        check_initialised(model)
+        _check_initialised(model)
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
         check_storage(self.layout, tensors, device)
@@ -326,7 +326,7 @@ class Collector(CheckedState):
 
         One pass per parameter piece when ``direct`` (same dtype and device as the statistics);
         per piece in the parameter's dtype when that is finer than the statistics'
-        (:func:`shifted`); else a gather (casting, copying across devices) then a subtraction.
+        (:func:`_shifted`); else a gather (casting, copying across devices) then a subtraction.
         """
         if not direct and not self._finer:
             self.layout.gather(parts, out).sub_(shift)
@@ -337,7 +337,7 @@ class Collector(CheckedState):
             if direct:
                 torch.sub(part, shift[pos:end], out=out[pos:end])
             else:
-                out[pos:end].copy_(shifted(part, shift[pos:end]))
+                out[pos:end].copy_(_shifted(part, shift[pos:end]))
             pos = end
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Collector:
@@ -522,7 +522,7 @@ class Collector(CheckedState):
                 kind = "negative or non-finite" if name == "m2" else "non-finite"
                 raise ValueError(f"{path}: tensor {name!r} has {kind} entries; the file is damaged")
         try:
-            check_statistics_dtype(dtype)
+            _check_statistics_dtype(dtype)
         except ValueError as e:
             raise ValueError(f"{path} holds statistics that are no longer accepted: {e}") from None
         try:
@@ -579,7 +579,7 @@ class Collector(CheckedState):
         return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}{shard}"
 
 
-def shifted(theta: Tensor, shift: Tensor) -> Tensor:
+def _shifted(theta: Tensor, shift: Tensor) -> Tensor:
     """``θ − θ_1`` taken in the wider of the two dtypes, then cast to ``shift``'s (same shape).
 
     A float64 parameter cast to float32 before the subtraction loses every digit of its spread
@@ -591,7 +591,7 @@ def shifted(theta: Tensor, shift: Tensor) -> Tensor:
     return diff.to(shift.dtype)
 
 
-def check_statistics_dtype(dtype: object) -> None:
+def _check_statistics_dtype(dtype: object) -> None:
     """Refuse half-precision statistics (bfloat16, float16), recommending a bfloat16 ring.
 
     Means and Welford's M2 accumulate increments of order σ²/n; with 8 significant bits
@@ -608,7 +608,7 @@ def check_statistics_dtype(dtype: object) -> None:
         )
 
 
-def check_initialised(model: object) -> None:
+def _check_initialised(model: object) -> None:
     """Refuse a model with uninitialised lazy parameters (``nn.LazyLinear`` before a forward)."""
     if not isinstance(model, nn.Module):
         return  # ParamLayout.from_model names the wrong type
