@@ -111,8 +111,22 @@ def check_loader(loader: Any, name: str, *, empty_ok: bool = False) -> None:
             f"{name} must be an iterable of batches (a DataLoader or a list), got "
             f"{type(loader).__name__}" + ("; wrap one batch as [x]" if _tensor(loader) else "")
         )
-    if not empty_ok and isinstance(loader, Sized) and len(loader) == 0:
+    if not empty_ok and known_length(loader) == 0:
         raise ValueError(f"{name} is empty: it yielded no batch")
+
+
+def known_length(loader: object) -> int | None:
+    """``len(loader)``, or None when it has none or cannot tell.
+
+    A ``DataLoader`` always defines ``__len__``, but over an ``IterableDataset`` without one
+    it raises ``TypeError``: such a loader is still a fine fixed-order loader.
+    """
+    if not isinstance(loader, Sized):
+        return None
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def check_callable(fn: Any, name: str) -> None:

@@ -1,9 +1,12 @@
-"""Drawing from the SWAG Gaussian, whole or one shard's entries (shared by the posteriors)."""
+"""Gaussians: drawing from SWAG's, whole or one shard's entries (shared by the posteriors);
+checking the ``(mean, variance)`` of a Gaussian regression head.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,3 +68,22 @@ def draw(
 def lowrank_coef(rank: int, diagonal: bool) -> float:
     """1/√(K−1), or 0 when the low-rank term is off (``diagonal``, or under 2 deviations)."""
     return 0.0 if diagonal or rank < 2 else 1.0 / math.sqrt(rank - 1)
+
+
+def check_head(out: Any) -> None:
+    """Refuse a ``(mean, variance)`` pair whose shapes differ.
+
+    A mean ``(B,)`` with a variance ``(B, 1)`` (or the reverse) would broadcast into a
+    ``(B, B)`` variance when the passes are combined: silently wrong, so it is refused with
+    both shapes. Anything else is left to the reduction, which names what it expects.
+    """
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        return
+    mean, var = out
+    if isinstance(mean, Tensor) and isinstance(var, Tensor) and mean.shape != var.shape:
+        raise ValueError(
+            f"for output='gaussian' the model returned a mean of shape {tuple(mean.shape)} and "
+            f"a variance of shape {tuple(var.shape)}; they must have the same shape (they "
+            "would broadcast into a wrong one). Align them with output_fn=, e.g. "
+            "output_fn=lambda out: (out[0].squeeze(-1), out[1].squeeze(-1))"
+        )

@@ -1,10 +1,11 @@
-"""Parameter I/O internals: wrapper prefixes, local shards, chunk plans and bound parameters.
+"""Parameter I/O internals: wrapper prefixes, shards, chunk plans, bindings, working copies.
 
 With :mod:`swag.layout`, the only code that reads or writes model parameters.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
@@ -77,7 +78,8 @@ class BoundParams:
     :meth:`current` re-checks, without walking the whole module tree, that the model still
     holds the very same parameter objects at the same places, with the same storages and
     shapes; :meth:`flats` then hands out the cached flat views. Replacing a submodule or a
-    parameter, assigning ``param.data``, or moving the model all make it stale.
+    parameter, assigning ``param.data`` (even to the same storage with other strides), or
+    moving the model all make it stale.
     """
 
     def __init__(self, layout: ParamLayout, model: nn.Module) -> None:
@@ -87,8 +89,8 @@ class BoundParams:
         self._cacheable = all(t.is_contiguous() for t in tensors)
         _, prefix = unwrap(model)
         links: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
-        self._params: list[tuple[nn.Module, str, nn.Parameter, int, tuple[int, ...]]] = []
-        for name, shape in zip(layout.names, layout.shapes, strict=True):
+        self._params: list[tuple[nn.Module, str, nn.Parameter, tuple[object, ...]]] = []
+        for name in layout.names:
             *path, attr = (prefix + name).split(".")
             owner = model
             for key in path:
@@ -98,7 +100,7 @@ class BoundParams:
                 owner = child
             param = owner._parameters[attr]
             assert param is not None
-            self._params.append((owner, attr, param, local_part(param).data_ptr(), shape))
+            self._params.append((owner, attr, param, _binding(param)))
         self._links = list(links.values())
 
     def current(self) -> bool:
@@ -106,12 +108,8 @@ class BoundParams:
         for parent, key, child in self._links:
             if parent._modules.get(key) is not child:
                 return False
-        for owner, attr, p, ptr, shape in self._params:
-            if (
-                owner._parameters.get(attr) is not p
-                or local_part(p).data_ptr() != ptr
-                or p.shape != shape
-            ):
+        for owner, attr, p, binding in self._params:
+            if owner._parameters.get(attr) is not p or _binding(p) != binding:
                 return False
         return True
 
@@ -119,4 +117,30 @@ class BoundParams:
         """The covered parameters, flattened (``(numel,)`` each, detached)."""
         if self._cacheable:
             return self._views
-        return [local_part(p.detach()).reshape(-1) for _, _, p, _, _ in self._params]
+        return [local_part(p.detach()).reshape(-1) for _, _, p, _ in self._params]
+
+
+def _binding(param: Tensor) -> tuple[object, ...]:
+    """Where ``param``'s values are: pointer, shape and strides of its (local) data.
+
+    The strides matter: ``p.data = p.data.t()`` on a square weight keeps the storage and the
+    shape, but a flat view taken before it reads the values in the old order.
+    """
+    t = local_part(param)
+    return t.data_ptr(), tuple(t.shape), t.stride()
+
+
+def working_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that survives tensors computed from its parameters.
+
+    Modules such as ``torch.nn.utils.prune`` keep a computed tensor (``weight = weight_orig *
+    weight_mask``) as a plain attribute; after a backward pass it is a non-leaf of the autograd
+    graph, which ``copy.deepcopy`` refuses. Such tensors are copied detached: the module
+    recomputes them from its copied parameters on its next forward pass.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from tqdm.auto import tqdm
 
 from swag._batches import call_model, move_to
@@ -33,8 +33,22 @@ def default_input_fn(batch: Any) -> Any:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
-    """Whether ``model`` has a BatchNorm layer that tracks running statistics."""
-    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+    """Whether ``model`` needs a refresh: it has a norm layer that tracks running statistics.
+
+    The one test of "does this model need ``bn_loader``", used by :func:`update_bn`,
+    :func:`swag.predict`, :func:`swag.fit_scale`, the landscape and the Lightning callback.
+    It covers every torch layer built on ``torch.nn.modules.batchnorm._NormBase`` with
+    ``track_running_stats=True``: ``BatchNorm1d/2d/3d``, their ``Lazy`` forms, ``SyncBatchNorm``
+    and ``InstanceNorm1d/2d/3d`` (and subclasses of these in other libraries). Layers of other
+    libraries that keep running statistics without subclassing them are not seen: refresh
+    them yourself (docs/concepts.md).
+    """
+    return bool(_refreshed(model))
+
+
+def _refreshed(model: nn.Module) -> list[_NormBase]:
+    """The layers whose running statistics :func:`update_bn` recomputes, in module order."""
+    return [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
 
 
 @torch.no_grad()
@@ -47,14 +61,17 @@ def update_bn(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> None:
-    """Recompute the BatchNorm running statistics of ``model`` over ``loader``.
+    """Recompute the running statistics of ``model``'s norm layers over ``loader``.
 
-    Statistics are reset, then accumulated as plain averages over the batches (momentum None),
-    as ``torch.optim.swa_utils.update_bn`` does; momenta and the train/eval mode of every
-    submodule are restored afterwards. If the loader yields nothing or raises, the previous
-    statistics are put back before the error propagates. A model without BatchNorm is left
-    untouched and no batch is read. Statistics that come out NaN or infinite (NaN in the
-    inputs, or activations that overflow) are refused the same way.
+    The layers are those :func:`has_batchnorm` finds (BatchNorm, SyncBatchNorm, InstanceNorm
+    with ``track_running_stats=True``). Statistics are reset, then accumulated as plain averages
+    over the batches (momentum None; for InstanceNorm, which reads None as "no update", the
+    momentum of batch k is 1/k to the same effect), as ``torch.optim.swa_utils.update_bn``
+    does; momenta and the train/eval mode of every submodule are restored afterwards. If the
+    loader yields nothing or raises, the previous statistics are put back before the error
+    propagates. A model without such layers is left untouched and no batch is read.
+    Statistics that come out NaN or infinite (NaN in the inputs, or activations that
+    overflow) are refused the same way.
 
     Args:
         loader: batches; tensors, tuples/lists (first item is the input) or dicts (passed as
@@ -77,7 +94,7 @@ def update_bn(
     check_callable(input_fn, "input_fn")
     check_device(device)
     check_bool(progress, "progress")
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    layers = _refreshed(model)
     if not layers:
         return
     momenta = {m: m.momentum for m in layers}
@@ -92,6 +109,11 @@ def update_bn(
     seen = 0
     try:
         for batch in tqdm(batches, total=num_batches, desc="BN refresh", disable=not progress):
+            for m in layers:
+                if not isinstance(m, _BatchNorm):
+                    # InstanceNorm reads momentum=None as 0 (no update): weigh batch k by 1/k,
+                    # the plain average BatchNorm's momentum=None gives
+                    m.momentum = 1.0 / (seen + 1)
             call_model(model, move_to(to_input(batch), device))
             seen += 1
         if seen == 0:
@@ -118,6 +140,6 @@ def update_bn(
             module.train(training)
 
 
-def _finite_stats(layer: _BatchNorm) -> bool:
+def _finite_stats(layer: _NormBase) -> bool:
     stats = [t for t in (layer.running_mean, layer.running_var) if t is not None]
     return all(bool(torch.isfinite(t).all()) for t in stats)

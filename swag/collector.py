@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from swag import _io
 from swag._checked_state import CheckedState
@@ -78,10 +79,15 @@ class Collector(CheckedState):
             e.g. ``out.weight`` shared with ``emb.weight``) is selected when any of its names
             is, and covered once, under its first name in ``named_parameters()``.
         device: where the statistics live (default: the parameters' device).
-        dtype: the statistics' floating dtype (float32 default). ``torch.float16`` is refused
-            rather than warned about, because it is wrong in ordinary use, not only in rare
-            cases: the variance σ² of typical weights (1e-8 and below) underflows float16's
-            smallest subnormal (6e-8) to exactly 0, and values above 65504 overflow to inf.
+        dtype: the statistics' floating dtype: float32 (default) or float64. Half precision
+            (``torch.bfloat16``, ``torch.float16``) is refused rather than warned about,
+            because it is wrong in ordinary use, not only in rare cases: bfloat16's running
+            mean and M2 stop growing once their increments fall below half an ulp (the
+            variance is about half the truth after a few thousand collects), and float16
+            underflows the σ² of typical weights (1e-8 and below) to exactly 0. Store the ring
+            in bfloat16 instead (``deviation_dtype``). Parameters finer than the statistics
+            (float64 into float32) have ``θ − θ_1`` taken in their own dtype before the cast.
+            Measured error bounds per dtype: docs/concepts.md.
         deviation_dtype: dtype of the deviation ring (default ``dtype``); bfloat16 halves its
             memory at a relative error of about 2⁻⁸ per stored deviation. float16 is refused,
             as for ``dtype``: bfloat16 costs the same memory and has float32's range.
@@ -102,8 +108,9 @@ class Collector(CheckedState):
             copy of the step (dynamo's cache and recompile limit are per copy), freed with it.
 
     Raises:
-        ValueError: for a bad argument (named), parameters on the ``meta`` device, or a
-            selection that matches nothing.
+        ValueError: for a bad argument (named), parameters on the ``meta`` device or not yet
+            initialised (a lazy module before its first forward pass), or a selection that
+            matches nothing.
         RuntimeError: when created under ``torch.inference_mode()`` (its statistics would be
             inference tensors that ``collect()`` cannot update); collecting under it is fine.
 
@@ -140,7 +147,9 @@ class Collector(CheckedState):
     ) -> None:
         super().__init__()
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
+        _check_statistics_dtype(dtype)
         check_args(max_rank, dtype, deviation_dtype, shard, compiled)
+        _check_initialised(model)
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
         check_storage(self.layout, tensors, device)
@@ -184,6 +193,10 @@ class Collector(CheckedState):
         # values there may still overflow when cast, so they are range-checked on each collect
         top = torch.finfo(dtype).max
         self._wider = [i for i, d in enumerate(self.layout.dtypes) if torch.finfo(d).max > top]
+        # parameters more precise than the statistics (float64 into float32): θ − θ_1 is taken
+        # in their own dtype, before the cast, or the cast would round away the spread
+        eps = torch.finfo(dtype).eps
+        self._finer = any(torch.finfo(d).eps < eps for d in self.layout.dtypes)
         self._step: Callable[..., Tensor] | None = None  # compiled on first use, per collector
         self._bound: BoundParams | None = None
         self._n = 0
@@ -225,18 +238,24 @@ class Collector(CheckedState):
             self._check_finite(flats)  # before any write: chunks update the state one by one
         if n == 1:
             self.layout.gather(flats, self.shift)
+            if self._finer:  # θ_1 rounded into the shift: its residual starts the mean
+                self._offset(flats, self.shift, self.shifted_mean, direct)
             if slot is not None:
-                slot.zero_()  # θ_1 − θ̄_1 = 0; the shifted mean and M2 stay 0
+                slot.zero_()  # θ_1 − θ̄_1 = 0; M2 stays 0
             self._n = n
             return
         for start, end, pieces in self._chunks:
             span = slice(start, end)
             x = self._scratch[: end - start]
             parts = flats if whole else [flats[i][a:b] for i, a, b in pieces]
-            if whole:
+            if whole and not self._finer:
                 self.layout.gather(parts, x).sub_(self.shift)  # x = θ_n − θ_1
                 if not sharded and not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
                     self._check_finite(flats, x)  # names the culprits, or was a false alarm
+            elif whole:
+                self._offset(parts, self.shift, x, direct)  # x = θ_n − θ_1, in θ's dtype
+                if not sharded and not math.isfinite(x.sum(dtype=self._sum_dtype).item()):
+                    self._check_finite(flats, x)
             else:
                 self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
             mean = self.shifted_mean[span]
@@ -305,16 +324,20 @@ class Collector(CheckedState):
     def _offset(self, parts: list[Tensor], shift: Tensor, out: Tensor, direct: bool) -> None:
         """``out = θ − θ_1`` over one chunk.
 
-        One pass per parameter piece when ``direct`` (same dtype and device as the statistics),
-        else a gather (casting, copying across devices) then a subtraction.
+        One pass per parameter piece when ``direct`` (same dtype and device as the statistics);
+        per piece in the parameter's dtype when that is finer than the statistics'
+        (:func:`_shifted`); else a gather (casting, copying across devices) then a subtraction.
         """
-        if not direct:
+        if not direct and not self._finer:
             self.layout.gather(parts, out).sub_(shift)
             return
         pos = 0
         for part in parts:
             end = pos + part.numel()
-            torch.sub(part, shift[pos:end], out=out[pos:end])
+            if direct:
+                torch.sub(part, shift[pos:end], out=out[pos:end])
+            else:
+                out[pos:end].copy_(_shifted(part, shift[pos:end]))
             pos = end
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Collector:
@@ -499,6 +522,10 @@ class Collector(CheckedState):
                 kind = "negative or non-finite" if name == "m2" else "non-finite"
                 raise ValueError(f"{path}: tensor {name!r} has {kind} entries; the file is damaged")
         try:
+            _check_statistics_dtype(dtype)
+        except ValueError as e:
+            raise ValueError(f"{path} holds statistics that are no longer accepted: {e}") from None
+        try:
             collector = cls(
                 model,
                 k,
@@ -550,6 +577,52 @@ class Collector(CheckedState):
     def extra_repr(self) -> str:
         shard = "" if self.plan is None else f", shard {self.plan.rank}/{self.plan.world}"
         return f"P={self.layout.size}, max_rank={self.max_rank}, n={self._n}{shard}"
+
+
+def _shifted(theta: Tensor, shift: Tensor) -> Tensor:
+    """``θ − θ_1`` taken in the wider of the two dtypes, then cast to ``shift``'s (same shape).
+
+    A float64 parameter cast to float32 before the subtraction loses every digit of its spread
+    below ``|θ| · 2⁻²⁴``: at ``|θ|/σ ≈ 10⁷`` the variance is off by tens of percent. The
+    difference is small, so casting it afterwards keeps float32's relative precision.
+    """
+    wide = torch.promote_types(theta.dtype, shift.dtype)
+    diff = theta.to(device=shift.device, dtype=wide) - shift.to(wide)
+    return diff.to(shift.dtype)
+
+
+def _check_statistics_dtype(dtype: object) -> None:
+    """Refuse half-precision statistics (bfloat16, float16), recommending a bfloat16 ring.
+
+    Means and Welford's M2 accumulate increments of order σ²/n; with 8 significant bits
+    (bfloat16) they stop growing after a few hundred collects, and float16 underflows σ² of
+    typical weights to 0. Reduced-precision storage belongs in the ring, which is only stored.
+    """
+    if dtype in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"dtype={dtype} is refused: the statistics (running mean and M2) accumulate "
+            "small increments that half precision rounds away (bfloat16's variance drifts to "
+            "about half the truth after a few thousand collects; float16 underflows σ² to 0). "
+            "Keep the statistics in float32 and store the deviation ring in reduced "
+            "precision: Collector(model, dtype=torch.float32, deviation_dtype=torch.bfloat16)"
+        )
+
+
+def _check_initialised(model: object) -> None:
+    """Refuse a model with uninitialised lazy parameters (``nn.LazyLinear`` before a forward)."""
+    if not isinstance(model, nn.Module):
+        return  # ParamLayout.from_model names the wrong type
+    lazy = [
+        f"{name or 'the model'} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if any(is_lazy(p) for p in module.parameters(recurse=False))
+    ]
+    if lazy:
+        raise ValueError(
+            f"the modules {lazy[:5]} have uninitialised (lazy) parameters, whose shapes are not "
+            "known yet. Run one forward pass on a batch first (model(x)), then create the "
+            "Collector"
+        )
 
 
 def _starts(numels: tuple[int, ...]) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -15,6 +14,7 @@ from swag import _io
 from swag._checks import SampleShape as SampleShape
 from swag._checks import check_scale
 from swag._gaussian import draw, lowrank_coef
+from swag._params import working_copy
 from swag.layout import ParamLayout
 
 __all__ = ["Posterior", "PosteriorMixin", "SWAGPosterior", "SampleShape"]
@@ -65,7 +65,7 @@ class PosteriorMixin:
 
     def to_model(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module:
         """A deep copy of ``model`` holding ``theta`` (default: the mean, e.g. the SWA model)."""
-        return self.apply_(copy.deepcopy(model), theta)
+        return self.apply_(working_copy(model), theta)
 
 
 @dataclass(frozen=True, eq=False)

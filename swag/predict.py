@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, overload
@@ -24,6 +23,8 @@ from swag._checks import (
     check_scale,
 )
 from swag._dropout import mc_dropout_modules
+from swag._gaussian import check_head
+from swag._params import working_copy
 from swag._reduce import finite, reduce_gaussian, reduce_probs
 from swag.bn import InputFn, default_input_fn, has_batchnorm, update_bn
 from swag.multiswag import MultiSWAG, _iter_samples
@@ -104,10 +105,11 @@ def predict(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Bayesian model average of ``model`` over ``num_samples`` draws from ``posterior``.
 
-    ``model`` is deep-copied once (it is never modified). For each draw θ_s, taken one at a
-    time in the posterior's order (a MultiSWAG's stratified allocation), the copy gets θ_s,
-    its BatchNorm statistics are recomputed on ``bn_loader`` when it has BatchNorm, and it is
-    evaluated in eval mode over ``loader``.
+    ``model`` is deep-copied once (it is never modified; computed tensors that modules keep
+    as attributes, as ``torch.nn.utils.prune`` does, are copied detached). For each draw θ_s,
+    taken one at a time in the posterior's order (a MultiSWAG's stratified allocation), the
+    copy gets θ_s, its running statistics are recomputed on ``bn_loader`` when it has
+    BatchNorm or InstanceNorm tracking them, and it is evaluated in eval mode over ``loader``.
     Memory beyond the posterior: one model and O(N·C) outputs (S·N·C with ``reduce=False``).
 
     Classification (``output="probs"``): the model returns logits ``(B, ..., C)`` (class last);
@@ -144,7 +146,8 @@ def predict(
             ``diagonal=True`` (SWAG-Diag).
         diagonal: drop the low-rank term (SWAG-Diag).
         bn_loader: training batches for the BatchNorm refresh, required when the model has
-            BatchNorm; ``False`` keeps the model's current statistics (right only for the
+            BatchNorm or InstanceNorm with running statistics (:func:`swag.bn.has_batchnorm`);
+            ``False`` keeps the model's current statistics (right only for the
             weights they were computed with). Ignored for models without BatchNorm.
         bn_batches: refresh on only the first ``bn_batches`` batches of ``bn_loader``.
         input_fn: maps a batch to the model input (default :func:`swag.bn.default_input_fn`).
@@ -190,7 +193,7 @@ def predict(
         num_samples = _default_num_samples(posterior, mc_dropout)
     check_count(num_samples, "num_samples")
     _check_fixed_order(loader)
-    work = copy.deepcopy(model)
+    work = working_copy(model)
     if device is not None:
         work.to(device)
     refresh = _bn_source(work, bn_loader)
@@ -213,7 +216,10 @@ def predict(
             outs = []
             for batch in loader:
                 out = call_model(work, move_to(to_input(batch), device))
-                outs.append(out if output_fn is None else output_fn(out))
+                out = out if output_fn is None else output_fn(out)
+                if output == "gaussian" and noise_var is None:
+                    check_head(out)
+                outs.append(out)
             if not outs:
                 raise ValueError(
                     "the evaluation loader yielded no batch"
@@ -314,7 +320,8 @@ def _bn_source(model: nn.Module, bn_loader: BNLoader) -> Iterable[Any] | None:
         return None
     if bn_loader is None:
         raise ValueError(
-            "the model has BatchNorm layers, whose running statistics must be recomputed for "
+            "the model has BatchNorm (or InstanceNorm) layers that track running statistics, "
+            "which must be recomputed for "
             "every sampled network: pass bn_loader=train_loader (and bn_batches=... to use only "
             "the first batches), or bn_loader=False to keep the model's current statistics "
             "(right only for the weights they were computed with)"

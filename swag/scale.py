@@ -27,14 +27,16 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from swag._checks import check_count, check_loader
 from swag.metrics import nll
 from swag.posterior import Posterior
 from swag.predict import predict
@@ -42,6 +44,7 @@ from swag.predict import predict
 __all__ = ["fit_scale"]
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618..., the golden-section ratio
+_FLAT = 1e-9  # relative spread of the NLLs tried below which the objective is flat (rounding)
 
 
 def fit_scale(
@@ -92,19 +95,25 @@ def fit_scale(
 
     Returns:
         The fitted scale. When it lies within ``tol`` of a bound, a ``RuntimeWarning`` says so
-        (the optimum may lie outside ``bounds``).
+        (the optimum may lie outside ``bounds``); when every scale tried gives the same NLL (a
+        posterior without spread), a ``RuntimeWarning`` says the objective is flat instead.
 
     Raises:
-        ValueError: for bad ``num_samples``, ``bounds`` or ``tol``, or batches without targets.
+        ValueError: for bad ``num_samples``, ``bounds`` (not a pair ``(lo, hi)``) or ``tol``,
+            an empty ``val_loader``, or batches without targets.
+        TypeError: for a ``num_samples`` that is not an integer (numpy integers are fine).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    lo, hi = bounds
-    if not 0.0 < lo < hi < math.inf:
-        raise ValueError(f"bounds must satisfy 0 < lo < hi < inf, got {bounds}")
+    check_count(num_samples, "num_samples")  # numpy integers are fine, as in predict
+    lo, hi = _check_bounds(bounds)
     if not tol > 0.0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    check_loader(val_loader, "val_loader")
     batches = list(val_loader)
+    if not batches:
+        raise ValueError(
+            "val_loader yielded no batch: pass held-out (inputs, targets) batches, in a list "
+            "or a re-iterable DataLoader"
+        )
     targets = torch.cat([(target_fn or _second)(b) for b in batches]).cpu()
     state = (generator or torch.Generator().manual_seed(0)).get_state()
 
@@ -130,18 +139,30 @@ def fit_scale(
 
     c, d = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
     fc, fd = evaluate(c), evaluate(d)
+    values = [fc, fd]
     while b - a > tol:
         if fc <= fd:
             b, d, fd = d, c, fc
             c = b - _INV_PHI * (b - a)
             fc = evaluate(c)
+            values.append(fc)
         else:
             a, c, fc = c, d, fd
             d = a + _INV_PHI * (b - a)
             fd = evaluate(d)
+            values.append(fd)
     bar.close()
     best = c if fc <= fd else d
-    if best - math.log(lo) < tol or math.log(hi) - best < tol:
+    if max(values) - min(values) <= _FLAT * max(1.0, abs(min(values))):
+        warnings.warn(
+            f"fit_scale: the objective is flat (the validation NLL is {min(values):.6g} at every "
+            "scale tried): the posterior has no spread (a point, or identical iterates), so the "
+            "scale changes nothing and the returned value is arbitrary; widening bounds will "
+            "not help",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    elif best - math.log(lo) < tol or math.log(hi) - best < tol:
         warnings.warn(
             f"fit_scale: the fitted scale {math.exp(best):.4g} is at the edge of bounds={bounds}; "
             "the optimum may lie outside them: widen bounds",
@@ -149,6 +170,23 @@ def fit_scale(
             stacklevel=2,
         )
     return math.exp(best)
+
+
+def _check_bounds(bounds: object) -> tuple[float, float]:
+    """``bounds`` as ``(lo, hi)``, two real numbers with ``0 < lo < hi < inf``."""
+    if (
+        not isinstance(bounds, Sequence)
+        or isinstance(bounds, str)
+        or len(bounds) != 2
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bounds)
+    ):
+        raise ValueError(
+            f"bounds must be a pair (lo, hi) of numbers with 0 < lo < hi < inf, got {bounds!r}"
+        )
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0.0 < lo < hi < math.inf:
+        raise ValueError(f"bounds must satisfy 0 < lo < hi < inf, got {bounds}")
+    return lo, hi
 
 
 def _second(batch: Any) -> Tensor:

@@ -199,7 +199,7 @@ def test_offset_overflowing_float32_refused() -> None:
 
 @pytest.mark.parametrize("arg", ["dtype", "deviation_dtype"])
 def test_float16_statistics_refused(arg: str) -> None:
-    with pytest.raises(ValueError, match=f"{arg}=torch.float16 is refused: .* torch.bfloat16"):
+    with pytest.raises(ValueError, match=f"{arg}=torch.float16 is refused: .*torch.bfloat16"):
         Collector(mlp(), **{arg: torch.float16})
 
 

@@ -233,3 +233,60 @@ def test_poisoned_iterate_refused_and_run_continues_bit_identically(
                 param.view(-1)[entry] = kept
         poisoned.collect()
     assert bit_equal(poisoned, clean)
+
+
+# Error bounds promised in docs/concepts.md ("Error bounds per dtype"), against the float64
+# two-pass moments of the iterates the model actually held (after rounding to its dtype): σ²
+# within RTOL_VAR relative, the mean within a few units in the last place of the statistics'
+# dtype at |θ|. They hold for every parameter dtype at any |θ|/σ up to 1e8, because θ − θ_1 is
+# taken in the finer of the two dtypes before it is cast.
+RTOL_VAR = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+@dataclass
+class MagnitudeCase:
+    param_dtype: torch.dtype
+    dtype: torch.dtype
+    exponent: int
+    size: int
+    steps: int
+    seed: int
+
+
+@st.composite
+def magnitude_cases(draw: st.DrawFn) -> MagnitudeCase:
+    return MagnitudeCase(
+        param_dtype=draw(st.sampled_from(PARAM_DTYPES)),
+        dtype=draw(st.sampled_from((torch.float32, torch.float64))),
+        exponent=draw(st.integers(0, 8)),
+        size=draw(st.integers(1, 8)),
+        steps=draw(st.integers(2, 12)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(magnitude_cases())
+def test_error_bound_per_dtype_holds_across_magnitudes(case: MagnitudeCase) -> None:
+    """Parameter dtype × statistics dtype × |θ|/σ = 10⁰..10⁸ against float64 (σ = 1)."""
+    g = torch.Generator().manual_seed(case.seed)
+    model = Bag([(case.size,)], [case.param_dtype], None)
+    sign = torch.where(torch.rand(case.size, generator=g) < 0.5, -1.0, 1.0).double()
+    centre = sign * 10.0**case.exponent
+    collector = Collector(model, max_rank=2, dtype=case.dtype)
+    rows = []
+    with torch.no_grad():
+        for _ in range(case.steps):
+            theta = centre + torch.randn(case.size, generator=g, dtype=torch.float64)
+            model.p0.copy_(theta.to(case.param_dtype))
+            collector.collect()
+            rows.append(model.p0.double().numpy().copy())
+    x = np.stack(rows)
+    mean, var = two_pass_moments(x)
+    post = collector.posterior(min_variance=0.0)
+    # σ² relative to the truth; a parameter that rounding kept constant must give exactly 0
+    np.testing.assert_allclose(
+        post.variance.double().numpy(), var, rtol=RTOL_VAR[case.dtype], atol=0.0
+    )
+    eps = torch.finfo(case.dtype).eps
+    np.testing.assert_allclose(post.mean.double().numpy(), mean, rtol=2 * eps, atol=8 * eps)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-
+from swag.bn import has_batchnorm as has_batchnorm  # the one test; re-exported here
 from swag.integrations import _missing_extra
 from swag.integrations._args import check_rank_and_start
 
@@ -45,10 +43,6 @@ def check_strategy(strategy: object) -> None:
         "DeepSpeedStrategy": " (DeepSpeed partitions parameters its own way)",
     }.get(name, "")
     raise ValueError(f"SWAGCallback does not support {name}{detail}; {fix}")
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
 
 
 def check_args(
