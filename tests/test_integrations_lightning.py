@@ -274,3 +274,50 @@ def test_dict_batches_and_gradient_accumulation(tmp_path: Path) -> None:
     torch.optim.swa_utils.update_bn([b["x"] for b in batches], ref)
     for a, b in zip(cb.swa_model().state_dict().values(), ref.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+class TwoOptimizers(Net):
+    """Manual optimisation, two optimisers (body, head), each stepped once per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # type: ignore[override]
+        x, y = batch
+        for opt in self.optimizers():  # type: ignore[union-attr]
+            opt.zero_grad()
+            self.manual_backward(nn.functional.cross_entropy(self(x), y))
+            opt.step()
+
+    def configure_optimizers(self) -> Any:
+        body = torch.optim.SGD(self.body.parameters(), lr=self.lr)
+        return [body, torch.optim.SGD(self.head.parameters(), lr=self.lr)]
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_manual_optimisation_counts_steps_of_the_first_optimiser(tmp_path: Path) -> None:
+    rec = Recorder()
+    cb = SWAGCallback(max_rank=2, start=0.25, collect_every=2, bn_update=False)
+    fit = trainer(tmp_path, 4, rec, cb, enable_checkpointing=False)
+    fit.fit(TwoOptimizers(), loader())
+    assert fit.global_step == 32  # Lightning counts both optimisers' steps
+    # one unit: 16 batches = 16 steps of the first optimiser; the phase begins after step
+    # int(0.25 * 16) = 4 and collects after steps 6, 8, ..., 16
+    x = torch.stack(rec.thetas[4:][1::2]).numpy()
+    post = cb.posterior()
+    assert post.n == len(x) == 6
+    np.testing.assert_allclose(post.mean.double().numpy(), x.mean(0), atol=1e-6)
+    # stopped and resumed: the first optimiser's count rides in the checkpoint
+    save = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = SWAGCallback(max_rank=2, start=0.25, collect_every=2, bn_update=False)
+    trainer(tmp_path, 4, first, save, StopAfter(2)).fit(TwoOptimizers(), loader())
+    again = SWAGCallback(max_rank=2, start=0.25, collect_every=2, bn_update=False)
+    save = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, 4, again, save).fit(
+        TwoOptimizers(), loader(), ckpt_path=str(tmp_path / "ckpt/last.ckpt")
+    )
+    resumed = again.posterior()
+    assert resumed.n == 6
+    for name in ("mean", "std", "deviations"):
+        assert torch.equal(getattr(post, name), getattr(resumed, name)), name

@@ -22,6 +22,7 @@ import swag
 from swag.integrations import _missing_extra, _state
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
 from swag.layout import ParamSelector
+from swag.schedules import CollectEvery
 from swag.sharded import ShardedPosterior
 
 try:
@@ -43,6 +44,14 @@ class SWAGCallback(pl.Callback):
     end of fit, with ``bn_update``, the SWA model's BatchNorm statistics are recomputed on the
     trainer's train dataloader. The collector's state rides in Lightning checkpoints, so
     ``Trainer.fit(ckpt_path=...)`` continues as if never stopped.
+
+    Steps: every count of optimiser steps (``start`` as a fraction, ``collect_every=n``,
+    ``anneal_steps``) is in one unit, the steps of the first optimiser
+    (``trainer.optimizers[0]``). Under automatic optimisation that is ``trainer.global_step``.
+    Under manual optimisation with several optimisers Lightning's ``global_step`` counts every
+    optimiser's steps; the callback counts the first one's only, and takes the length of
+    training (for fractions) as ``estimated_stepping_batches``, i.e. one step of the first
+    optimiser per batch.
 
     Strategies: single device and ``ddp`` (statistics replicated, or split over the ranks with
     ``shard=True``) work, as does ``ModelParallelStrategy`` with FSDP2 (``fully_shard`` on the
@@ -105,6 +114,8 @@ class SWAGCallback(pl.Callback):
         self._fitting = False  # this fit's collector exists (on_fit_start ran)
         self._steps = 0  # optimiser steps taken in the SWA phase
         self._last_step = -1
+        self._first_steps = 0  # steps of the first optimiser (manual optimisation)
+        self._hook: Any = None
         self._start_epoch: int | None = None
         self._start_step = 0
 
@@ -173,6 +184,7 @@ class SWAGCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
+        self._first_steps = 0
         self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
@@ -191,7 +203,35 @@ class SWAGCallback(pl.Callback):
             self._restore(self._pending)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step
+        self._remove_hook()
+        if not pl_module.automatic_optimization and trainer.optimizers:
+            self._hook = trainer.optimizers[0].register_step_post_hook(self._count_step)
+        self._last_step = self._steps_done(trainer)
+
+    def _count_step(self, *args: Any) -> None:
+        self._first_steps += 1
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _steps_done(self, trainer: pl.Trainer) -> int:
+        """Optimiser steps done so far, in the callback's unit: steps of the first optimiser.
+
+        Under automatic optimisation (one optimiser) that is ``trainer.global_step``. Under
+        manual optimisation Lightning's ``global_step`` counts the steps of every optimiser,
+        so the callback counts ``trainer.optimizers[0]``'s own.
+        """
+        module = self._module
+        if module is None or module.automatic_optimization:
+            return trainer.global_step
+        return self._first_steps
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._remove_hook()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -201,7 +241,7 @@ class SWAGCallback(pl.Callback):
         if self._start_epoch is not None:
             self._in_phase = trainer.current_epoch >= self._start_epoch
         else:
-            self._in_phase = trainer.global_step >= self._start_step
+            self._in_phase = self._steps_done(trainer) >= self._start_step
         if self._in_phase:
             self._switch_to_swalr(trainer)
 
@@ -213,12 +253,15 @@ class SWAGCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        stepped = trainer.global_step != self._last_step
-        self._last_step = trainer.global_step
-        if not (self._in_phase and stepped and isinstance(self.collect_every, int)):
+        done = self._steps_done(trainer)
+        new, self._last_step = done - self._last_step, done
+        if not (self._in_phase and new > 0 and isinstance(self.collect_every, int)):
             return
-        self._steps += 1
-        if self._steps % self.collect_every == 0:
+        # collect after phase steps every, 2·every, ... (once per batch, even if the first
+        # optimiser stepped more than once in it)
+        when = CollectEvery(self.collect_every, self.collect_every)
+        before, self._steps = self._steps, self._steps + new
+        if any(when(k) for k in range(before + 1, self._steps + 1)):
             self.collector.collect()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -226,6 +269,7 @@ class SWAGCallback(pl.Callback):
             self.collector.collect()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hook()
         if not self.bn_update or self.collected == 0 or not has_batchnorm(pl_module):
             return
         if any(hasattr(p, "device_mesh") for p in pl_module.parameters()):
@@ -246,6 +290,7 @@ class SWAGCallback(pl.Callback):
         return {
             "collector": _state.collector_state(self._collector),
             "steps": self._steps,
+            "first_optimizer_steps": self._first_steps,
             "start": [self._start_epoch, self._start_step],
             "swalr": swalr,
         }
@@ -268,6 +313,7 @@ class SWAGCallback(pl.Callback):
     def _restore(self, state: dict[str, Any]) -> None:
         _state.load_collector_state(self.collector, state["collector"], "the Lightning checkpoint")
         self._steps = int(state["steps"])
+        self._first_steps = int(state.get("first_optimizer_steps", 0))
         # the start as resolved when the run began: a longer resumed run must not move it
         self._start_epoch, self._start_step = state["start"]
         self._swalr_state = state["swalr"]
