@@ -163,6 +163,13 @@ def test_a_checkpoint_from_another_configuration_is_refused(tmp_path: Path) -> N
     fit_swag(tmp_path, 3, "epoch")
     with pytest.raises(ValueError, match="max_rank is 3 in the checkpoint but 5 here"):
         fit_swag(tmp_path, None, "epoch", str(tmp_path / "ckpt/last.ckpt"), k=5)
+    # a damaged checkpoint (one statistic changed): refused by its checksum, not loaded
+    ckpt = torch.load(tmp_path / "ckpt/last.ckpt", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "SWAGCallback" in k]
+    state["collector"]["tensors"]["m2"][0] += 1e-3
+    torch.save(ckpt, tmp_path / "damaged.ckpt")
+    with pytest.raises(ValueError, match="checksum does not match its contents"):
+        fit_swag(tmp_path, None, "epoch", str(tmp_path / "damaged.ckpt"))
 
 
 def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> None:

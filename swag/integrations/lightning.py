@@ -311,6 +311,11 @@ class SWAGCallback(pl.Callback):
             checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in self._user_schedulers]
 
     def _restore(self, state: dict[str, Any]) -> None:
+        problem = _callback_state_problem(state)
+        if problem is not None:
+            raise ValueError(
+                f"the SWAGCallback state in the Lightning checkpoint is refused: {problem}"
+            )
         _state.load_collector_state(self.collector, state["collector"], "the Lightning checkpoint")
         self._steps = int(state["steps"])
         self._first_steps = int(state.get("first_optimizer_steps", 0))
@@ -360,3 +365,27 @@ class SWAGCallback(pl.Callback):
         self._user_schedulers = list(trainer.lr_scheduler_configs)
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(swalr, interval="step")]
         self._swalr = swalr
+
+
+def _count(value: object) -> bool:
+    """Whether ``value`` is an int >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+def _callback_state_problem(state: object) -> str | None:
+    """What is wrong with the callback's fields of a checkpoint (not the collector's), or None."""
+    if not isinstance(state, dict):
+        return f"it is a {type(state).__name__}, not a dict"
+    for key in ("collector", "steps", "start", "swalr"):
+        if key not in state:
+            return f"it lacks the field {key!r}"
+    for key in ("steps", "first_optimizer_steps"):
+        if not _count(state.get(key, 0)):
+            return f"the field {key!r} must be an int >= 0, got {state[key]!r}"
+    start = state["start"]
+    epoch_ok = isinstance(start, list | tuple) and len(start) == 2
+    if not (epoch_ok and (start[0] is None or _count(start[0])) and _count(start[1])):
+        return f"the field 'start' must be [epoch or None, step], got {start!r}"
+    if state["swalr"] is not None and not isinstance(state["swalr"], dict):
+        return f"the field 'swalr' must be a scheduler state dict or None, got {state['swalr']!r}"
+    return None
