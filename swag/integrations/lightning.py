@@ -20,6 +20,7 @@ from torch.optim.swa_utils import SWALR
 
 import swag
 from swag.integrations import _missing_extra, _state
+from swag.integrations._args import check_common, check_lightning_extras
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
 from swag.layout import ParamSelector
 from swag.schedules import CollectEvery
@@ -99,6 +100,8 @@ class SWAGCallback(pl.Callback):
     ) -> None:
         super().__init__()
         check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
+        check_lightning_extras(bn_update, input_fn, bn_batches, shard)
+        check_common(params, dtype, device)
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
         self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn

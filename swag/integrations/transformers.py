@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 import swag
 from swag import _io
+from swag._checks import check_count
 from swag.integrations import _missing_extra
-from swag.integrations._args import check_rank_and_start
+from swag.integrations._args import check_common, check_path, check_rank_and_start
 from swag.layout import ParamSelector
 
 try:
@@ -90,9 +91,9 @@ class SWAGCallback(TrainerCallback):
         resume_from: str | os.PathLike[str] | None = None,
     ) -> None:
         check_rank_and_start(max_rank, start, "step")
-        every = collect_every
-        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
-            raise ValueError(f"collect_every must be an int >= 1, got {collect_every!r}")
+        check_count(collect_every, "collect_every")
+        check_common(params, dtype, device)
+        check_path(resume_from, "resume_from")
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.dtype, self.device = params, dtype, device
         self.resume_from = resume_from
