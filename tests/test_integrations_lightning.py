@@ -35,6 +35,11 @@ pytestmark = [
 ]
 
 
+# Net's StepLR moves the rate in the SWA phase of the tests that keep it (swa_lr=None): the
+# callback warns; those tests check the statistics, not the advice.
+KEEPS_SCHEDULE = pytest.mark.filterwarnings("ignore:the learning rate changed during the SWA")
+
+
 class Net(pl.LightningModule):
     """A small classifier with BatchNorm; weights from a seeded generator (no global seed)."""
 
@@ -104,6 +109,7 @@ class StopAfter(pl.Callback):
         trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
 
 
+@KEEPS_SCHEDULE
 @pytest.mark.parametrize("every", [1, 3])
 def test_step_collection_matches_float64_over_the_phase(tmp_path: Path, every: int) -> None:
     rec = Recorder()
@@ -172,6 +178,7 @@ def test_a_checkpoint_from_another_configuration_is_refused(tmp_path: Path) -> N
         fit_swag(tmp_path, None, "epoch", str(tmp_path / "damaged.ckpt"))
 
 
+@KEEPS_SCHEDULE
 def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> None:
     cb = SWAGCallback(max_rank=2, start=1, params=["body.0", "head"], bn_update=True)
     net = Net()
@@ -257,6 +264,7 @@ class DictNet(Net):
         return nn.functional.cross_entropy(self(batch["x"]), batch["y"])
 
 
+@KEEPS_SCHEDULE
 def test_dict_batches_and_gradient_accumulation(tmp_path: Path) -> None:
     x, y = loader().dataset.tensors  # type: ignore[attr-defined]
     batches = DataLoader([{"x": a, "y": b} for a, b in zip(x, y, strict=True)], batch_size=16)
@@ -317,3 +325,14 @@ def test_manual_optimisation_counts_steps_of_the_first_optimiser(tmp_path: Path)
     assert resumed.n == 6
     for name in ("mean", "std", "deviations"):
         assert torch.equal(getattr(post, name), getattr(resumed, name)), name
+
+
+def test_swa_lr_none_warns_once_when_the_users_schedule_moves_the_rate(tmp_path: Path) -> None:
+    cb = SWAGCallback(max_rank=2, start=0, bn_update=False)  # Net's StepLR halves every 2 epochs
+    with pytest.warns(UserWarning, match="learning rate changed during the SWA phase") as seen:
+        trainer(tmp_path, 4, cb, enable_checkpointing=False).fit(Net(), loader())
+    assert sum("SWA phase" in str(w.message) for w in seen) == 1 and cb.collected == 4
+    # a constant rate (swa_lr=) warns nothing (pytest turns any warning into an error)
+    cb = SWAGCallback(max_rank=2, start=0, bn_update=False, swa_lr=0.05)
+    trainer(tmp_path, 4, cb, enable_checkpointing=False).fit(Net(), loader())
+    assert cb.collected == 4

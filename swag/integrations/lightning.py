@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -69,8 +70,13 @@ class SWAGCallback(pl.Callback):
         params: which parameters to cover, as for :class:`swag.Collector` (a name prefix,
             prefixes, or a predicate ``(name, param) -> bool``).
         swa_lr: switch to ``SWALR(swa_lr)`` at ``start`` (one optimiser only); ``None`` keeps
-            the user's schedule.
-        anneal_steps: optimiser steps over which ``SWALR`` anneals to ``swa_lr`` (0: at once).
+            the user's schedule, and warns (once) if that schedule changes the rate while
+            the callback collects: SWAG assumes a constant rate in its phase.
+        anneal_steps: optimiser steps (not epochs) over which ``SWALR`` anneals to ``swa_lr``
+            (0: at once). torch's ``SWALR(anneal_epochs=)`` and Lightning's
+            ``StochasticWeightAveraging(annealing_epochs=)`` count epochs; here the rate is
+            stepped every optimiser step, so e.g. 2 epochs of 100 batches is
+            ``anneal_steps=200``.
         anneal_strategy: ``"cos"`` or ``"linear"``, as for ``SWALR``.
         bn_update: recompute the SWA model's BatchNorm statistics at the end of fit.
         input_fn: maps a training batch to the model input for the BatchNorm refresh (default:
@@ -119,6 +125,7 @@ class SWAGCallback(pl.Callback):
         self._last_step = -1
         self._first_steps = 0  # steps of the first optimiser (manual optimisation)
         self._hook: Any = None
+        self._phase_lrs: list[float] | None = None  # rates at the phase's start (swa_lr=None)
         self._start_epoch: int | None = None
         self._start_step = 0
 
@@ -187,7 +194,7 @@ class SWAGCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
-        self._first_steps = 0
+        self._first_steps, self._phase_lrs = 0, None
         self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
@@ -247,6 +254,7 @@ class SWAGCallback(pl.Callback):
             self._in_phase = self._steps_done(trainer) >= self._start_step
         if self._in_phase:
             self._switch_to_swalr(trainer)
+            self._phase_lrs = _rates(trainer)
 
     def on_train_batch_end(
         self,
@@ -265,11 +273,26 @@ class SWAGCallback(pl.Callback):
         when = CollectEvery(self.collect_every, self.collect_every)
         before, self._steps = self._steps, self._steps + new
         if any(when(k) for k in range(before + 1, self._steps + 1)):
-            self.collector.collect()
+            self._collect(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._in_phase and self.collect_every == EPOCH:
-            self.collector.collect()
+            self._collect(trainer)
+
+    def _collect(self, trainer: pl.Trainer) -> None:
+        """Collect; with ``swa_lr=None``, warn once if the user's schedule moved the rate."""
+        self.collector.collect()
+        start, now = self._phase_lrs, _rates(trainer)
+        if self.swa_lr is None and start is not None and now != start:
+            self._phase_lrs = None  # once per fit
+            warnings.warn(
+                f"the learning rate changed during the SWA phase (from {start} to {now}) "
+                "while SWAGCallback collects: swa_lr=None keeps your own schedule, but SWAG "
+                "assumes iterates at a constant rate (docs/gotchas.md). Pass swa_lr= to switch "
+                "to a constant rate at start, or make your schedule constant from there",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hook()
@@ -392,3 +415,8 @@ def _callback_state_problem(state: object) -> str | None:
     if state["swalr"] is not None and not isinstance(state["swalr"], dict):
         return f"the field 'swalr' must be a scheduler state dict or None, got {state['swalr']!r}"
     return None
+
+
+def _rates(trainer: pl.Trainer) -> list[float]:
+    """The learning rate of every parameter group of every optimiser, in order."""
+    return [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups]
