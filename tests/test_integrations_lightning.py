@@ -336,3 +336,27 @@ def test_swa_lr_none_warns_once_when_the_users_schedule_moves_the_rate(tmp_path:
     cb = SWAGCallback(max_rank=2, start=0, bn_update=False, swa_lr=0.05)
     trainer(tmp_path, 4, cb, enable_checkpointing=False).fit(Net(), loader())
     assert cb.collected == 4
+
+
+class KeywordsAnywhere(DictNet):
+    """Its forward accepts any keywords by signature, then refuses the labels when called."""
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:  # type: ignore[override]
+        if set(kwargs) - {"x"}:
+            raise TypeError(f"forward() got an unexpected keyword argument {sorted(kwargs)[-1]!r}")
+        return super().forward(*args, *kwargs.values())
+
+
+def test_unusable_bn_refresh_input_is_refused_at_the_first_batch(tmp_path: Path) -> None:
+    x, y = loader().dataset.tensors  # type: ignore[attr-defined]
+    batches = DataLoader([{"x": a, "y": b} for a, b in zip(x, y, strict=True)], batch_size=16)
+    rec = Recorder()
+    fit = trainer(tmp_path, 2, rec, SWAGCallback(max_rank=2, start=1), enable_checkpointing=False)
+    with pytest.raises(TypeError, match=r"model\(\*\*batch\).*'y'.*input_fn=lambda batch"):
+        fit.fit(DictNet(), batches)
+    assert rec.thetas == []  # refused before the first optimiser step, not after training
+    # a forward whose signature cannot tell: the refresh's own error gets the same hint
+    fit = trainer(tmp_path, 2, rec, SWAGCallback(max_rank=2, start=1), enable_checkpointing=False)
+    with pytest.raises(TypeError, match="argument 'y'; pass SWAGCallback\\(input_fn="):
+        fit.fit(KeywordsAnywhere(), batches)
+    assert len(rec.thetas) == 8

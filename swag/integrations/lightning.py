@@ -10,9 +10,10 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR
 
 import swag
+from swag.bn import default_input_fn
 from swag.integrations import _missing_extra, _state
 from swag.integrations._args import check_common, check_lightning_extras
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
@@ -34,6 +36,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise _missing_extra("lightning", "lightning") from exc
 
 __all__ = ["SWAGCallback", "check_strategy"]
+
+_INPUT_HINT = (
+    "pass SWAGCallback(input_fn=...) mapping a batch to the model input (e.g. "
+    "input_fn=lambda batch: batch['x'] for dict batches), or bn_update=False"
+)
 
 
 class SWAGCallback(pl.Callback):
@@ -126,6 +133,7 @@ class SWAGCallback(pl.Callback):
         self._first_steps = 0  # steps of the first optimiser (manual optimisation)
         self._hook: Any = None
         self._phase_lrs: list[float] | None = None  # rates at the phase's start (swa_lr=None)
+        self._bn_checked = False  # the first batch's BN-refresh input was checked this fit
         self._start_epoch: int | None = None
         self._start_step = 0
 
@@ -194,7 +202,7 @@ class SWAGCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
-        self._first_steps, self._phase_lrs = 0, None
+        self._first_steps, self._phase_lrs, self._bn_checked = 0, None, False
         self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
@@ -246,7 +254,12 @@ class SWAGCallback(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self._bn_checked:
+            self._bn_checked = True
+            if self.bn_update and has_batchnorm(pl_module):
+                self._check_bn_input(pl_module, batch)
         if self._in_phase:
+            self._check_rate(trainer)
             return
         if self._start_epoch is not None:
             self._in_phase = trainer.current_epoch >= self._start_epoch
@@ -273,23 +286,23 @@ class SWAGCallback(pl.Callback):
         when = CollectEvery(self.collect_every, self.collect_every)
         before, self._steps = self._steps, self._steps + new
         if any(when(k) for k in range(before + 1, self._steps + 1)):
-            self._collect(trainer)
+            self.collector.collect()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._in_phase and self.collect_every == EPOCH:
-            self._collect(trainer)
+            self.collector.collect()
 
-    def _collect(self, trainer: pl.Trainer) -> None:
-        """Collect; with ``swa_lr=None``, warn once if the user's schedule moved the rate."""
-        self.collector.collect()
-        start, now = self._phase_lrs, _rates(trainer)
-        if self.swa_lr is None and start is not None and now != start:
+    def _check_rate(self, trainer: pl.Trainer) -> None:
+        """With ``swa_lr=None``, warn once if the user's schedule moved the rate in the phase."""
+        start = self._phase_lrs
+        if self.swa_lr is None and start is not None and _rates(trainer) != start:
             self._phase_lrs = None  # once per fit
             warnings.warn(
-                f"the learning rate changed during the SWA phase (from {start} to {now}) "
-                "while SWAGCallback collects: swa_lr=None keeps your own schedule, but SWAG "
-                "assumes iterates at a constant rate (docs/gotchas.md). Pass swa_lr= to switch "
-                "to a constant rate at start, or make your schedule constant from there",
+                f"the learning rate changed during the SWA phase (from {start} to "
+                f"{_rates(trainer)}) while SWAGCallback collects: swa_lr=None keeps your own "
+                "schedule, but SWAG assumes iterates at a constant rate (docs/gotchas.md). Pass "
+                "swa_lr= to switch to a constant rate at start, or make your schedule constant "
+                "from there",
                 UserWarning,
                 stacklevel=2,
             )
@@ -304,8 +317,37 @@ class SWAGCallback(pl.Callback):
         if loader is None:
             raise RuntimeError("bn_update=True needs the trainer's train dataloader at fit end")
         swa = self._build_swa_model()
-        swag.update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
+        try:
+            swag.update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
+        except TypeError as exc:  # e.g. forward() got an unexpected keyword argument 'y'
+            raise TypeError(f"{exc}; {_INPUT_HINT}") from exc
         self._swa = swa
+
+    def _check_bn_input(self, module: pl.LightningModule, batch: Any) -> None:
+        """Refuse, at the first batch, a batch the BatchNorm refresh at fit end could not feed.
+
+        Only the forward's signature is checked (no forward pass): a dict batch must bind as
+        keyword arguments, anything else as positional ones, as :func:`swag.update_bn` calls.
+        """
+        try:
+            inputs = (self.input_fn or default_input_fn)(batch)
+            signature = inspect.signature(module.forward)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise TypeError(
+                f"the first train batch gives no model input ({exc}); {_INPUT_HINT}"
+            ) from exc
+        try:
+            if isinstance(inputs, Mapping):
+                signature.bind(**inputs)
+            else:
+                signature.bind(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+        except TypeError as exc:
+            kind = "model(**batch)" if isinstance(inputs, Mapping) else "model(input)"
+            raise TypeError(
+                f"bn_update=True refreshes BatchNorm at the end of fit by calling {kind} on the "
+                f"train batches, but for the first batch {type(module).__name__}.forward "
+                f"refuses that: {exc}; {_INPUT_HINT}"
+            ) from None
 
     # -- checkpoints -----------------------------------------------------------------------
 
