@@ -360,3 +360,45 @@ def test_unusable_bn_refresh_input_is_refused_at_the_first_batch(tmp_path: Path)
     with pytest.raises(TypeError, match="argument 'y'; pass SWAGCallback\\(input_fn="):
         fit.fit(KeywordsAnywhere(), batches)
     assert len(rec.thetas) == 8
+
+
+class Wrapper(pl.LightningModule):
+    """Keeps the network as ``self.net``, so its parameters are named ``net.*``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = bare_net()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def bare_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def test_a_wrapped_posterior_maps_onto_the_bare_network(tmp_path: Path) -> None:
+    cb = SWAGCallback(max_rank=2, start=0, collect_every=1)
+    trainer(tmp_path, 1, cb, enable_checkpointing=False).fit(Wrapper(), loader())
+    post, bare = cb.posterior(), bare_net()
+    assert post.layout.names[0] == "net.0.weight"
+    with pytest.raises(ValueError, match=r"prefix 'net\.'.*posterior\(strip_prefix='net\.'\)"):
+        post.to_model(bare)
+    stripped = cb.posterior(strip_prefix="net.")
+    swa = stripped.to_model(bare)
+    assert stripped.layout.names == tuple(n for n, _ in bare.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in swa.parameters()])
+    assert torch.equal(flat, post.mean)  # the same numbers, under the bare names
+    # the other way round: a bare posterior applied to the wrapper names the submodule
+    with pytest.raises(ValueError, match="the model's submodule 'net'"):
+        stripped.to_model(Wrapper())
+    with pytest.raises(ValueError, match=r"prefix 'body\.' does not begin"):
+        cb.posterior(strip_prefix="body.")

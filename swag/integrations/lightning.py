@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import warnings
@@ -151,14 +152,22 @@ class SWAGCallback(pl.Callback):
         """How many iterates were collected so far."""
         return 0 if self._collector is None else self._collector.n
 
-    def posterior(self) -> swag.SWAGPosterior:
+    def posterior(self, *, strip_prefix: str | None = None) -> swag.SWAGPosterior:
         """The SWAG posterior of the collected iterates, for :func:`swag.predict`.
 
+        Its parameter names are the LightningModule's (``net.0.weight`` for a module kept as
+        ``self.net``). To apply it to the bare network, pass ``strip_prefix="net."``.
         Sharded (``shard=True`` or FSDP2), every rank must call it: it assembles the whole
         posterior on every rank (one ``all_gather``); :meth:`sharded_posterior` does not.
+
+        Raises:
+            ValueError: if a covered name does not start with ``strip_prefix``.
         """
         c = self.collector
-        return c.posterior() if c.plan is None else c.sharded_posterior().full()
+        post = c.posterior() if c.plan is None else c.sharded_posterior().full()
+        if strip_prefix is None:
+            return post
+        return dataclasses.replace(post, layout=post.layout.strip_prefix(strip_prefix))
 
     def sharded_posterior(self) -> ShardedPosterior:
         """This rank's part of the posterior, for a sharded collector; no communication."""
