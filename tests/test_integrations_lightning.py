@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import swag
+from swag.integrations import ResumableSampler
 from swag.integrations.lightning import SWAGCallback, check_strategy
 
 pytestmark = [
@@ -402,3 +404,44 @@ def test_a_wrapped_posterior_maps_onto_the_bare_network(tmp_path: Path) -> None:
         stripped.to_model(Wrapper())
     with pytest.raises(ValueError, match=r"prefix 'body\.' does not begin"):
         cb.posterior(strip_prefix="body.")
+
+
+def shuffled(resumable: bool) -> DataLoader[tuple[Tensor, ...]]:
+    data = loader().dataset
+    if resumable:
+        return DataLoader(data, batch_size=16, sampler=ResumableSampler(data, seed=3))  # type: ignore[arg-type]
+    return DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_shuffled_loader_resumes_exactly_with_the_resumable_sampler(tmp_path: Path) -> None:
+    def run(stop: int | None, ckpt: str | None, resumable: bool = True) -> SWAGCallback:
+        cb = SWAGCallback(max_rank=2, start=1, bn_update=False, swa_lr=0.02)
+        folder = tmp_path / ("whole" if stop is None and ckpt is None else "stopped")
+        save = pl.callbacks.ModelCheckpoint(dirpath=folder, save_last=True)
+        stops = [StopAfter(stop)] if stop else []
+        fit = trainer(folder, 4, cb, save, *stops)
+        fit.fit(Net(), shuffled(resumable), ckpt_path=ckpt)
+        assert fit.current_epoch == (stop or 4)
+        return cb
+
+    whole = run(None, None).posterior()
+    run(2, None)
+    ckpt = str(tmp_path / "stopped.ckpt")  # a resumed run overwrites last.ckpt
+    shutil.copy(tmp_path / "stopped/last.ckpt", ckpt)
+    resumed = run(None, ckpt).posterior()  # no warning: the order resumes
+    assert resumed.n == 3
+    for name in ("mean", "std", "deviations"):
+        assert torch.equal(getattr(whole, name), getattr(resumed, name)), name
+    with pytest.warns(UserWarning, match="ResumableSampler"):
+        other = run(None, ckpt, resumable=False).posterior()
+    assert not torch.equal(other.mean, whole.mean)  # what the warning is about
+    # the order depends on (seed, epoch) only; each epoch is a permutation
+    sampler = ResumableSampler(range(10), seed=3)
+    orders = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert orders[0] == orders[2] != orders[1] and sorted(orders[1]) == list(range(10))
+    with pytest.raises(TypeError, match="seed"):
+        ResumableSampler(range(3), seed=1.5)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR
+from torch.utils.data import RandomSampler
 
 import swag
 from swag.bn import default_input_fn
@@ -135,6 +136,7 @@ class SWAGCallback(pl.Callback):
         self._hook: Any = None
         self._phase_lrs: list[float] | None = None  # rates at the phase's start (swa_lr=None)
         self._bn_checked = False  # the first batch's BN-refresh input was checked this fit
+        self._resumed = False  # this fit restored the callback from a checkpoint
         self._start_epoch: int | None = None
         self._start_step = 0
 
@@ -212,6 +214,7 @@ class SWAGCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
         self._first_steps, self._phase_lrs, self._bn_checked = 0, None, False
+        self._resumed = False
         self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
@@ -234,6 +237,8 @@ class SWAGCallback(pl.Callback):
         if not pl_module.automatic_optimization and trainer.optimizers:
             self._hook = trainer.optimizers[0].register_step_post_hook(self._count_step)
         self._last_step = self._steps_done(trainer)
+        if self._resumed:
+            _warn_if_order_will_not_resume(trainer.train_dataloader)
 
     def _count_step(self, *args: Any) -> None:
         self._first_steps += 1
@@ -400,6 +405,7 @@ class SWAGCallback(pl.Callback):
         self._start_epoch, self._start_step = state["start"]
         self._swalr_state = state["swalr"]
         self._pending = None
+        self._resumed = True
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -471,3 +477,23 @@ def _callback_state_problem(state: object) -> str | None:
 def _rates(trainer: pl.Trainer) -> list[float]:
     """The learning rate of every parameter group of every optimiser, in order."""
     return [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups]
+
+
+def _warn_if_order_will_not_resume(loaders: object) -> None:
+    """Warn when a train loader shuffles with a ``RandomSampler``, whose order a resume loses."""
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        samplers = [getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)]
+        if any(isinstance(s, RandomSampler) for s in samplers):
+            warnings.warn(
+                "resuming with a train DataLoader(shuffle=True): its RandomSampler draws each "
+                "epoch's order from a generator state the checkpoint does not hold, so the "
+                "resumed run sees other orders than an uninterrupted one and its posterior "
+                "differs slightly. For an exact resume use "
+                "DataLoader(dataset, sampler=swag.integrations.ResumableSampler(dataset, seed=0))",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
