@@ -28,7 +28,7 @@ from torch import Tensor, nn
 import swag
 from swag import _io
 from swag.integrations import _state
-from swag.integrations.transformers import read_identity
+from swag.integrations.transformers import _read_identity
 from tests.reference import random_walk
 
 SEED = 4
@@ -200,7 +200,7 @@ def test_identity_record_damage_is_refused_naming_the_file(tmp_path: Path) -> No
     }
     blob = json.dumps(record).encode()
     path.write_bytes(blob)
-    assert read_identity(path) == record
+    assert _read_identity(path) == record
     cases = [blob[:cut] for cut in range(len(blob))]  # every truncation
     rng = random.Random(SEED)
     flips = []
@@ -217,7 +217,7 @@ def test_identity_record_damage_is_refused_naming_the_file(tmp_path: Path) -> No
     for data in cases + flips:
         path.write_bytes(data)
         try:
-            got = read_identity(path)
+            got = _read_identity(path)
         except ValueError as e:
             assert str(path) in str(e), str(e)
         else:  # a flip in a digest's hex or the step is caught by the comparison that follows
@@ -226,4 +226,4 @@ def test_identity_record_damage_is_refused_naming_the_file(tmp_path: Path) -> No
     assert exact <= 64 + 64 + 2  # only flips inside a digest or the step's digit can parse
     path.unlink()
     with pytest.raises(ValueError, match="does not exist"):
-        read_identity(path)
+        _read_identity(path)

@@ -216,7 +216,7 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def read_identity(path: Path) -> dict[str, Any]:
+def _read_identity(path: Path) -> dict[str, Any]:
     """The identity record ``path`` (:data:`IDENTITY`) holds, its fields checked.
 
     Raises:
@@ -259,7 +259,7 @@ def _check_identity(folder: Path, step: int, model: nn.Module, layout: swag.Para
     be the weights the collector was saved with, at the same step, and the collector file must
     be the one written then.
     """
-    record = read_identity(folder / IDENTITY)
+    record = _read_identity(folder / IDENTITY)
     fix = (
         "pass SWAGCallback(resume_from=<the folder given to resume_from_checkpoint>) so that "
         "the collector is read from the checkpoint being resumed"
