@@ -345,11 +345,14 @@ class SWAGCallback(pl.Callback):
         """
         try:
             inputs = (self.input_fn or default_input_fn)(batch)
-            signature = inspect.signature(module.forward)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             raise TypeError(
                 f"the first train batch gives no model input ({exc}); {_INPUT_HINT}"
             ) from exc
+        try:
+            signature = inspect.signature(module.forward)
+        except (TypeError, ValueError):  # no signature to check (a builtin): the refresh will tell
+            return
         try:
             if isinstance(inputs, Mapping):
                 signature.bind(**inputs)
