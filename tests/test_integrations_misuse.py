@@ -6,6 +6,7 @@ Building a callback needs no Trainer, so the whole table runs in milliseconds.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # set before transformers is imported: nothing downloads
@@ -118,3 +119,10 @@ def test_good_arguments_are_accepted() -> None:
         device="cpu",
     )
     swag_hf.SWAGCallback(0, start=0.0, params=lambda n, p: True, resume_from="out/checkpoint-4")
+
+
+@pytest.mark.parametrize("module", [swag_lightning, swag_hf])
+def test_init_docstring_lists_every_argument(module: Any) -> None:
+    doc = module.SWAGCallback.__init__.__doc__  # what help(SWAGCallback.__init__) shows
+    params = [p for p in inspect.signature(module.SWAGCallback.__init__).parameters if p != "self"]
+    assert doc is not None and all(f"    {p}: " in doc for p in params), params

@@ -24,7 +24,7 @@ import swag
 from swag import _io
 from swag._checks import check_count
 from swag.integrations import _missing_extra
-from swag.integrations._args import check_common, check_path, check_rank_and_start
+from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
 from swag.layout import ParamSelector
 
 try:
@@ -203,6 +203,9 @@ class SWAGCallback(TrainerCallback):
                 "max_rank, params= and dtype of the run that saved it"
             )
         self._collector = loaded
+
+
+SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
 
 
 def _weights_digest(model: nn.Module, layout: swag.ParamLayout) -> str:
