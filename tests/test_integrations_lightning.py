@@ -266,7 +266,6 @@ class DictNet(Net):
         return nn.functional.cross_entropy(self(batch["x"]), batch["y"])
 
 
-@KEEPS_SCHEDULE
 def test_dict_batches_and_gradient_accumulation(tmp_path: Path) -> None:
     x, y = loader().dataset.tensors  # type: ignore[attr-defined]
     batches = DataLoader([{"x": a, "y": b} for a, b in zip(x, y, strict=True)], batch_size=16)
