@@ -126,3 +126,9 @@ def test_init_docstring_lists_every_argument(module: Any) -> None:
     doc = module.SWAGCallback.__init__.__doc__  # what help(SWAGCallback.__init__) shows
     params = [p for p in inspect.signature(module.SWAGCallback.__init__).parameters if p != "self"]
     assert doc is not None and all(f"    {p}: " in doc for p in params), params
+
+
+@pytest.mark.parametrize("value", [3, "", ["net."]])
+def test_strip_prefix_is_checked_before_anything_else(value: object) -> None:
+    with pytest.raises(TypeError, match="strip_prefix must be a non-empty str"):
+        swag_lightning.SWAGCallback().posterior(strip_prefix=value)  # type: ignore[arg-type]

@@ -165,6 +165,8 @@ class SWAGCallback(pl.Callback):
         Raises:
             ValueError: if a covered name does not start with ``strip_prefix``.
         """
+        if strip_prefix is not None and not (isinstance(strip_prefix, str) and strip_prefix):
+            raise TypeError(f"strip_prefix must be a non-empty str or None, got {strip_prefix!r}")
         c = self.collector
         post = c.posterior() if c.plan is None else c.sharded_posterior().full()
         if strip_prefix is None:
