@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -147,10 +147,12 @@ class ParamLayout:
             else:
                 out.append(p.detach())
         if problems:
+            hint = _prefix_hint(self.names, found) if len(problems) == len(self.names) else None
             raise ValueError(
                 "the model's covered parameters do not match the layout recorded at creation: "
                 + "; ".join(problems[:10])
                 + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
+                + (f". {hint}" if hint else "")
                 + ". Pass the same architecture, or build a new Collector for this model."
             )
         return out
@@ -206,6 +208,23 @@ class ParamLayout:
             dtypes=tuple(getattr(torch, str(r[2])) for r in rows),
         )
 
+    def strip_prefix(self, prefix: str) -> ParamLayout:
+        """This layout with ``prefix`` removed from every name (e.g. ``"net."``).
+
+        For a posterior taken from a module that wraps the one it is applied to, as
+        ``dataclasses.replace(posterior, layout=posterior.layout.strip_prefix("net."))``.
+
+        Raises:
+            ValueError: naming a parameter whose name does not start with ``prefix``.
+        """
+        if not isinstance(prefix, str) or not prefix:
+            raise TypeError(f"prefix must be a non-empty str, got {prefix!r}")
+        bare = [n for n in self.names if not n.startswith(prefix)]
+        if bare:
+            raise ValueError(f"prefix {prefix!r} does not begin the parameter name {bare[0]!r}")
+        names = tuple(n[len(prefix) :] for n in self.names)
+        return ParamLayout(names=names, shapes=self.shapes, dtypes=self.dtypes)
+
     def mismatch(
         self, other: ParamLayout, *, this: str = "here", that: str = "saved"
     ) -> str | None:
@@ -233,3 +252,30 @@ class ParamLayout:
         return [
             f"shape {s} {_dtype_name(d)}" for s, d in zip(self.shapes, self.dtypes, strict=True)
         ]
+
+
+def _prefix_hint(names: Sequence[str], found: Mapping[str, Tensor]) -> str | None:
+    """When every name differs from the model's by one prefix, say which and how to map it."""
+    first = names[0]
+    for other in found:
+        if first.endswith(other) and first != other:
+            prefix = first[: -len(other)]
+            ok = prefix.endswith(".")  # a whole module name
+            if ok and all(n.startswith(prefix) and n[len(prefix) :] in found for n in names):
+                return (
+                    f"Every name carries the prefix {prefix!r}, which the model's lack: the "
+                    "posterior was taken from a module that wraps this one (e.g. a "
+                    "LightningModule's attribute). Strip it: "
+                    f"SWAGCallback.posterior(strip_prefix={prefix!r}), or "
+                    f"dataclasses.replace(posterior, layout=posterior.layout.strip_prefix("
+                    f"{prefix!r}))"
+                )
+        if other.endswith(first) and first != other:
+            prefix = other[: -len(first)]
+            if prefix.endswith(".") and all(prefix + n in found for n in names):
+                return (
+                    f"Every name of the model carries the prefix {prefix!r}, which the "
+                    "posterior's lack: pass the inner module the posterior was taken from "
+                    f"(the model's submodule {prefix.rstrip('.')!r})"
+                )
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import swag
+from swag.integrations import ResumableSampler
 from swag.integrations.lightning import SWAGCallback, check_strategy
 
 pytestmark = [
@@ -33,6 +35,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The '(train|val)_dataloader' does not have many workers"),
     pytest.mark.filterwarnings("ignore:The number of training batches"),
 ]
+
+
+# Net's StepLR moves the rate in the SWA phase of the tests that keep it (swa_lr=None): the
+# callback warns; those tests check the statistics, not the advice.
+KEEPS_SCHEDULE = pytest.mark.filterwarnings("ignore:the learning rate changed during the SWA")
 
 
 class Net(pl.LightningModule):
@@ -104,6 +111,7 @@ class StopAfter(pl.Callback):
         trainer.should_stop = trainer.current_epoch + 1 >= self.epochs
 
 
+@KEEPS_SCHEDULE
 @pytest.mark.parametrize("every", [1, 3])
 def test_step_collection_matches_float64_over_the_phase(tmp_path: Path, every: int) -> None:
     rec = Recorder()
@@ -163,8 +171,16 @@ def test_a_checkpoint_from_another_configuration_is_refused(tmp_path: Path) -> N
     fit_swag(tmp_path, 3, "epoch")
     with pytest.raises(ValueError, match="max_rank is 3 in the checkpoint but 5 here"):
         fit_swag(tmp_path, None, "epoch", str(tmp_path / "ckpt/last.ckpt"), k=5)
+    # a damaged checkpoint (one statistic changed): refused by its checksum, not loaded
+    ckpt = torch.load(tmp_path / "ckpt/last.ckpt", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "SWAGCallback" in k]
+    state["collector"]["tensors"]["m2"][0] += 1e-3
+    torch.save(ckpt, tmp_path / "damaged.ckpt")
+    with pytest.raises(ValueError, match="checksum does not match its contents"):
+        fit_swag(tmp_path, None, "epoch", str(tmp_path / "damaged.ckpt"))
 
 
+@KEEPS_SCHEDULE
 def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> None:
     cb = SWAGCallback(max_rank=2, start=1, params=["body.0", "head"], bn_update=True)
     net = Net()
@@ -187,19 +203,8 @@ def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> 
     torch.testing.assert_close(probs, torch.softmax(swa.eval()(x), -1), rtol=1e-5, atol=1e-6)
 
 
-def test_bad_arguments_name_the_fix() -> None:
-    for kw, msg in [
-        ({"max_rank": -1}, "max_rank must be an int >= 0"),
-        ({"start": 1.5}, "fraction in \\[0, 1\\)"),
-        ({"collect_every": 0}, "collect_every must be 'epoch' or an int >= 1"),
-        ({"swa_lr": -0.1}, "swa_lr must be a float > 0"),
-        ({"swa_lr": float("inf")}, "swa_lr must be a float > 0"),
-        ({"swa_lr": True}, "swa_lr must be a float > 0"),
-        ({"start": -1}, "start must be an epoch"),
-        ({"anneal_strategy": "step"}, "anneal_strategy must be 'cos' or 'linear'"),
-    ]:
-        with pytest.raises(ValueError, match=msg):
-            SWAGCallback(**kw)
+def test_results_before_fit_name_the_fix() -> None:
+    # bad arguments: see the misuse table in test_integrations_misuse.py
     with pytest.raises(RuntimeError, match="call fit"):
         SWAGCallback().posterior()
 
@@ -274,3 +279,168 @@ def test_dict_batches_and_gradient_accumulation(tmp_path: Path) -> None:
     torch.optim.swa_utils.update_bn([b["x"] for b in batches], ref)
     for a, b in zip(cb.swa_model().state_dict().values(), ref.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+class TwoOptimizers(Net):
+    """Manual optimisation, two optimisers (body, head), each stepped once per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:  # type: ignore[override]
+        x, y = batch
+        for opt in self.optimizers():  # type: ignore[union-attr]
+            opt.zero_grad()
+            self.manual_backward(nn.functional.cross_entropy(self(x), y))
+            opt.step()
+
+    def configure_optimizers(self) -> Any:
+        body = torch.optim.SGD(self.body.parameters(), lr=self.lr)
+        return [body, torch.optim.SGD(self.head.parameters(), lr=self.lr)]
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_manual_optimisation_counts_steps_of_the_first_optimiser(tmp_path: Path) -> None:
+    rec = Recorder()
+    cb = SWAGCallback(max_rank=2, start=0.25, collect_every=2, bn_update=False)
+    fit = trainer(tmp_path, 4, rec, cb, enable_checkpointing=False)
+    fit.fit(TwoOptimizers(), loader())
+    assert fit.global_step == 32  # Lightning counts both optimisers' steps
+    # one unit: 16 batches = 16 steps of the first optimiser; the phase begins after step
+    # int(0.25 * 16) = 4 and collects after steps 6, 8, ..., 16
+    x = torch.stack(rec.thetas[4:][1::2]).numpy()
+    post = cb.posterior()
+    assert post.n == len(x) == 6
+    np.testing.assert_allclose(post.mean.double().numpy(), x.mean(0), atol=1e-6)
+    # stopped and resumed: the first optimiser's count rides in the checkpoint
+    save = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = SWAGCallback(max_rank=2, start=0.25, collect_every=2, bn_update=False)
+    trainer(tmp_path, 4, first, save, StopAfter(2)).fit(TwoOptimizers(), loader())
+    again = SWAGCallback(max_rank=2, start=0.25, collect_every=2, bn_update=False)
+    save = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, 4, again, save).fit(
+        TwoOptimizers(), loader(), ckpt_path=str(tmp_path / "ckpt/last.ckpt")
+    )
+    resumed = again.posterior()
+    assert resumed.n == 6
+    for name in ("mean", "std", "deviations"):
+        assert torch.equal(getattr(post, name), getattr(resumed, name)), name
+
+
+def test_swa_lr_none_warns_once_when_the_users_schedule_moves_the_rate(tmp_path: Path) -> None:
+    cb = SWAGCallback(max_rank=2, start=0, bn_update=False)  # Net's StepLR halves every 2 epochs
+    with pytest.warns(UserWarning, match="learning rate changed during the SWA phase") as seen:
+        trainer(tmp_path, 4, cb, enable_checkpointing=False).fit(Net(), loader())
+    assert sum("SWA phase" in str(w.message) for w in seen) == 1 and cb.collected == 4
+    # a constant rate (swa_lr=) warns nothing (pytest turns any warning into an error)
+    cb = SWAGCallback(max_rank=2, start=0, bn_update=False, swa_lr=0.05)
+    trainer(tmp_path, 4, cb, enable_checkpointing=False).fit(Net(), loader())
+    assert cb.collected == 4
+
+
+class KeywordsAnywhere(DictNet):
+    """Its forward accepts any keywords by signature, then refuses the labels when called."""
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:  # type: ignore[override]
+        if set(kwargs) - {"x"}:
+            raise TypeError(f"forward() got an unexpected keyword argument {sorted(kwargs)[-1]!r}")
+        return super().forward(*args, *kwargs.values())
+
+
+def test_unusable_bn_refresh_input_is_refused_at_the_first_batch(tmp_path: Path) -> None:
+    x, y = loader().dataset.tensors  # type: ignore[attr-defined]
+    batches = DataLoader([{"x": a, "y": b} for a, b in zip(x, y, strict=True)], batch_size=16)
+    rec = Recorder()
+    fit = trainer(tmp_path, 2, rec, SWAGCallback(max_rank=2, start=1), enable_checkpointing=False)
+    with pytest.raises(TypeError, match=r"model\(\*\*batch\).*'y'.*input_fn=lambda batch"):
+        fit.fit(DictNet(), batches)
+    assert rec.thetas == []  # refused before the first optimiser step, not after training
+    # a forward whose signature cannot tell: the refresh's own error gets the same hint
+    fit = trainer(tmp_path, 2, rec, SWAGCallback(max_rank=2, start=1), enable_checkpointing=False)
+    with pytest.raises(TypeError, match="argument 'y'; pass SWAGCallback\\(input_fn="):
+        fit.fit(KeywordsAnywhere(), batches)
+    assert len(rec.thetas) == 8
+
+
+class Wrapper(pl.LightningModule):
+    """Keeps the network as ``self.net``, so its parameters are named ``net.*``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = bare_net()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def bare_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def test_a_wrapped_posterior_maps_onto_the_bare_network(tmp_path: Path) -> None:
+    cb = SWAGCallback(max_rank=2, start=0, collect_every=1)
+    trainer(tmp_path, 1, cb, enable_checkpointing=False).fit(Wrapper(), loader())
+    post, bare = cb.posterior(), bare_net()
+    assert post.layout.names[0] == "net.0.weight"
+    with pytest.raises(ValueError, match=r"prefix 'net\.'.*posterior\(strip_prefix='net\.'\)"):
+        post.to_model(bare)
+    stripped = cb.posterior(strip_prefix="net.")
+    swa = stripped.to_model(bare)
+    assert stripped.layout.names == tuple(n for n, _ in bare.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in swa.parameters()])
+    assert torch.equal(flat, post.mean)  # the same numbers, under the bare names
+    # the other way round: a bare posterior applied to the wrapper names the submodule
+    with pytest.raises(ValueError, match="the model's submodule 'net'"):
+        stripped.to_model(Wrapper())
+    with pytest.raises(ValueError, match=r"prefix 'body\.' does not begin"):
+        cb.posterior(strip_prefix="body.")
+
+
+def shuffled(resumable: bool) -> DataLoader[tuple[Tensor, ...]]:
+    data = loader().dataset
+    if resumable:
+        return DataLoader(data, batch_size=16, sampler=ResumableSampler(data, seed=3))  # type: ignore[arg-type]
+    return DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_shuffled_loader_resumes_exactly_with_the_resumable_sampler(tmp_path: Path) -> None:
+    def run(stop: int | None, ckpt: str | None, resumable: bool = True) -> SWAGCallback:
+        cb = SWAGCallback(max_rank=2, start=1, bn_update=False, swa_lr=0.02)
+        folder = tmp_path / ("whole" if stop is None and ckpt is None else "stopped")
+        save = pl.callbacks.ModelCheckpoint(dirpath=folder, save_last=True)
+        stops = [StopAfter(stop)] if stop else []
+        fit = trainer(folder, 4, cb, save, *stops)
+        fit.fit(Net(), shuffled(resumable), ckpt_path=ckpt)
+        assert fit.current_epoch == (stop or 4)
+        return cb
+
+    whole = run(None, None).posterior()
+    run(2, None)
+    ckpt = str(tmp_path / "stopped.ckpt")  # a resumed run overwrites last.ckpt
+    shutil.copy(tmp_path / "stopped/last.ckpt", ckpt)
+    resumed = run(None, ckpt).posterior()  # no warning: the order resumes
+    assert resumed.n == 3
+    for name in ("mean", "std", "deviations"):
+        assert torch.equal(getattr(whole, name), getattr(resumed, name)), name
+    with pytest.warns(UserWarning, match="ResumableSampler"):
+        other = run(None, ckpt, resumable=False).posterior()
+    assert not torch.equal(other.mean, whole.mean)  # what the warning is about
+    # the order depends on (seed, epoch) only; each epoch is a permutation
+    sampler = ResumableSampler(range(10), seed=3)
+    orders = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert orders[0] == orders[2] != orders[1] and sorted(orders[1]) == list(range(10))
+    with pytest.raises(TypeError, match="seed"):
+        ResumableSampler(range(3), seed=1.5)  # type: ignore[arg-type]

@@ -8,6 +8,8 @@ import os
 # transformers is imported, which is when huggingface_hub reads it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset
 import swag
 from swag.integrations.transformers import (
     FILENAME,
+    IDENTITY,
     SWAGCallback,
     model_inputs,
     predict,
@@ -70,12 +73,18 @@ class Recorder(transformers.TrainerCallback):
         self.thetas.append(torch.cat([p.detach().double().reshape(-1) for p in head]))
 
 
-def train(out: Path, *callbacks: Any, stop: int | None = None, resume: bool = False) -> Any:
+def train(
+    out: Path,
+    *callbacks: Any,
+    stop: int | None = None,
+    resume: bool | str = False,
+    lr: float = 5e-3,
+) -> Any:
     args = transformers.TrainingArguments(
         output_dir=str(out),
         max_steps=12,
         per_device_train_batch_size=8,
-        learning_rate=5e-3,
+        learning_rate=lr,
         save_strategy="steps",
         save_steps=4,
         logging_strategy="no",
@@ -155,3 +164,30 @@ def test_resume_without_the_collector_file_names_the_fix(tmp_path: Path) -> None
     (tmp_path / "checkpoint-4" / FILENAME).unlink()
     with pytest.raises(FileNotFoundError, match="resume_from="):
         train(tmp_path, SWAGCallback(**kw), resume=True)
+
+
+def test_resume_reads_the_resumed_checkpoint_never_a_same_named_one(tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"max_rank": 2, "start": 2, "params": "classifier"}
+    train(tmp_path / "a", SWAGCallback(**kw), stop=8)
+    train(tmp_path / "b", SWAGCallback(**kw), stop=8, lr=2e-2)  # another run, same step names
+    other = str(tmp_path / "b" / "checkpoint-8")
+    # resuming b's checkpoint while writing into a: a/checkpoint-8 is another run's collector
+    with pytest.raises(ValueError, match=r"a/checkpoint-8 belongs to another checkpoint"):
+        train(tmp_path / "a", SWAGCallback(**kw), resume=other, lr=2e-2)
+    resumed = SWAGCallback(**kw, resume_from=other)
+    train(tmp_path / "a", resumed, resume=other, lr=2e-2)
+    whole = SWAGCallback(**kw)
+    train(tmp_path / "c", whole, lr=2e-2)
+    a, b = whole.posterior(), resumed.posterior()
+    assert a.n == b.n == 10  # steps 3..12
+    for name in ("mean", "std", "deviations"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    # the collector file swapped for another checkpoint's: its digest gives it away
+    shutil.copy(tmp_path / "a/checkpoint-4" / FILENAME, tmp_path / "b/checkpoint-8" / FILENAME)
+    with pytest.raises(ValueError, match="is not the collector file saved with checkpoint"):
+        train(tmp_path / "a", SWAGCallback(**kw, resume_from=other), resume=other, lr=2e-2)
+    # an identity record of another step
+    record = json.loads((tmp_path / "a/checkpoint-4" / IDENTITY).read_text())
+    (tmp_path / "b/checkpoint-8" / IDENTITY).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="saved at step 4, but the Trainer resumed at step 8"):
+        train(tmp_path / "a", SWAGCallback(**kw, resume_from=other), resume=other, lr=2e-2)

@@ -4,12 +4,15 @@ Each adapter is a callback that calls :meth:`swag.Collector.collect` for you and
 collector's state in the framework's checkpoints. The frameworks are optional: importing
 :mod:`swag.integrations.lightning` needs ``pip install 'swag-toolkit[lightning]'``,
 :mod:`swag.integrations.transformers` needs ``pip install 'swag-toolkit[transformers]'``.
-Nothing else in swag imports them.
+Nothing else in swag imports them. :class:`ResumableSampler` (plain torch) shuffles a train
+loader in an order that survives a resume.
 """
 
 from __future__ import annotations
 
-__all__ = []
+from swag.integrations._sampler import ResumableSampler
+
+__all__ = ["ResumableSampler"]
 
 
 def _missing_extra(package: str, extra: str) -> ImportError:

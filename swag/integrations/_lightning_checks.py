@@ -46,24 +46,30 @@ def check_strategy(strategy: object) -> None:
 
 
 def check_args(
-    max_rank: int,
-    start: int | float,
-    collect_every: int | str,
-    swa_lr: float | None,
-    anneal_steps: int,
-    anneal_strategy: str,
+    max_rank: object,
+    start: object,
+    collect_every: object,
+    swa_lr: object,
+    anneal_steps: object,
+    anneal_strategy: object,
 ) -> None:
+    """The schedule arguments of the Lightning callback (TypeError / ValueError, by name)."""
     check_rank_and_start(max_rank, start, "epoch")
-    every_ok = collect_every == EPOCH or (
-        isinstance(collect_every, int) and not isinstance(collect_every, bool) and collect_every > 0
-    )
-    if not every_ok:
-        raise ValueError(f"collect_every must be 'epoch' or an int >= 1, got {collect_every!r}")
-    if swa_lr is not None and not (
-        isinstance(swa_lr, int | float) and not isinstance(swa_lr, bool) and 0 < swa_lr < math.inf
-    ):
-        raise ValueError(f"swa_lr must be a float > 0 or None, got {swa_lr!r}")
-    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 0:
+    if collect_every != EPOCH:
+        if isinstance(collect_every, bool) or not isinstance(collect_every, int):
+            raise TypeError(f"collect_every must be 'epoch' or an int >= 1, got {collect_every!r}")
+        if collect_every < 1:
+            raise ValueError(f"collect_every must be 'epoch' or an int >= 1, got {collect_every!r}")
+    if swa_lr is not None:
+        if isinstance(swa_lr, bool) or not isinstance(swa_lr, int | float):
+            raise TypeError(f"swa_lr must be a float > 0 or None, got {swa_lr!r}")
+        if not 0 < swa_lr < math.inf:
+            raise ValueError(f"swa_lr must be a float > 0 or None, got {swa_lr!r}")
+    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int):
+        raise TypeError(
+            f"anneal_steps must be an int >= 0 (optimiser steps, not epochs), got {anneal_steps!r}"
+        )
+    if anneal_steps < 0:
         raise ValueError(f"anneal_steps must be an int >= 0, got {anneal_steps!r}")
     if anneal_strategy not in ("cos", "linear"):
         raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")

@@ -16,11 +16,14 @@ import torch
 from torch import Tensor
 
 import swag
+from swag import _io
 from swag.sharded import ShardedPosterior
 
 FORMAT = "swag-collector-state"
 VERSION = 1
 _STATS = ("shift", "shifted_mean", "m2", "deviations")
+_META_INTS = {"version": 1, "n": 0, "max_rank": 0}  # field: its least value
+CHECKSUM = "sha256"  # of the meta (less this field) and the tensors, as swag's files carry
 
 
 def _dtype_name(t: Tensor) -> str:
@@ -45,7 +48,7 @@ def collector_state(collector: swag.Collector) -> dict[str, Any]:
     }
     if c.plan is None:
         tensors = {name: getattr(c, name).detach().clone() for name in _STATS}
-        return {"meta": meta, "tensors": tensors}
+        return {"meta": _sealed(meta, tensors), "tensors": tensors}
     # One all_gather of the (K + 3, L) rows; the ring is cast up and back exactly.
     rows = torch.cat([c.shift[None], c.shifted_mean[None], c.m2[None], c.deviations.to(c.m2.dtype)])
     whole = assemble(c, rows)
@@ -55,7 +58,64 @@ def collector_state(collector: swag.Collector) -> dict[str, Any]:
         "m2": whole[2],
         "deviations": whole[3:].to(c.deviations.dtype),
     }
-    return {"meta": meta, "tensors": tensors}
+    return {"meta": _sealed(meta, tensors), "tensors": tensors}
+
+
+def _sealed(meta: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """``meta`` with the SHA-256 of itself and the tensors (one copy of them to the CPU)."""
+    return meta | {CHECKSUM: _io.checksum({k: t.cpu() for k, t in tensors.items()}, meta)}
+
+
+def state_problem(state: object) -> str | None:
+    """What is wrong with a :func:`collector_state` dict read back from a checkpoint, or None.
+
+    Checks the fields and their types, the tensors' names, types, dtypes (those the meta
+    records), finiteness (and ``m2 >= 0``), and the checksum when the state carries one (states
+    written before it existed carry none). Shapes and the layout are checked against the
+    collector by :func:`load_collector_state`.
+    """
+    if not isinstance(state, dict):
+        return f"the state is a {type(state).__name__}, not a dict"
+    meta, tensors = state.get("meta"), state.get("tensors")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return "it holds no swag collector state"
+    for key, low in _META_INTS.items():
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 10**18:
+            return f"the field {key!r} must be an int in [{low}, 10**18), got {value!r}"
+    if meta["version"] > VERSION:
+        return f"it was written by a newer swag (state version {meta['version']})"
+    for key in ("layout", "dtype", "deviation_dtype"):
+        if not isinstance(meta.get(key), str):
+            return f"the field {key!r} must be a string, got {meta.get(key)!r}"
+    try:
+        swag.ParamLayout.from_json(meta["layout"])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        return f"the field 'layout' is not a parameter layout: {meta['layout'][:80]!r}"
+    if not isinstance(tensors, dict) or sorted(tensors) != sorted(_STATS):
+        keys = sorted(tensors) if isinstance(tensors, dict) else type(tensors).__name__
+        return f"the tensors must be exactly {list(_STATS)}, got {keys}"
+    for name in _STATS:
+        t = tensors[name]
+        dtype = meta["deviation_dtype"] if name == "deviations" else meta["dtype"]
+        if not isinstance(t, Tensor):
+            return f"the tensor {name!r} is a {type(t).__name__}"
+        if _dtype_name(t) != dtype:
+            return f"the tensor {name!r} has dtype {_dtype_name(t)}, the state says {dtype}"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"the tensor {name!r} holds NaN or inf"
+    if bool((tensors["m2"] < 0).any()):
+        return "the tensor 'm2' holds negative sums of squares"
+    seal = meta.get(CHECKSUM)
+    if seal is not None:
+        rest = {k: v for k, v in meta.items() if k != CHECKSUM}
+        try:
+            expected = _io.checksum({k: t.cpu() for k, t in tensors.items()}, rest)
+        except (TypeError, ValueError) as exc:  # a meta value JSON cannot write
+            return f"its checksum cannot be computed ({exc})"
+        if seal != expected:
+            return "its checksum does not match its contents: the checkpoint is damaged"
+    return None
 
 
 def assemble(collector: swag.Collector, local: Tensor) -> Tensor:
@@ -77,11 +137,10 @@ def load_collector_state(collector: swag.Collector, state: dict[str, Any], where
             nothing is changed then.
     """
     c = collector
-    meta, tensors = state.get("meta"), state.get("tensors")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or tensors is None:
-        raise ValueError(f"{where} holds no swag collector state")
-    if int(meta["version"]) > VERSION:
-        raise ValueError(f"{where} was written by a newer swag (state version {meta['version']})")
+    damage = state_problem(state)
+    if damage is not None:
+        raise ValueError(f"the SWAG state in {where} is refused: {damage}")
+    meta, tensors = state["meta"], state["tensors"]
     mine = {
         "max_rank": c.max_rank,
         "dtype": _dtype_name(c.m2),

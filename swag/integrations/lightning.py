@@ -10,18 +10,25 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR
+from torch.utils.data import RandomSampler
 
 import swag
+from swag.bn import default_input_fn
 from swag.integrations import _missing_extra, _state
+from swag.integrations._args import check_common, check_lightning_extras, init_doc
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
 from swag.layout import ParamSelector
+from swag.schedules import CollectEvery
 from swag.sharded import ShardedPosterior
 
 try:
@@ -31,6 +38,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise _missing_extra("lightning", "lightning") from exc
 
 __all__ = ["SWAGCallback", "check_strategy"]
+
+_INPUT_HINT = (
+    "pass SWAGCallback(input_fn=...) mapping a batch to the model input (e.g. "
+    "input_fn=lambda batch: batch['x'] for dict batches), or bn_update=False"
+)
 
 
 class SWAGCallback(pl.Callback):
@@ -43,6 +55,14 @@ class SWAGCallback(pl.Callback):
     end of fit, with ``bn_update``, the SWA model's BatchNorm statistics are recomputed on the
     trainer's train dataloader. The collector's state rides in Lightning checkpoints, so
     ``Trainer.fit(ckpt_path=...)`` continues as if never stopped.
+
+    Steps: every count of optimiser steps (``start`` as a fraction, ``collect_every=n``,
+    ``anneal_steps``) is in one unit, the steps of the first optimiser
+    (``trainer.optimizers[0]``). Under automatic optimisation that is ``trainer.global_step``.
+    Under manual optimisation with several optimisers Lightning's ``global_step`` counts every
+    optimiser's steps; the callback counts the first one's only, and takes the length of
+    training (for fractions) as ``estimated_stepping_batches``, i.e. one step of the first
+    optimiser per batch.
 
     Strategies: single device and ``ddp`` (statistics replicated, or split over the ranks with
     ``shard=True``) work, as does ``ModelParallelStrategy`` with FSDP2 (``fully_shard`` on the
@@ -59,8 +79,13 @@ class SWAGCallback(pl.Callback):
         params: which parameters to cover, as for :class:`swag.Collector` (a name prefix,
             prefixes, or a predicate ``(name, param) -> bool``).
         swa_lr: switch to ``SWALR(swa_lr)`` at ``start`` (one optimiser only); ``None`` keeps
-            the user's schedule.
-        anneal_steps: optimiser steps over which ``SWALR`` anneals to ``swa_lr`` (0: at once).
+            the user's schedule, and warns (once) if that schedule changes the rate while
+            the callback collects: SWAG assumes a constant rate in its phase.
+        anneal_steps: optimiser steps (not epochs) over which ``SWALR`` anneals to ``swa_lr``
+            (0: at once). torch's ``SWALR(anneal_epochs=)`` and Lightning's
+            ``StochasticWeightAveraging(annealing_epochs=)`` count epochs; here the rate is
+            stepped every optimiser step, so e.g. 2 epochs of 100 batches is
+            ``anneal_steps=200``.
         anneal_strategy: ``"cos"`` or ``"linear"``, as for ``SWALR``.
         bn_update: recompute the SWA model's BatchNorm statistics at the end of fit.
         input_fn: maps a training batch to the model input for the BatchNorm refresh (default:
@@ -90,6 +115,8 @@ class SWAGCallback(pl.Callback):
     ) -> None:
         super().__init__()
         check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
+        check_lightning_extras(bn_update, input_fn, bn_batches, shard)
+        check_common(params, dtype, device)
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
         self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn
@@ -105,6 +132,11 @@ class SWAGCallback(pl.Callback):
         self._fitting = False  # this fit's collector exists (on_fit_start ran)
         self._steps = 0  # optimiser steps taken in the SWA phase
         self._last_step = -1
+        self._first_steps = 0  # steps of the first optimiser (manual optimisation)
+        self._hook: Any = None
+        self._phase_lrs: list[float] | None = None  # rates at the phase's start (swa_lr=None)
+        self._bn_checked = False  # the first batch's BN-refresh input was checked this fit
+        self._resumed = False  # this fit restored the callback from a checkpoint
         self._start_epoch: int | None = None
         self._start_step = 0
 
@@ -122,14 +154,24 @@ class SWAGCallback(pl.Callback):
         """How many iterates were collected so far."""
         return 0 if self._collector is None else self._collector.n
 
-    def posterior(self) -> swag.SWAGPosterior:
+    def posterior(self, *, strip_prefix: str | None = None) -> swag.SWAGPosterior:
         """The SWAG posterior of the collected iterates, for :func:`swag.predict`.
 
+        Its parameter names are the LightningModule's (``net.0.weight`` for a module kept as
+        ``self.net``). To apply it to the bare network, pass ``strip_prefix="net."``.
         Sharded (``shard=True`` or FSDP2), every rank must call it: it assembles the whole
         posterior on every rank (one ``all_gather``); :meth:`sharded_posterior` does not.
+
+        Raises:
+            ValueError: if a covered name does not start with ``strip_prefix``.
         """
+        if strip_prefix is not None and not (isinstance(strip_prefix, str) and strip_prefix):
+            raise TypeError(f"strip_prefix must be a non-empty str or None, got {strip_prefix!r}")
         c = self.collector
-        return c.posterior() if c.plan is None else c.sharded_posterior().full()
+        post = c.posterior() if c.plan is None else c.sharded_posterior().full()
+        if strip_prefix is None:
+            return post
+        return dataclasses.replace(post, layout=post.layout.strip_prefix(strip_prefix))
 
     def sharded_posterior(self) -> ShardedPosterior:
         """This rank's part of the posterior, for a sharded collector; no communication."""
@@ -173,6 +215,8 @@ class SWAGCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module, self._swa, self._in_phase, self._steps = pl_module, None, False, 0
+        self._first_steps, self._phase_lrs, self._bn_checked = 0, None, False
+        self._resumed = False
         self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
@@ -191,19 +235,55 @@ class SWAGCallback(pl.Callback):
             self._restore(self._pending)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step
+        self._remove_hook()
+        if not pl_module.automatic_optimization and trainer.optimizers:
+            self._hook = trainer.optimizers[0].register_step_post_hook(self._count_step)
+        self._last_step = self._steps_done(trainer)
+        if self._resumed:
+            _warn_if_order_will_not_resume(trainer.train_dataloader)
+
+    def _count_step(self, *args: Any) -> None:
+        self._first_steps += 1
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _steps_done(self, trainer: pl.Trainer) -> int:
+        """Optimiser steps done so far, in the callback's unit: steps of the first optimiser.
+
+        Under automatic optimisation (one optimiser) that is ``trainer.global_step``. Under
+        manual optimisation Lightning's ``global_step`` counts the steps of every optimiser,
+        so the callback counts ``trainer.optimizers[0]``'s own.
+        """
+        module = self._module
+        if module is None or module.automatic_optimization:
+            return trainer.global_step
+        return self._first_steps
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._remove_hook()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self._bn_checked:
+            self._bn_checked = True
+            if self.bn_update and has_batchnorm(pl_module):
+                self._check_bn_input(pl_module, batch)
         if self._in_phase:
+            self._check_rate(trainer)
             return
         if self._start_epoch is not None:
             self._in_phase = trainer.current_epoch >= self._start_epoch
         else:
-            self._in_phase = trainer.global_step >= self._start_step
+            self._in_phase = self._steps_done(trainer) >= self._start_step
         if self._in_phase:
             self._switch_to_swalr(trainer)
+            self._phase_lrs = _rates(trainer)
 
     def on_train_batch_end(
         self,
@@ -213,19 +293,38 @@ class SWAGCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        stepped = trainer.global_step != self._last_step
-        self._last_step = trainer.global_step
-        if not (self._in_phase and stepped and isinstance(self.collect_every, int)):
+        done = self._steps_done(trainer)
+        new, self._last_step = done - self._last_step, done
+        if not (self._in_phase and new > 0 and isinstance(self.collect_every, int)):
             return
-        self._steps += 1
-        if self._steps % self.collect_every == 0:
+        # collect after phase steps every, 2·every, ... (once per batch, even if the first
+        # optimiser stepped more than once in it)
+        when = CollectEvery(self.collect_every, self.collect_every)
+        before, self._steps = self._steps, self._steps + new
+        if any(when(k) for k in range(before + 1, self._steps + 1)):
             self.collector.collect()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._in_phase and self.collect_every == EPOCH:
             self.collector.collect()
 
+    def _check_rate(self, trainer: pl.Trainer) -> None:
+        """With ``swa_lr=None``, warn once if the user's schedule moved the rate in the phase."""
+        start = self._phase_lrs
+        if self.swa_lr is None and start is not None and _rates(trainer) != start:
+            self._phase_lrs = None  # once per fit
+            warnings.warn(
+                f"the learning rate changed during the SWA phase (from {start} to "
+                f"{_rates(trainer)}) while SWAGCallback collects: swa_lr=None keeps your own "
+                "schedule, but SWAG assumes iterates at a constant rate (docs/gotchas.md). Pass "
+                "swa_lr= to switch to a constant rate at start, or make your schedule constant "
+                "from there",
+                UserWarning,
+                stacklevel=2,
+            )
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hook()
         if not self.bn_update or self.collected == 0 or not has_batchnorm(pl_module):
             return
         if any(hasattr(p, "device_mesh") for p in pl_module.parameters()):
@@ -234,8 +333,40 @@ class SWAGCallback(pl.Callback):
         if loader is None:
             raise RuntimeError("bn_update=True needs the trainer's train dataloader at fit end")
         swa = self._build_swa_model()
-        swag.update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
+        try:
+            swag.update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
+        except TypeError as exc:  # e.g. forward() got an unexpected keyword argument 'y'
+            raise TypeError(f"{exc}; {_INPUT_HINT}") from exc
         self._swa = swa
+
+    def _check_bn_input(self, module: pl.LightningModule, batch: Any) -> None:
+        """Refuse, at the first batch, a batch the BatchNorm refresh at fit end could not feed.
+
+        Only the forward's signature is checked (no forward pass): a dict batch must bind as
+        keyword arguments, anything else as positional ones, as :func:`swag.update_bn` calls.
+        """
+        try:
+            inputs = (self.input_fn or default_input_fn)(batch)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise TypeError(
+                f"the first train batch gives no model input ({exc}); {_INPUT_HINT}"
+            ) from exc
+        try:
+            signature = inspect.signature(module.forward)
+        except (TypeError, ValueError):  # no signature to check (a builtin): the refresh will tell
+            return
+        try:
+            if isinstance(inputs, Mapping):
+                signature.bind(**inputs)
+            else:
+                signature.bind(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+        except TypeError as exc:
+            kind = "model(**batch)" if isinstance(inputs, Mapping) else "model(input)"
+            raise TypeError(
+                f"bn_update=True refreshes BatchNorm at the end of fit by calling {kind} on the "
+                f"train batches, but for the first batch {type(module).__name__}.forward "
+                f"refuses that: {exc}; {_INPUT_HINT}"
+            ) from None
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -246,6 +377,7 @@ class SWAGCallback(pl.Callback):
         return {
             "collector": _state.collector_state(self._collector),
             "steps": self._steps,
+            "first_optimizer_steps": self._first_steps,
             "start": [self._start_epoch, self._start_step],
             "swalr": swalr,
         }
@@ -266,12 +398,19 @@ class SWAGCallback(pl.Callback):
             checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in self._user_schedulers]
 
     def _restore(self, state: dict[str, Any]) -> None:
+        problem = _callback_state_problem(state)
+        if problem is not None:
+            raise ValueError(
+                f"the SWAGCallback state in the Lightning checkpoint is refused: {problem}"
+            )
         _state.load_collector_state(self.collector, state["collector"], "the Lightning checkpoint")
         self._steps = int(state["steps"])
+        self._first_steps = int(state.get("first_optimizer_steps", 0))
         # the start as resolved when the run began: a longer resumed run must not move it
         self._start_epoch, self._start_step = state["start"]
         self._swalr_state = state["swalr"]
         self._pending = None
+        self._resumed = True
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -314,3 +453,55 @@ class SWAGCallback(pl.Callback):
         self._user_schedulers = list(trainer.lr_scheduler_configs)
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(swalr, interval="step")]
         self._swalr = swalr
+
+
+SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
+
+
+def _count(value: object) -> bool:
+    """Whether ``value`` is an int >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+def _callback_state_problem(state: object) -> str | None:
+    """What is wrong with the callback's fields of a checkpoint (not the collector's), or None."""
+    if not isinstance(state, dict):
+        return f"it is a {type(state).__name__}, not a dict"
+    for key in ("collector", "steps", "start", "swalr"):
+        if key not in state:
+            return f"it lacks the field {key!r}"
+    for key in ("steps", "first_optimizer_steps"):
+        if not _count(state.get(key, 0)):
+            return f"the field {key!r} must be an int >= 0, got {state[key]!r}"
+    start = state["start"]
+    epoch_ok = isinstance(start, list | tuple) and len(start) == 2
+    if not (epoch_ok and (start[0] is None or _count(start[0])) and _count(start[1])):
+        return f"the field 'start' must be [epoch or None, step], got {start!r}"
+    if state["swalr"] is not None and not isinstance(state["swalr"], dict):
+        return f"the field 'swalr' must be a scheduler state dict or None, got {state['swalr']!r}"
+    return None
+
+
+def _rates(trainer: pl.Trainer) -> list[float]:
+    """The learning rate of every parameter group of every optimiser, in order."""
+    return [float(g["lr"]) for opt in trainer.optimizers for g in opt.param_groups]
+
+
+def _warn_if_order_will_not_resume(loaders: object) -> None:
+    """Warn when a train loader shuffles with a ``RandomSampler``, whose order a resume loses."""
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        samplers = [getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)]
+        if any(isinstance(s, RandomSampler) for s in samplers):
+            warnings.warn(
+                "resuming with a train DataLoader(shuffle=True): its RandomSampler draws each "
+                "epoch's order from a generator state the checkpoint does not hold, so the "
+                "resumed run sees other orders than an uninterrupted one and its posterior "
+                "differs slightly. For an exact resume use "
+                "DataLoader(dataset, sampler=swag.integrations.ResumableSampler(dataset, seed=0))",
+                UserWarning,
+                stacklevel=2,
+            )
+            return

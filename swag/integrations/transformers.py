@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,8 +21,10 @@ import torch
 from torch import Tensor, nn
 
 import swag
+from swag import _io
+from swag._checks import check_count
 from swag.integrations import _missing_extra
-from swag.integrations._args import check_rank_and_start
+from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
 from swag.layout import ParamSelector
 
 try:
@@ -28,10 +32,17 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise _missing_extra("transformers", "transformers") from exc
 
-__all__ = ["FILENAME", "SWAGCallback", "logits", "model_inputs", "predict"]
+__all__ = ["FILENAME", "IDENTITY", "SWAGCallback", "logits", "model_inputs", "predict"]
 
 FILENAME = "swag_collector.safetensors"
 """The collector's file inside each Trainer checkpoint folder (``checkpoint-<step>/``)."""
+
+IDENTITY = "swag_collector.json"
+"""Beside :data:`FILENAME`: the step, and SHA-256 digests of the covered weights and of the
+collector file, which tie the collector to the checkpoint it was saved with."""
+
+_IDENTITY_FORMAT = "swag-collector-identity"
+_IDENTITY_KEYS = ("format", "version", "step", "weights_sha256", "collector_sha256")
 
 _LABEL_KEYS = ("labels", "label", "label_ids")
 
@@ -43,8 +54,13 @@ class SWAGCallback(TrainerCallback):
     ``collect_every`` optimiser steps (steps ``start + collect_every``, ``start + 2 ·
     collect_every``, ...; gradient-accumulation micro-steps do not count). At every Trainer
     checkpoint it writes the collector beside the model, as ``checkpoint-<step>/`` + ``FILENAME``
-    (safetensors), and ``trainer.train(resume_from_checkpoint=...)`` reads it back, so the
-    resumed run collects exactly what an uninterrupted one would.
+    (safetensors), with :data:`IDENTITY` beside it. ``trainer.train(resume_from_checkpoint=...)``
+    reads it back, so the resumed run collects exactly what an uninterrupted one would. The
+    collector is read from ``resume_from``, else from ``<output_dir>/checkpoint-<step>``; it is
+    used only if its identity record says it was saved with the checkpoint being resumed (same
+    step, same covered weights as the Trainer just loaded, same collector bytes), else resuming
+    is refused with a message naming the folder: a same-named checkpoint of another run is
+    never read silently.
 
     Under DDP (``torchrun``) every rank keeps the same statistics and the main process writes
     them. DeepSpeed and FSDP are refused: they shard the parameters their own way.
@@ -75,9 +91,9 @@ class SWAGCallback(TrainerCallback):
         resume_from: str | os.PathLike[str] | None = None,
     ) -> None:
         check_rank_and_start(max_rank, start, "step")
-        every = collect_every
-        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
-            raise ValueError(f"collect_every must be an int >= 1, got {collect_every!r}")
+        check_count(collect_every, "collect_every")
+        check_common(params, dtype, device)
+        check_path(resume_from, "resume_from")
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.dtype, self.device = params, dtype, device
         self.resume_from = resume_from
@@ -96,11 +112,16 @@ class SWAGCallback(TrainerCallback):
         """The SWAG posterior of the collected iterates; use it with :func:`predict`."""
         return self.collector.posterior()
 
-    def swa_model(self) -> nn.Module:
-        """A copy of the model holding the SWA mean θ̄ on the covered parameters."""
+    @property
+    def model(self) -> nn.Module:
+        """The model the Trainer trains (known when training begins)."""
         if self._model is None:
             raise RuntimeError("no model yet: pass the callback to a Trainer and call train()")
-        return self.posterior().to_model(self._model)
+        return self._model
+
+    def swa_model(self) -> nn.Module:
+        """A copy of the model holding the SWA mean θ̄ on the covered parameters."""
+        return self.posterior().to_model(self.model)
 
     # -- Trainer events --------------------------------------------------------------------
 
@@ -147,6 +168,14 @@ class SWAGCallback(TrainerCallback):
         if not folder.is_dir():
             raise RuntimeError(f"the Trainer saved a checkpoint, but {folder} is not a folder")
         self.collector.save(folder / FILENAME)
+        identity = {
+            "format": _IDENTITY_FORMAT,
+            "version": 1,
+            "step": state.global_step,
+            "weights_sha256": _weights_digest(self.model, self.collector.layout),
+            "collector_sha256": _file_digest(folder / FILENAME),
+        }
+        (folder / IDENTITY).write_text(json.dumps(identity, indent=1))
 
     def _resume(
         self, args: TrainingArguments, state: TrainerState, model: nn.Module, fresh: swag.Collector
@@ -161,6 +190,7 @@ class SWAGCallback(TrainerCallback):
                 f"resuming at step {step}, after collection began, but {file} does not exist; "
                 "pass SWAGCallback(resume_from=<the checkpoint folder>)"
             )
+        _check_identity(folder, step, model, fresh.layout)
         loaded = swag.Collector.load(file, model, device=fresh.m2.device)
         problem = fresh.layout.mismatch(loaded.layout)
         if problem is None and loaded.max_rank != fresh.max_rank:
@@ -173,6 +203,86 @@ class SWAGCallback(TrainerCallback):
                 "max_rank, params= and dtype of the run that saved it"
             )
         self._collector = loaded
+
+
+SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
+
+
+def _weights_digest(model: nn.Module, layout: swag.ParamLayout) -> str:
+    """SHA-256 over ``model``'s parameters covered by ``layout`` (names, dtypes, shapes, bytes)."""
+    pieces = layout.resolve(model)
+    return _io.checksum({n: p.cpu() for n, p in zip(layout.names, pieces, strict=True)}, {})
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_identity(path: Path) -> dict[str, Any]:
+    """The identity record ``path`` (:data:`IDENTITY`) holds, its fields checked.
+
+    Raises:
+        ValueError: naming the file, when it is missing, not JSON, or a field is absent or of
+            the wrong type.
+    """
+    if not path.is_file():
+        raise ValueError(
+            f"{path} does not exist, so the collector beside it cannot be tied to its "
+            "checkpoint (it was written by an older swag, or removed)"
+        )
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path} is not a swag identity record ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != _IDENTITY_FORMAT:
+        raise ValueError(f"{path} is not a swag identity record (format)")
+    for key in _IDENTITY_KEYS:
+        if key not in record:
+            raise ValueError(f"{path} lacks the field {key!r}; the file is damaged")
+    if record["version"] != 1:
+        raise ValueError(f"{path} has version {record['version']!r}; this swag reads version 1")
+    step = record["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: step must be an int >= 0, got {step!r}")
+    for key in ("weights_sha256", "collector_sha256"):
+        digest = record[key]
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set(_HEX)):
+            raise ValueError(f"{path}: {key} must be 64 hex digits, got {digest!r}")
+    return record
+
+
+_HEX = "0123456789abcdef"
+
+
+def _check_identity(folder: Path, step: int, model: nn.Module, layout: swag.ParamLayout) -> None:
+    """Refuse the collector in ``folder`` unless it was saved with the checkpoint resumed now.
+
+    The Trainer has loaded the resumed checkpoint's weights before ``on_train_begin``: they must
+    be the weights the collector was saved with, at the same step, and the collector file must
+    be the one written then.
+    """
+    record = _read_identity(folder / IDENTITY)
+    fix = (
+        "pass SWAGCallback(resume_from=<the folder given to resume_from_checkpoint>) so that "
+        "the collector is read from the checkpoint being resumed"
+    )
+    if record["step"] != step:
+        raise ValueError(
+            f"the collector in {folder} was saved at step {record['step']}, but the Trainer "
+            f"resumed at step {step} from another checkpoint; {fix}"
+        )
+    if _file_digest(folder / FILENAME) != record["collector_sha256"]:
+        raise ValueError(
+            f"{folder / FILENAME} is not the collector file saved with checkpoint {folder} "
+            f"(its SHA-256 differs from the one in {IDENTITY}): it was changed or damaged"
+        )
+    if _weights_digest(model, layout) != record["weights_sha256"]:
+        raise ValueError(
+            f"the collector in {folder} belongs to another checkpoint than the one the Trainer "
+            f"resumed from: the model's weights at step {step} differ from those saved with "
+            f"it; {fix}"
+        )
 
 
 def _checkpoint(args: TrainingArguments, step: int) -> Path:
