@@ -88,6 +88,11 @@ def run(rank: int, world: int, out: str, checkpoint: str) -> None:
         ref = post.sample((3,), generator=torch.Generator().manual_seed(SEED), **kw)
         got = part.sample((3,), generator=torch.Generator().manual_seed(SEED), **kw)
         res[f"ddp_sample_{kw_name}_ref"], res[f"ddp_sample_{kw_name}"] = ref, got
+    # predict on one rank's part at W > 1: whole (P,) samples go into the whole model
+    xs = [torch.randn(4, 6, generator=torch.Generator().manual_seed(1))]
+    for name, p in (("ref", post), ("sharded", part)):
+        gen = torch.Generator().manual_seed(SEED)
+        res[f"ddp_predict_{name}"] = swag.predict(p, make_model(), xs, num_samples=3, generator=gen)
     copy = make_model()
     part.apply_(copy)
     res["ddp_applied"] = torch.cat([p.detach().reshape(-1) for p in copy.parameters()])

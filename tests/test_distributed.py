@@ -69,6 +69,8 @@ def test_sharded_samples_equal_unsharded_samples(runs, world: int) -> None:
     for variant in ("full", "diag", "block"):
         ref = r[f"ddp_sample_{variant}_ref"]
         torch.testing.assert_close(r[f"ddp_sample_{variant}"], ref, **exact, msg=variant)
+    # predict on a ShardedPosterior at W > 1 (its samples are whole (P,) vectors)
+    torch.testing.assert_close(r["ddp_predict_sharded"], r["ddp_predict_ref"], **exact)
     assert r["fsdp_local_diff"].item() <= 1e-5
     torch.testing.assert_close(r["fsdp_sample"], r["fsdp_sample_ref"], **exact)
     assert torch.equal(r["fsdp_mean"], r["ddp_mean"])

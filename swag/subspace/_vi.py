@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from swag._random import generator_for
 from swag.subspace._likelihood import SubspaceLikelihood
 
 
@@ -76,7 +77,7 @@ def fit_vi(
         lr: Adam's initial learning rate.
         mc_samples: draws of z per step.
         init_std: the initial standard deviation of every coordinate (μ starts at 0).
-        generator: source of ε (CPU generator), for a reproducible fit.
+        generator: source of ε (any device; drawn on the CPU), for a reproducible fit.
         progress: show a progress bar over epochs.
     """
     for name, value in (("prior_std", prior_std), ("temperature", temperature), ("lr", lr)):
@@ -105,6 +106,7 @@ def fit_vi(
         return diag + lower * mask if full else diag
 
     trace = []
+    generator = generator_for("cpu", generator)  # ε is drawn on the CPU
     for _ in tqdm(range(epochs), desc="VI", disable=not progress):
         for inputs, target in likelihood.batches():
             tril = scale_tril()
