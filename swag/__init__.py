@@ -6,6 +6,7 @@ and dataset readers in :mod:`swag.data` (imported on demand).
 """
 
 from swag import metrics
+from swag._persist import load, save
 from swag._posterior_base import Density, Posterior
 from swag.bn import update_bn
 from swag.collector import Collector
@@ -31,7 +32,9 @@ __all__ = [
     "apply_temperature",
     "fit_scale",
     "fit_temperature",
+    "load",
     "metrics",
     "predict",
+    "save",
     "update_bn",
 ]

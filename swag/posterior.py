@@ -278,13 +278,11 @@ class SWAGPosterior(Density, Posterior):
         )
         layout = _io.layout_field(meta, "layout", where)
         n = _io.int_field(meta, "n", where, low=1)
-        _io.expect_tensors(tensors, ("mean", "std", "deviations"), where)
+        _io.expect_tensors(tensors, _io.POSTERIOR_STATISTICS, where)
         size, floats = layout.size, _io.FLOAT_DTYPES.values()
         mean = _io.tensor_field(tensors, "mean", where, (size,), floats)
         std = _io.tensor_field(tensors, "std", where, (size,), (mean.dtype,))
         deviations = tensors.get("deviations")
         k = deviations.shape[0] if deviations is not None and deviations.dim() == 2 else 0
         deviations = _io.tensor_field(tensors, "deviations", where, (k, size), floats)
-        if not bool((std >= 0).all()):
-            raise ValueError(f"{where}: tensor 'std' has negative or NaN entries")
         return cls(mean, std, deviations, layout, n, diagonal_only=bool(diagonal_only))

@@ -204,11 +204,10 @@ class Snapshots(CheckedState):
         if rows is None or rows.dim() != 2:
             raise ValueError(f"{path} lacks a 2-d tensor 'snapshots'; the file is damaged")
         text = _io.require(meta, "layout", path)
-        try:
-            n = int(_io.require(meta, "n", path))
-            names = list(ParamLayout.from_json(text).names)
-        except (TypeError, ValueError, KeyError, IndexError) as err:
-            raise ValueError(f"{path} has damaged metadata ({err})") from err
+        n, names = (
+            _io.int_field(meta, "n", path),
+            list(_io.layout_field(meta, "layout", path).names),
+        )
         snaps = cls(model, rows.shape[0], params=names, device=device, dtype=rows.dtype)
         problem = snaps._state_problem(
             {"snapshots": rows, "_extra_state": {"n": n, "layout": text}}, ""

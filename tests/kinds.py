@@ -85,3 +85,35 @@ KINDS: dict[str, Callable[[], swag.Posterior]] = {
     "subspace (VI)": lambda: _subspace_posteriors()[1],
 }
 """Every single-process posterior kind, by the name the docs table uses."""
+
+
+def collector_and_model() -> tuple[swag.Collector, nn.Module]:
+    model = make_model()
+    collector = swag.Collector(model, max_rank=3)
+    walk(model, collector, seed=5, steps=4)
+    return collector, model
+
+
+def snapshots_and_model() -> tuple[Snapshots, nn.Module]:
+    model = make_model()
+    snaps = Snapshots(model, 3)
+    walk(model, snaps, seed=6, steps=2)
+    return snaps, model
+
+
+def fixture_objects() -> dict[str, object]:
+    """What tests/fixtures holds, by file stem: every kind of file swag.save writes."""
+    names = {
+        "swag": "SWAG",
+        "swag_diag": "SWAG-Diag",
+        "point": "point",
+        "multiswag": "MultiSWAG of SWAG",
+        "fge": "MultiSWAG of FGE points",
+        "mixed": "MultiSWAG of SWAG + subspace",
+        "subspace_ess": "subspace (ESS)",
+        "subspace_vi": "subspace (VI)",
+    }
+    out: dict[str, object] = {stem: KINDS[kind]() for stem, kind in names.items()}
+    out["collector"] = collector_and_model()[0]
+    out["snapshots"] = snapshots_and_model()[0]
+    return out

@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 import swag
+from swag import _io
 from swag.sharded import ShardedPosterior
 
 FORMAT = "swag-collector-state"
 VERSION = 1
-_STATS = ("shift", "shifted_mean", "m2", "deviations")
+_STATS = _io.COLLECTOR_STATISTICS
 
 
 def _dtype_name(t: Tensor) -> str:
@@ -80,14 +81,17 @@ def load_collector_state(collector: swag.Collector, state: dict[str, Any], where
     meta, tensors = state.get("meta"), state.get("tensors")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or tensors is None:
         raise ValueError(f"{where} holds no swag collector state")
-    if int(meta["version"]) > VERSION:
+    if _io.int_field(meta, "version", where, low=1) > VERSION:
         raise ValueError(f"{where} was written by a newer swag (state version {meta['version']})")
     mine = {
         "max_rank": c.max_rank,
         "dtype": _dtype_name(c.m2),
         "deviation_dtype": _dtype_name(c.deviations),
     }
-    problem = c.layout.mismatch(swag.ParamLayout.from_json(str(meta["layout"])))
+    n = _io.int_field(meta, "n", where)
+    if not isinstance(tensors, dict) or set(tensors) != set(_STATS):
+        raise ValueError(f"{where}: the SWAG state must hold the tensors {list(_STATS)}")
+    problem = c.layout.mismatch(_io.layout_field(meta, "layout", where))
     problem = f"parameter layout differs: {problem}" if problem else None
     for key, value in mine.items():
         if problem is None and meta[key] != value:
@@ -102,8 +106,9 @@ def load_collector_state(collector: swag.Collector, state: dict[str, Any], where
             f"the SWAG state in {where} does not fit this callback: {problem}. Build the "
             "callback with the max_rank, params= and dtype of the run that saved it"
         )
+    _io.check_statistics(tensors, where)
     with torch.no_grad():
         for name in _STATS:
             whole = tensors[name]
             getattr(c, name).copy_(whole if c.plan is None else c.plan.take(whole))
-    c.set_extra_state({"n": int(meta["n"])})
+    c.set_extra_state({"n": n})
