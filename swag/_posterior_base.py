@@ -56,6 +56,11 @@ class Posterior(abc.ABC):
         if isinstance(kind, str):
             Posterior.kinds[kind] = cls
 
+    @property
+    def scalable(self) -> bool:
+        """Whether ``sample``'s ``scale`` changes the draws (False: point, subspace)."""
+        return True
+
     @staticmethod
     def kind_class(kind: str) -> type[Posterior] | None:
         """The class whose files say ``kind``, or None (importing the optional kinds first)."""

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import swag
+from swag._checks import check_scale
 from swag.bn import InputFn, default_input_fn, has_batchnorm
 from swag.subspace import Subspace
 from swag.subspace._likelihood import TargetFn, default_target_fn, to_device
@@ -84,18 +85,30 @@ class Plane:
         return out
 
     def gaussian(
-        self, posterior: swag.SWAGPosterior, *, scale: float = 0.5
+        self, posterior: swag.SWAGPosterior, *, scale: float | None = None
     ) -> tuple[Tensor, Tensor]:
         """The SWAG Gaussian's marginal over the plane coordinates: centre ``(2,)``, cov ``(2, 2)``.
 
         With A = (EEᵀ)⁻¹E (E = [u; v]), the coordinates of θ ~ N(θ̄, Σ) are N(A(θ̄ − origin),
-        AΣAᵀ), Σ = scale · (diag σ² + D̂ᵀD̂/(K − 1)). Computed in O(KP) float64, no P × P matrix.
+        AΣAᵀ), Σ = scale · (diag σ² + D̂ᵀD̂/(K − 1)) (without the low-rank term for the
+        diagonal view). ``scale=None`` is the posterior's default (0.5, or 1.0 diagonal).
+        Computed in O(KP) float64, no P × P matrix.
+
+        Raises:
+            TypeError: for a posterior that is not a single Gaussian (a mixture or subspace
+                posterior: scan its members one by one).
         """
+        if not isinstance(posterior, swag.SWAGPosterior):
+            raise TypeError(
+                f"Plane.gaussian takes a SWAGPosterior, got {type(posterior).__name__}: it has no "
+                "single Gaussian; for a MultiSWAG, call it on each of .components"
+            )
+        scale = check_scale(scale, posterior.diagonal_only)
         e = torch.stack([self.u, self.v]).to(torch.float64)
         a = torch.linalg.solve(e @ e.T, e)
         centre = a @ (posterior.mean - self.origin).to(torch.float64)
         cov = (a * posterior.variance.to(torch.float64)) @ a.T
-        if posterior.rank >= 2:
+        if posterior.rank >= 2 and not posterior.diagonal_only:
             ad = a @ posterior.deviations.to(torch.float64).T
             cov = cov + ad @ ad.T / (posterior.rank - 1)
         return centre, scale * cov

@@ -64,7 +64,7 @@ class MultiSWAG(Posterior):
         for i, c in enumerate(comps):
             if not isinstance(c, Posterior):
                 raise TypeError(f"component {i} must be a swag.Posterior, got {type(c).__name__}")
-            if c.mean.shape != (c.layout.size,):
+            if c.kind == "sharded_posterior" or c.mean.shape != (c.layout.size,):
                 raise ValueError(
                     f"component {i} is one rank's shard ({type(c).__name__}); pass its "
                     ".full() posterior instead"
@@ -136,6 +136,11 @@ class MultiSWAG(Posterior):
         ]
         flat = torch.cat(parts) if parts else self.mean.new_empty(0, self.layout.size)
         return flat.view(*shape, self.layout.size)
+
+    @property
+    def scalable(self) -> bool:
+        """Whether ``scale`` changes some member's draws."""
+        return any(c.scalable for c in self.components)
 
     def diagonal(self) -> MultiSWAG:
         """The mixture of the components' diagonal views (SWAG-Diag members).

@@ -81,6 +81,11 @@ class PointPosterior(Posterior):
         """The mean, repeated: ``(*shape, P)``, a new tensor; ``generator`` is not advanced."""
         return self.mean.expand(*shape, self.layout.size).clone()
 
+    @property
+    def scalable(self) -> bool:
+        """False: ``scale`` times a zero covariance is zero."""
+        return False
+
     def diagonal(self) -> PointPosterior:
         """Itself: a zero covariance is diagonal."""
         return self

@@ -115,6 +115,11 @@ def fit_scale(
             stacklevel=2,
         )
         posterior = posterior.diagonal()
+    if not posterior.scalable:
+        raise ValueError(
+            f"fit_scale: scale has no effect on a {type(posterior).__name__} (no covariance to "
+            "scale); calibrate it with swag.fit_temperature instead"
+        )
     common = common_generator(posterior.mean.device, generator)
     state = common.get_state()
 

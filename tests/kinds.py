@@ -14,16 +14,24 @@ from swag.snapshots import Snapshots
 from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice, fit_vi
 
 
-def make_model(dropout: bool = False, batchnorm: bool = False) -> nn.Sequential:
-    """A 4 → 5 → 3 classifier; optional dropout / BatchNorm in the hidden layer."""
+class Net(nn.Module):
+    """A 4 → 5 → 3 classifier; optional BatchNorm (no affine parameters, so every variant has
+    the same parameters ``inp.*``, ``out.*``) and dropout in the hidden layer."""
+
+    def __init__(self, dropout: bool = False, batchnorm: bool = False) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 5)
+        self.bn = nn.BatchNorm1d(5, affine=False) if batchnorm else nn.Identity()
+        self.drop = nn.Dropout(0.3) if dropout else nn.Identity()
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(torch.tanh(self.bn(self.inp(x)))))
+
+
+def make_model(dropout: bool = False, batchnorm: bool = False) -> Net:
     torch.manual_seed(0)
-    hidden: list[nn.Module] = [nn.Linear(4, 5)]
-    if batchnorm:
-        hidden.append(nn.BatchNorm1d(5))
-    hidden.append(nn.Tanh())
-    if dropout:
-        hidden.append(nn.Dropout(0.3))
-    return nn.Sequential(*hidden, nn.Linear(5, 3))
+    return Net(dropout, batchnorm)
 
 
 def walk(model: nn.Module, target: swag.Collector | Snapshots, seed: int, steps: int = 9) -> None:

@@ -148,6 +148,11 @@ class SubspacePosterior(Posterior):
         """
         return self.subspace.theta(self.sample_z(shape, generator=generator))
 
+    @property
+    def scalable(self) -> bool:
+        """False: the spread of z was inferred; ``scale`` does not change the draws."""
+        return False
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> SubspacePosterior:
