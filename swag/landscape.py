@@ -101,7 +101,8 @@ class Plane:
         if not isinstance(posterior, swag.SWAGPosterior):
             raise TypeError(
                 f"Plane.gaussian takes a SWAGPosterior, got {type(posterior).__name__}: it has no "
-                "single Gaussian; for a MultiSWAG, call it on each of .components"
+                "single Gaussian here; for a MultiSWAG, call it on each of .components, for a "
+                "ShardedPosterior on its .full()"
             )
         scale = check_scale(scale, posterior.diagonal_only)
         e = torch.stack([self.u, self.v]).to(torch.float64)
