@@ -195,15 +195,13 @@ REFUSED: dict[tuple[str, str], tuple[type[Exception], str]] = {
     ("sharded (one rank's part)", "MultiSWAG member"): (ValueError, ".full()"),
     ("sharded (one rank's part)", "save / load"): (TypeError, "swag.distributed.save"),
 }
-# Cells that need a process group, so not in this process: predict is checked against the
-# unsharded posterior at world sizes 2 and 3 in tests/test_distributed.py; the rest is open.
+# Cells that need a process group, so not in this process: each is checked against the same
+# consumer on the unsharded posterior (whose cell above has its own reference) at world sizes
+# 2 and 3 under gloo, in tests/test_distributed.py.
 SHARDED = "sharded (one rank's part)"
 ELSEWHERE = {
-    (SHARDED, "predict"): "see tests/test_distributed.py (W = 2, 3, gloo)",
-    **{
-        (SHARDED, c): "not checked yet (needs a process group)"
-        for c in ("predict + BN refresh", "predict + MC dropout", "fit_scale")
-    },
+    (SHARDED, c): "✓ = the unsharded posterior at W = 2, 3 (tests/test_distributed.py)"
+    for c in ("predict", "predict + BN refresh", "predict + MC dropout", "fit_scale")
 }
 
 
