@@ -6,12 +6,14 @@ and dataset readers in :mod:`swag.data` (imported on demand).
 """
 
 from swag import metrics
+from swag._persist import load, save
+from swag._posterior_base import Density, Posterior
 from swag.bn import update_bn
 from swag.collector import Collector
 from swag.layout import ParamLayout
 from swag.multiswag import MultiSWAG
 from swag.point import PointPosterior
-from swag.posterior import Posterior, SWAGPosterior
+from swag.posterior import SWAGPosterior
 from swag.predict import predict
 from swag.scale import fit_scale
 from swag.temperature import apply_temperature, fit_temperature
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Collector",
+    "Density",
     "MultiSWAG",
     "ParamLayout",
     "PointPosterior",
@@ -29,7 +32,9 @@ __all__ = [
     "apply_temperature",
     "fit_scale",
     "fit_temperature",
+    "load",
     "metrics",
     "predict",
+    "save",
     "update_bn",
 ]

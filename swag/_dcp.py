@@ -42,8 +42,8 @@ META = "swag.json"
 COUNT = "count"  # n, stored with the tensors as well, to match them to swag.json
 FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
 STATS = {
-    "collector": ("shift", "shifted_mean", "m2", "deviations"),
-    SWAG_KIND: ("mean", "std", "deviations"),
+    "collector": _io.COLLECTOR_STATISTICS,
+    SWAG_KIND: _io.POSTERIOR_STATISTICS,
 }
 
 

@@ -42,6 +42,12 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
+COLLECTOR_STATISTICS = ("shift", "shifted_mean", "m2", "deviations")
+"""The statistics a collector saves (file, DCP and callback state alike), in this order."""
+POSTERIOR_STATISTICS = ("mean", "std", "deviations")
+"""The statistics a SWAG posterior saves."""
+_NON_NEGATIVE = ("m2", "std")
+
 _INT = re.compile(r"0|[1-9][0-9]{0,17}")  # the canonical decimals str(int) writes, < 10^18
 
 
@@ -55,7 +61,16 @@ def save_file(path: PathLike, kind: str, tensors: dict[str, Tensor], meta: dict[
     header = {"format": FORMAT, "version": str(VERSION), "kind": kind, **meta}
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     header[CHECKSUM] = checksum(cpu, header)
-    blob = st_save(cpu, metadata=header)
+    write_atomic(path, st_save(cpu, metadata=header))
+
+
+def write_atomic(path: PathLike, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` through a flushed temporary file renamed over it.
+
+    A crash leaves either the old file or the new one, never a torn one. The only writer of
+    swag's files (safetensors, and the JSON beside a DCP checkpoint).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -69,15 +84,38 @@ def save_file(path: PathLike, kind: str, tensors: dict[str, Tensor], meta: dict[
         raise
 
 
+def check_statistics(tensors: Mapping[str, Tensor], where: PathLike) -> None:
+    """The value checks every loader applies: finite statistics, ``m2`` and ``std`` >= 0.
+
+    Raises:
+        ValueError: naming ``where`` and the tensor.
+    """
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            continue
+        if not bool(t.isfinite().all()):
+            raise ValueError(
+                f"{where}: tensor {name!r} has non-finite entries; the file is damaged"
+            )
+        if name.rsplit(".", 1)[-1] in _NON_NEGATIVE and bool((t < 0).any()):
+            raise ValueError(f"{where}: tensor {name!r} has negative entries; the file is damaged")
+
+
+def read_kind(path: PathLike) -> str:
+    """The ``kind`` recorded in the swag file at ``path`` (checked whole by :func:`load_file`)."""
+    return load_file(path, None)[1]["kind"]
+
+
 def load_file(
-    path: PathLike, kind: str, device: torch.device | str | None = None
+    path: PathLike, kind: str | None, device: torch.device | str | None = None
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read a file written by :func:`save_file` and check that it holds an intact ``kind``.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is truncated, not safetensors, not written by swag-toolkit, of
-            another kind, of a newer format version, or fails its checksum.
+            another kind (``kind=None`` takes any), of a newer format version, fails its
+            checksum or :func:`check_statistics`.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,8 +146,10 @@ def load_file(
             f"{path} fails its checksum: its tensors or metadata changed after it was "
             "written (a damaged copy?)"
         )
-    if meta.get("kind") != kind:
-        raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
+    found = require(meta, "kind", path)
+    if kind is not None and found != kind:
+        raise ValueError(f"{path} holds a {found!r}, not a {kind!r}")
+    check_statistics(tensors, path)
     if device is not None:
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, meta

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,18 +116,9 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
         dcp_save(state, checkpoint_id=path, no_dist=whole, process_group=group)
     meta[_io.CHECKSUM] = _dcp.checksum(meta, _dcp.digest(flat, plan, group))
     if whole or dist.get_rank(group) == 0:
-        _write_json(Path(path) / _dcp.META, meta)
+        _io.write_atomic(Path(path) / _dcp.META, json.dumps(meta).encode())
     if not whole:
         dist.barrier(group)
-
-
-def _write_json(path: Path, meta: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load(
@@ -169,6 +158,7 @@ def _load(
             f"{path} fails its checksum: its tensors or {_dcp.META} changed after they were "
             "written (a damaged copy?)"
         )
+    _io.check_statistics(flat, path)
 
 
 @contextlib.contextmanager
@@ -255,8 +245,6 @@ def load_posterior(
         "deviations": torch.zeros(k, plan.size, device=device, dtype=header.deviation_dtype),
     }
     _load(path, flat, plan, group, header)
-    if not bool((flat["std"] >= 0).all()):
-        raise ValueError(f"{path}: tensor 'std' has negative or NaN entries")
     if not shard:
         return SWAGPosterior(flat["mean"], flat["std"], flat["deviations"], layout, header.n)
     return ShardedPosterior(flat["mean"], flat["std"], flat["deviations"], plan, header.n, group)

@@ -167,24 +167,28 @@ class Plane:
         return out
 
     def gaussian(
-        self, posterior: swag.SWAGPosterior, *, scale: float | None = 0.5
+        self, posterior: swag.SWAGPosterior, *, scale: float | None = None
     ) -> tuple[Tensor, Tensor]:
         """The SWAG Gaussian's marginal over the plane coordinates: centre ``(2,)``, cov ``(2, 2)``.
 
         With A = (EEᵀ)⁻¹E (E = [u; v]), the coordinates of θ ~ N(θ̄, Σ) are N(A(θ̄ − origin),
-        AΣAᵀ), Σ = scale · (diag σ² + D̂ᵀD̂/(K − 1)). Computed in O(KP) float64, no P × P matrix.
+        AΣAᵀ), Σ = scale · (diag σ² + D̂ᵀD̂/(K − 1)) (without the low-rank term for the
+        diagonal view). ``scale=None`` is the posterior's default (0.5, or 1.0 diagonal).
+        Computed in O(KP) float64, no P × P matrix.
 
         Raises:
-            TypeError: if ``posterior`` is not a :class:`~swag.SWAGPosterior`, or ``scale`` is
-                not a number.
+            TypeError: for a posterior that is not a single Gaussian (a mixture or subspace
+                posterior: scan its members one by one).
             ValueError: if ``posterior`` covers another number of parameters than the plane,
                 or ``scale`` is negative, NaN or infinite (as for ``SWAGPosterior.sample``).
         """
         if not isinstance(posterior, swag.SWAGPosterior):
             raise TypeError(
-                f"posterior must be a swag.SWAGPosterior, got {type(posterior).__name__}"
+                f"Plane.gaussian takes a SWAGPosterior, got {type(posterior).__name__}: it has no "
+                "single Gaussian here; for a MultiSWAG, call it on each of .components, for a "
+                "ShardedPosterior on its .full()"
             )
-        factor = check_scale(scale, False)
+        factor = check_scale(scale, posterior.diagonal_only)
         if posterior.layout.size != len(self.origin):
             raise ValueError(
                 f"posterior covers {posterior.layout.size} parameters but the plane lives in "
@@ -194,7 +198,7 @@ class Plane:
         a = torch.linalg.solve(e @ e.T, e)
         centre = a @ (posterior.mean.to(torch.float64) - self.origin.to(torch.float64))
         cov = (a * posterior.variance.to(torch.float64)) @ a.T
-        if posterior.rank >= 2:
+        if posterior.rank >= 2 and not posterior.diagonal_only:
             ad = a @ posterior.deviations.to(torch.float64).T
             cov = cov + ad @ ad.T / (posterior.rank - 1)
         return centre, factor * cov

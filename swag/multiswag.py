@@ -5,27 +5,23 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from swag import _io
-from swag._checks import check_generator, check_scale, check_shape
-from swag.point import _KIND as _POINT_KIND
-from swag.point import PointPosterior
-from swag.posterior import _KIND as _SWAG_KIND
-from swag.posterior import Posterior, PosteriorMixin, SampleShape, SWAGPosterior
+from swag._checks import check_generator
+from swag._posterior_base import Posterior, State
+from swag._random import generator_for
 
 __all__ = ["MultiSWAG"]
 
 _KIND = "multiswag"
 _MAX_DEPTH = 32  # nested mixtures read (deeper would exhaust Python's recursion limit)
 
-_TensorState = tuple[dict[str, Tensor], dict[str, str]]
 
-
-class MultiSWAG(PosteriorMixin):
+class MultiSWAG(Posterior):
     """An equal-weight mixture of posteriors over the same parameters.
 
     p(θ) = (1/M) Σ_m p_m(θ). Components may be :class:`~swag.SWAGPosterior` (MultiSWAG proper),
@@ -59,10 +55,20 @@ class MultiSWAG(PosteriorMixin):
         [10, 10, 10]
     """
 
+    kind = _KIND
+
     def __init__(self, components: Sequence[Posterior]) -> None:
         comps = tuple(components)
         if not comps:
             raise ValueError("MultiSWAG needs at least one component posterior, got none")
+        for i, c in enumerate(comps):
+            if not isinstance(c, Posterior):
+                raise TypeError(f"component {i} must be a swag.Posterior, got {type(c).__name__}")
+            if c.kind == "sharded_posterior" or c.mean.shape != (c.layout.size,):
+                raise ValueError(
+                    f"component {i} is one rank's shard ({type(c).__name__}); pass its "
+                    ".full() posterior instead"
+                )
         first = comps[0].mean
         for i, c in enumerate(comps[1:], start=1):
             if c.layout != comps[0].layout:
@@ -111,37 +117,44 @@ class MultiSWAG(PosteriorMixin):
                 counts[i] += 1
         return counts
 
-    def sample(
-        self,
-        sample_shape: SampleShape = (),
-        *,
-        scale: float | None = None,
-        diagonal: bool = False,
-        generator: torch.Generator | None = None,
+    def _sample(
+        self, shape: tuple[int, ...], scale: float | None, generator: torch.Generator | None
     ) -> Tensor:
-        """Stratified draws from the mixture, ``(*sample_shape, P)``.
+        """Stratified draws from the mixture, ``(*shape, P)``.
 
-        The ``S = prod(sample_shape)`` draws are split by :meth:`allocation` (which draws the
+        The ``S = prod(shape)`` draws are split by :meth:`allocation` (which draws the
         components of the ``S % M`` remainder from ``generator`` first); component ``m``
-        contributes ``component.sample((n_m,), scale=scale, diagonal=diagonal,
-        generator=generator)``, concatenated in component order. All components share
-        ``generator``, consumed in that order. ``scale=None`` is the mode's default (0.5, or
-        1.0 with ``diagonal=True``), resolved here and passed on as a float.
-
-        Raises:
-            ValueError: for a NaN, infinite or negative ``scale`` or a negative size in
-                ``sample_shape``.
+        contributes ``component.sample((n_m,), scale=scale, generator=generator)``,
+        concatenated in component order. All components share ``generator``, consumed in that
+        order; ``scale=None`` is each component's own default.
         """
-        scale = check_scale(scale, diagonal)
-        shape = check_shape(sample_shape)
         counts = self.allocation(math.prod(shape), generator=generator)
         parts = [
-            c.sample((n,), scale=scale, diagonal=diagonal, generator=generator)
+            c.sample((n,), scale=scale, generator=generator)
             for c, n in zip(self.components, counts, strict=True)
             if n
         ]
         flat = torch.cat(parts) if parts else self.mean.new_empty(0, self.layout.size)
         return flat.view(*shape, self.layout.size)
+
+    @property
+    def scalable(self) -> bool:
+        """Whether ``scale`` changes some member's draws."""
+        return any(c.scalable for c in self.components)
+
+    def diagonal(self) -> MultiSWAG:
+        """The mixture of the components' diagonal views (SWAG-Diag members).
+
+        Raises:
+            TypeError: if a component has no diagonal view.
+        """
+        return MultiSWAG([c.diagonal() for c in self.components])
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> MultiSWAG:
+        """A copy with every component on another device and/or floating dtype."""
+        return MultiSWAG([c.to(device, dtype) for c in self.components])
 
     def save(self, path: _io.PathLike) -> None:
         """Write every component to one file at ``path`` (safetensors, atomic).
@@ -150,9 +163,9 @@ class MultiSWAG(PosteriorMixin):
         metadata field ``components`` lists their kinds, in order.
 
         Raises:
-            TypeError: if a component is not a SWAGPosterior, PointPosterior or MultiSWAG.
+            TypeError: if a component's kind cannot be saved (a ShardedPosterior).
         """
-        tensors, meta = self._to_tensors()
+        tensors, meta = self.to_state()
         seen: set[int] = set()
         for key, t in tensors.items():  # safetensors refuses tensors that share memory
             ptr = t.untyped_storage().data_ptr()
@@ -172,24 +185,24 @@ class MultiSWAG(PosteriorMixin):
         depth = max(_depth(key) for key in meta)
         if depth > _MAX_DEPTH:
             raise ValueError(f"{path} nests mixtures {depth} deep; at most {_MAX_DEPTH} are read")
-        return cls._from_tensors(tensors, meta, path)
+        return cls.from_state(tensors, meta, str(path))
 
-    def _to_tensors(self) -> _TensorState:
+    def to_state(self) -> State:
+        """Every component's state under the prefix ``c{i}.``; ``components`` lists kinds."""
         tensors: dict[str, Tensor] = {}
         meta: dict[str, str] = {}
         kinds = []
         for i, component in enumerate(self.components):
-            kind, (sub_tensors, sub_meta) = _encode(component, i)
-            kinds.append(kind)
+            sub_tensors, sub_meta = component.to_state()
+            kinds.append(component.kind)
             tensors.update({f"c{i}.{k}": v for k, v in sub_tensors.items()})
             meta.update({f"c{i}.{k}": v for k, v in sub_meta.items()})
         meta["components"] = json.dumps(kinds)
         return tensors, meta
 
     @classmethod
-    def _from_tensors(
-        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
-    ) -> MultiSWAG:
+    def from_state(cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str) -> MultiSWAG:
+        """Rebuild from :meth:`to_state`'s output; ``where`` names the source in errors."""
         kinds = _io.json_field(meta, "components", where)
         if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
             raise ValueError(
@@ -202,13 +215,13 @@ class MultiSWAG(PosteriorMixin):
         )
         components = []
         for i, (kind, prefix) in enumerate(zip(kinds, prefixes, strict=True)):
-            decode = _DECODERS.get(kind)
+            decode = Posterior.kind_class(kind)
             if decode is None:
                 raise ValueError(
-                    f"{where}: component {i} is a {kind!r}; known kinds: {sorted(_DECODERS)}"
+                    f"{where}: component {i} is a {kind!r}; known kinds: {sorted(Posterior.kinds)}"
                 )
             components.append(
-                decode(
+                decode.from_state(
                     {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
                     {k.removeprefix(prefix): v for k, v in meta.items() if k.startswith(prefix)},
                     f"{where} (component {i})",
@@ -225,51 +238,30 @@ def _iter_samples(
     num_samples: int,
     *,
     scale: float | None = None,
-    diagonal: bool = False,
     generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
     """Draw ``num_samples`` flat vectors ``(P,)`` lazily, one at a time (memory O(P)).
 
     A :class:`MultiSWAG` yields its components' draws in component order, ``n_m`` from component
     ``m`` as :meth:`MultiSWAG.allocation` says (recursively for nested mixtures); any other
-    posterior yields ``posterior.sample((), scale=scale, diagonal=diagonal,
-    generator=generator)`` ``num_samples`` times. Single draws consume a generator differently
-    from one batched ``sample((S,))``, so the values differ from it for the same seed.
-    ``scale=None`` is resolved to the mode's default before any posterior sees it.
+    posterior yields ``posterior.sample((), scale=scale, generator=generator)``
+    ``num_samples`` times. Single draws consume a generator differently from one batched
+    ``sample((S,))``, so the values differ from it for the same seed. ``scale=None`` is each
+    posterior's own default.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    scale = check_scale(scale, diagonal)
+    generator = generator_for(posterior.mean.device, generator)
     if isinstance(posterior, MultiSWAG):
         counts = posterior.allocation(num_samples, generator=generator)
         for c, n in zip(posterior.components, counts, strict=True):
-            yield from _iter_samples(c, n, scale=scale, diagonal=diagonal, generator=generator)
+            yield from _iter_samples(c, n, scale=scale, generator=generator)
     else:
         for _ in range(num_samples):
-            yield posterior.sample((), scale=scale, diagonal=diagonal, generator=generator)
-
-
-def _encode(component: Posterior, index: int) -> tuple[str, _TensorState]:
-    if isinstance(component, MultiSWAG):
-        return _KIND, component._to_tensors()
-    if isinstance(component, PointPosterior):
-        return _POINT_KIND, component._to_tensors()
-    if isinstance(component, SWAGPosterior):
-        return _SWAG_KIND, component._to_tensors()
-    raise TypeError(
-        f"component {index} is a {type(component).__name__}; only SWAGPosterior, "
-        "PointPosterior and MultiSWAG components can be saved"
-    )
+            yield posterior.sample((), scale=scale, generator=generator)
 
 
 def _depth(key: str) -> int:
     """How many component prefixes (``c0.``, ``c12.``) a metadata key starts with."""
     parts = key.split(".")[:-1]
     return next((i for i, p in enumerate(parts) if not re.fullmatch("c[0-9]+", p)), len(parts))
-
-
-_DECODERS: dict[str, Callable[[dict[str, Tensor], dict[str, str], _io.PathLike], Posterior]] = {
-    _SWAG_KIND: SWAGPosterior._from_tensors,
-    _POINT_KIND: PointPosterior._from_tensors,
-    _KIND: MultiSWAG._from_tensors,
-}

@@ -9,9 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from swag import _io
-from swag._checks import check_generator, check_scale, check_shape
+from swag._posterior_base import Posterior, State
 from swag.layout import ParamLayout, ParamSelector
-from swag.posterior import PosteriorMixin, SampleShape
 
 __all__ = ["PointPosterior"]
 
@@ -19,13 +18,13 @@ _KIND = "point_posterior"
 
 
 @dataclass(frozen=True, eq=False)
-class PointPosterior(PosteriorMixin):
+class PointPosterior(Posterior):
     """A point mass at ``mean``: the SGD solution, or the SWA mean without its covariance.
 
     It speaks the same protocol as :class:`~swag.SWAGPosterior`, so :func:`swag.predict` treats
     SGD, SWA and SWAG alike, and ``MultiSWAG([PointPosterior, ...])`` is a deep ensemble.
-    Its covariance is zero, so the sampling options of every swag posterior (``scale``,
-    ``diagonal``) are accepted and have no effect: ``scale · 0 = 0``.
+    Its covariance is zero, so ``scale`` is checked and has no effect (``scale · 0 = 0``), and
+    it is its own :meth:`diagonal` view.
 
     Attributes:
         mean: θ ``(P,)``, the weights.
@@ -38,6 +37,7 @@ class PointPosterior(PosteriorMixin):
         torch.Size([4, 8])
     """
 
+    kind = _KIND
     mean: Tensor
     layout: ParamLayout
 
@@ -75,27 +75,20 @@ class PointPosterior(PosteriorMixin):
         out = torch.empty(layout.size, dtype=dtype, device=device or pieces[0].device)
         return cls(ParamLayout.gather(pieces, out), layout)
 
-    def sample(
-        self,
-        sample_shape: SampleShape = (),
-        *,
-        scale: float | None = None,
-        diagonal: bool = False,
-        generator: torch.Generator | None = None,
+    def _sample(
+        self, shape: tuple[int, ...], scale: float | None, generator: torch.Generator | None
     ) -> Tensor:
-        """The mean, repeated: ``(*sample_shape, P)``, a new tensor.
+        """The mean, repeated: ``(*shape, P)``, a new tensor; ``generator`` is not advanced."""
+        return self.mean.expand(*shape, self.layout.size).clone()
 
-        ``scale`` and ``diagonal`` are accepted for a uniform interface and ignored (the
-        covariance is zero); no random number is drawn, so ``generator`` is not advanced.
+    @property
+    def scalable(self) -> bool:
+        """False: ``scale`` times a zero covariance is zero."""
+        return False
 
-        Raises:
-            ValueError: for a NaN, infinite or negative ``scale`` or a negative size in
-                ``sample_shape``, as for every swag posterior.
-            TypeError: for arguments of the wrong type.
-        """
-        check_scale(scale, diagonal)
-        check_generator(generator)
-        return self.mean.expand(*check_shape(sample_shape), self.layout.size).clone()
+    def diagonal(self) -> PointPosterior:
+        """Itself: a zero covariance is diagonal."""
+        return self
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -105,7 +98,7 @@ class PointPosterior(PosteriorMixin):
 
     def save(self, path: _io.PathLike) -> None:
         """Write the posterior to ``path`` (safetensors, atomic)."""
-        _io.save_file(path, _KIND, *self._to_tensors())
+        _io.save_file(path, _KIND, *self.to_state())
 
     @classmethod
     def load(
@@ -116,17 +109,17 @@ class PointPosterior(PosteriorMixin):
         Raises:
             ValueError: if the file is damaged, foreign, or inconsistent with its layout.
         """
-        return cls._from_tensors(*_io.load_file(path, _KIND, device), path)
+        return cls.from_state(*_io.load_file(path, _KIND, device), str(path))
 
-    def _to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+    def to_state(self) -> State:
         """The tensors and string metadata :meth:`save` writes (also used by ``MultiSWAG``)."""
         return {"mean": self.mean}, {"layout": self.layout.to_json()}
 
     @classmethod
-    def _from_tensors(
-        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
+    def from_state(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str
     ) -> PointPosterior:
-        """Rebuild from :meth:`_to_tensors`'s output; ``where`` names the source in errors."""
+        """Rebuild from :meth:`to_state`'s output; ``where`` names the source in errors."""
         layout = _io.layout_field(meta, "layout", where)
         _io.expect_tensors(tensors, ("mean",), where)
         floats = _io.FLOAT_DTYPES.values()

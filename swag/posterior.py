@@ -1,75 +1,29 @@
-"""The SWAG Gaussian posterior (diagonal plus low rank) and the posterior protocol."""
+"""The SWAG Gaussian posterior (diagonal plus low rank)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import LowRankMultivariateNormal
 
 from swag import _io
 from swag._checks import SampleShape as SampleShape
-from swag._checks import check_scale
+from swag._checks import check_bool, check_scale
 from swag._gaussian import draw, lowrank_coef
-from swag._params import working_copy
+from swag._posterior_base import Density, Posterior, State
 from swag.layout import ParamLayout
 
-__all__ = ["Posterior", "PosteriorMixin", "SWAGPosterior", "SampleShape"]
+__all__ = ["Posterior", "SWAGPosterior", "SampleShape"]
 
 _KIND = "swag_posterior"
 
 
-@runtime_checkable
-class Posterior(Protocol):
-    """What every posterior offers: a mean, flat samples, and a way into a model.
-
-    ``sample`` returns flat parameter vectors of shape ``(*sample_shape, P)`` in
-    ``layout`` order; ``apply_`` writes one into a model in place. Every posterior accepts
-    ``scale`` and ``diagonal`` (a zero-variance one ignores them), so one prediction routine
-    serves them all. swag's callers (:func:`swag.predict`, :class:`~swag.MultiSWAG`) always
-    pass ``scale`` as a float, the mode's default (0.5 full, 1.0 diagonal) already resolved;
-    swag's own posteriors also take ``scale=None`` for that default.
-    """
-
-    @property
-    def layout(self) -> ParamLayout: ...
-
-    @property
-    def mean(self) -> Tensor: ...
-
-    def sample(
-        self,
-        sample_shape: SampleShape = (),
-        *,
-        scale: float = ...,
-        diagonal: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> Tensor: ...
-
-    def apply_(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module: ...
-
-
-class PosteriorMixin:
-    """Writing flat vectors into models, shared by every posterior."""
-
-    layout: ParamLayout
-    mean: Tensor
-
-    def apply_(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module:
-        """Write ``theta`` ``(P,)`` (default: the mean) into ``model``'s covered parameters."""
-        self.layout.scatter(self.mean if theta is None else theta, model)
-        return model
-
-    def to_model(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module:
-        """A deep copy of ``model`` holding ``theta`` (default: the mean, e.g. the SWA model)."""
-        return self.apply_(working_copy(model), theta)
-
-
 @dataclass(frozen=True, eq=False)
-class SWAGPosterior(PosteriorMixin):
+class SWAGPosterior(Density, Posterior):
     """N(θ̄, scale · (diag σ² + D̂ᵀD̂ / (K − 1))), the SWAG posterior over the covered parameters.
 
     Attributes:
@@ -78,13 +32,17 @@ class SWAGPosterior(PosteriorMixin):
         deviations: D̂ ``(K, P)``, the last K deviations θ_i − θ̄_i, oldest first.
         layout: which model parameters the P entries are.
         n: how many iterates were averaged.
+        diagonal_only: this is the SWAG-Diag view (:meth:`diagonal`): the low-rank term is
+            dropped and the default scale is 1.0.
     """
 
+    kind = _KIND
     mean: Tensor
     std: Tensor
     deviations: Tensor
     layout: ParamLayout
     n: int
+    diagonal_only: bool = False
 
     def __post_init__(self) -> None:
         size = self.layout.size
@@ -99,6 +57,11 @@ class SWAGPosterior(PosteriorMixin):
             )
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        check_bool(self.diagonal_only, "diagonal_only")
+
+    def diagonal(self) -> SWAGPosterior:
+        """SWAG-Diag: the same posterior without its low-rank term, default scale 1.0."""
+        return dataclasses.replace(self, diagonal_only=True)
 
     @property
     def rank(self) -> int:
@@ -116,9 +79,9 @@ class SWAGPosterior(PosteriorMixin):
         sample_shape: SampleShape = (),
         *,
         scale: float | None = None,
-        diagonal: bool = False,
-        blockwise: bool = False,
         generator: torch.Generator | None = None,
+        diagonal: bool | None = None,
+        blockwise: bool = False,
     ) -> Tensor:
         """Draw θ ~ N(θ̄, scale · (diag σ² + D̂ᵀD̂ / (K − 1))).
 
@@ -137,10 +100,11 @@ class SWAGPosterior(PosteriorMixin):
             scale: the covariance multiplier, finite and >= 0 (0 gives the mean). Default
                 None: 0.5 (the paper's SWAG), or 1.0 with ``diagonal=True`` (the paper's
                 SWAG-Diag).
-            diagonal: drop the low-rank term (SWAG-Diag).
+            generator: a ``torch.Generator`` on any device (z₂ is drawn before z₁), or None
+                for the global RNG; one on another device seeds one on this posterior's
+                device (``docs/concepts.md``).
+            diagonal: drop the low-rank term (SWAG-Diag), as ``self.diagonal().sample(...)``.
             blockwise: one z₂ per parameter tensor.
-            generator: a ``torch.Generator`` on this posterior's device, for reproducible draws
-                (z₂ is drawn before z₁).
 
         Returns:
             ``(*sample_shape, P)`` flat parameter vectors.
@@ -150,16 +114,36 @@ class SWAGPosterior(PosteriorMixin):
                 ``sample_shape``.
             TypeError: for a ``scale`` or ``sample_shape`` that is not a number / an integer.
         """
+        check_bool(blockwise, "blockwise")
+        if diagonal is not None:
+            check_bool(diagonal, "diagonal")
+        target = self.diagonal() if diagonal else self
+        shape, value, gen = target._sample_args(sample_shape, scale, generator)
+        return target._checked(target._draw(shape, value, gen, blockwise=blockwise), shape)
+
+    def _sample(
+        self, shape: tuple[int, ...], scale: float | None, generator: torch.Generator | None
+    ) -> Tensor:
+        return self._draw(shape, scale, generator, blockwise=False)
+
+    def _draw(
+        self,
+        shape: tuple[int, ...],
+        scale: float | None,
+        generator: torch.Generator | None,
+        *,
+        blockwise: bool,
+    ) -> Tensor:
         spans = list(zip(self.layout.offsets, self.layout.numels, strict=True))
         return draw(
             self.mean,
             self.std,
             self.deviations,
-            sample_shape,
+            shape,
             self.layout.size,
             spans,
             scale=scale,
-            diagonal=diagonal,
+            diagonal=self.diagonal_only,
             blockwise=blockwise,
             generator=generator,
             take=None,
@@ -179,6 +163,8 @@ class SWAGPosterior(PosteriorMixin):
                 overflows the statistics' dtype; or if the covariance is too ill-conditioned
                 to factor in that dtype (the message says how to fix each).
         """
+        check_bool(diagonal, "diagonal")
+        diagonal = diagonal or self.diagonal_only
         scale = check_scale(scale, diagonal)
         if scale == 0:
             raise ValueError(
@@ -259,11 +245,12 @@ class SWAGPosterior(PosteriorMixin):
             self.deviations.to(device, dtype),
             self.layout,
             self.n,
+            self.diagonal_only,
         )
 
     def save(self, path: _io.PathLike) -> None:
         """Write the posterior to ``path`` (safetensors, atomic)."""
-        _io.save_file(path, _KIND, *self._to_tensors())
+        _io.save_file(path, _KIND, *self.to_state())
 
     @classmethod
     def load(cls, path: _io.PathLike, *, device: torch.device | str | None = None) -> SWAGPosterior:
@@ -272,29 +259,30 @@ class SWAGPosterior(PosteriorMixin):
         Raises:
             ValueError: if the file is damaged, foreign, or inconsistent with its layout.
         """
-        return cls._from_tensors(*_io.load_file(path, _KIND, device), path)
+        return cls.from_state(*_io.load_file(path, _KIND, device), str(path))
 
-    def _to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+    def to_state(self) -> State:
         """The tensors and string metadata :meth:`save` writes (``MultiSWAG`` reuses them)."""
-        return (
-            {"mean": self.mean, "std": self.std, "deviations": self.deviations},
-            {"layout": self.layout.to_json(), "n": str(self.n)},
-        )
+        meta = {"layout": self.layout.to_json(), "n": str(self.n)}
+        if self.diagonal_only:
+            meta["diagonal_only"] = "1"
+        return {"mean": self.mean, "std": self.std, "deviations": self.deviations}, meta
 
     @classmethod
-    def _from_tensors(
-        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: _io.PathLike
+    def from_state(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str
     ) -> SWAGPosterior:
-        """Rebuild from :meth:`_to_tensors`'s output; ``where`` names the source in errors."""
+        """Rebuild from :meth:`to_state`'s output; ``where`` names the source in errors."""
+        diagonal_only = (
+            _io.int_field(meta, "diagonal_only", where, high=1) if "diagonal_only" in meta else 0
+        )
         layout = _io.layout_field(meta, "layout", where)
         n = _io.int_field(meta, "n", where, low=1)
-        _io.expect_tensors(tensors, ("mean", "std", "deviations"), where)
+        _io.expect_tensors(tensors, _io.POSTERIOR_STATISTICS, where)
         size, floats = layout.size, _io.FLOAT_DTYPES.values()
         mean = _io.tensor_field(tensors, "mean", where, (size,), floats)
         std = _io.tensor_field(tensors, "std", where, (size,), (mean.dtype,))
         deviations = tensors.get("deviations")
         k = deviations.shape[0] if deviations is not None and deviations.dim() == 2 else 0
         deviations = _io.tensor_field(tensors, "deviations", where, (k, size), floats)
-        if not bool((std >= 0).all()):
-            raise ValueError(f"{where}: tensor 'std' has negative or NaN entries")
-        return cls(mean=mean, std=std, deviations=deviations, layout=layout, n=n)
+        return cls(mean, std, deviations, layout, n, diagonal_only=bool(diagonal_only))

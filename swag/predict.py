@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, overload
 
@@ -142,9 +143,9 @@ def predict(
             Default: 30, but one pass per point for a point posterior or a mixture of points
             (a deep ensemble) without ``mc_dropout``, whose draws are identical anyway.
         scale: covariance scale passed to ``posterior.sample``, finite and >= 0. Default None:
-            the mode's default as in the SWAG paper, 0.5 for SWAG and 1.0 with
-            ``diagonal=True`` (SWAG-Diag).
-        diagonal: drop the low-rank term (SWAG-Diag).
+            the posterior's own default as in the SWAG paper, 0.5 for SWAG and 1.0 for its
+            diagonal view ``posterior.diagonal()`` (SWAG-Diag).
+        diagonal: deprecated; pass ``posterior.diagonal()`` instead.
         bn_loader: training batches for the BatchNorm refresh, required when the model has
             BatchNorm or InstanceNorm with running statistics (:func:`swag.bn.has_batchnorm`);
             ``False`` keeps the model's current statistics (right only for the
@@ -189,6 +190,13 @@ def predict(
         torch.Size([8, 3])
     """
     scale = _check_args(posterior, model, loader, locals())
+    if diagonal:
+        warnings.warn(
+            "predict(diagonal=True) is deprecated; pass posterior.diagonal() instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        posterior = posterior.diagonal()
     if num_samples is None:
         num_samples = _default_num_samples(posterior, mc_dropout)
     check_count(num_samples, "num_samples")
@@ -202,9 +210,7 @@ def predict(
 
     def passes() -> Iterator[list[Any]]:
         """Per sample: the (``output_fn``-mapped) outputs of every batch of ``loader``."""
-        thetas = _iter_samples(
-            posterior, num_samples, scale=scale, diagonal=diagonal, generator=generator
-        )
+        thetas = _iter_samples(posterior, num_samples, scale=scale, generator=generator)
         progress_bar = tqdm(thetas, total=num_samples, desc="predict", disable=not progress)
         for passes_done, theta in enumerate(progress_bar):
             posterior.apply_(work, theta)
@@ -241,7 +247,7 @@ def predict(
 
 def _check_args(
     posterior: Posterior, model: nn.Module, loader: Iterable[Any], args: dict[str, Any]
-) -> float:
+) -> float | None:
     """Validates predict's arguments (each error names its argument); returns the scale."""
     if not isinstance(posterior, Posterior):
         raise TypeError(
@@ -274,7 +280,7 @@ def _check_args(
         var = torch.as_tensor(noise_var)
         if not bool(torch.isfinite(var).all()) or bool((var < 0).any()):
             raise ValueError(f"noise_var must be finite and >= 0, got {noise_var!r}")
-    return check_scale(args["scale"], args["diagonal"])
+    return None if args["scale"] is None else check_scale(args["scale"], False)
 
 
 def _default_num_samples(posterior: Posterior, mc_dropout: bool = False) -> int:

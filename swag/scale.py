@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from swag._checks import check_count, check_loader
+from swag._random import common_generator
 from swag.metrics import nll
 from swag.posterior import Posterior
 from swag.predict import predict
@@ -69,8 +70,8 @@ def fit_scale(
     Golden-section search over ``log(scale)`` inside ``bounds`` until the bracket is narrower
     than ``tol`` (in log units: 0.05 ≈ 5% of the scale); about ``log(log(hi/lo)/tol)/log(1.618)
     + 2`` evaluations (12 with the defaults), each one :func:`swag.predict` over ``val_loader``
-    with ``num_samples`` draws. Works for a :class:`~swag.SWAGPosterior` (``diagonal=True`` for
-    SWAG-Diag) and a :class:`~swag.MultiSWAG` (one scale shared by every member).
+    with ``num_samples`` draws. Works for a :class:`~swag.SWAGPosterior` (``posterior.diagonal()``
+    for SWAG-Diag) and a :class:`~swag.MultiSWAG` (one scale shared by every member).
 
     Common random numbers: every candidate starts from a copy of ``generator``'s state, so all
     candidates see the same noise and the same dropout/BN-shuffle seed; ``generator`` itself is
@@ -84,8 +85,9 @@ def fit_scale(
         num_samples: draws per candidate scale, >= 1.
         bn_loader: training batches for the BatchNorm refresh of each draw (as in ``predict``).
         bn_batches: refresh on only the first ``bn_batches`` batches of ``bn_loader``.
-        diagonal: drop the low-rank term (SWAG-Diag).
-        generator: source of the common random numbers (default: a fixed seed, 0).
+        diagonal: deprecated; pass ``posterior.diagonal()`` instead.
+        generator: source of the common random numbers, on any device; None draws their seed
+            from the global RNG (``docs/concepts.md``, "Devices and generators").
         bounds: search interval ``(lo, hi)``, ``0 < lo < hi < inf``.
         tol: width in ``log(scale)`` at which the search stops, > 0.
         input_fn: maps a batch to the model input (default: its first item).
@@ -115,14 +117,27 @@ def fit_scale(
             "or a re-iterable DataLoader"
         )
     targets = torch.cat([(target_fn or _second)(b) for b in batches]).cpu()
-    state = (generator or torch.Generator().manual_seed(0)).get_state()
+    if diagonal:
+        warnings.warn(
+            "fit_scale(diagonal=True) is deprecated; pass posterior.diagonal() instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        posterior = posterior.diagonal()
+    if not posterior.scalable:
+        raise ValueError(
+            f"fit_scale: scale has no effect on a {type(posterior).__name__} (no covariance to "
+            "scale); calibrate it with swag.fit_temperature instead"
+        )
+    common = common_generator(posterior.mean.device, generator)
+    state = common.get_state()
 
     def objective(log_scale: float) -> float:
-        g = torch.Generator()
+        g = torch.Generator(common.device)
         g.set_state(state.clone())
         probs = predict(
             posterior, model, batches, num_samples=num_samples, scale=math.exp(log_scale),
-            diagonal=diagonal, bn_loader=bn_loader, bn_batches=bn_batches, input_fn=input_fn,
+            bn_loader=bn_loader, bn_batches=bn_batches, input_fn=input_fn,
             device=device, generator=g,
         )  # fmt: skip
         return nll(probs.cpu(), targets)

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from swag._checks import SampleShape, check_bool
 from swag._gaussian import draw
 from swag._params import local_part
+from swag._posterior_base import Posterior, State
+from swag._random import generator_for
 from swag._shard import ShardPlan, assemble
 from swag.layout import ParamLayout
-from swag.posterior import SampleShape, SWAGPosterior
+from swag.posterior import SWAGPosterior
 
 __all__ = ["ShardedPosterior"]
 
 
 @dataclass(frozen=True, eq=False)
-class ShardedPosterior:
+class ShardedPosterior(Posterior):
     """One rank's part of a SWAG posterior: its ``L`` entries of the mean, σ and D̂.
+
+    :meth:`sample` gives whole ``(*sample_shape, P)`` vectors on every rank (one all_gather),
+    and :meth:`apply_` takes them (or this rank's ``(L,)`` entries), so :func:`swag.predict`
+    works at any world size. It is saved with :func:`swag.distributed.save` (DCP), or whole
+    through :meth:`full`.
 
     Attributes:
         mean: ``(L,)`` this rank's entries of θ̄.
@@ -30,16 +39,50 @@ class ShardedPosterior:
         group: the process group that shares the posterior.
     """
 
+    kind = "sharded_posterior"
     mean: Tensor
     std: Tensor
     deviations: Tensor
     plan: ShardPlan
     n: int
     group: dist.ProcessGroup | None = None
+    diagonal_only: bool = False
 
     @property
-    def layout(self) -> ParamLayout:
+    def layout(self) -> ParamLayout:  # type: ignore[override]
         return self.plan.layout
+
+    def diagonal(self) -> ShardedPosterior:
+        """SWAG-Diag: the same shard without its low-rank term, default scale 1.0."""
+        return dataclasses.replace(self, diagonal_only=True)
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> ShardedPosterior:
+        """A copy of this rank's part on another device and/or floating dtype."""
+        mean, std, dev = (t.to(device, dtype) for t in (self.mean, self.std, self.deviations))
+        return ShardedPosterior(mean, std, dev, self.plan, self.n, self.group, self.diagonal_only)
+
+    def to_state(self) -> State:
+        """Refused: one rank's part is saved by every rank together.
+
+        Raises:
+            TypeError: always; use ``swag.distributed.save(posterior, directory)`` (DCP) or
+                ``swag.save(posterior.full(), path)``.
+        """
+        raise TypeError(
+            "a ShardedPosterior holds one rank's part; save it with "
+            "swag.distributed.save(posterior, directory) or swag.save(posterior.full(), path)"
+        )
+
+    @classmethod
+    def from_state(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str
+    ) -> ShardedPosterior:
+        """Refused, as :meth:`to_state`; read with ``swag.distributed.load_posterior``."""
+        raise TypeError(
+            f"{where}: a ShardedPosterior is read with swag.distributed.load_posterior(directory)"
+        )
 
     @property
     def rank(self) -> int:
@@ -53,7 +96,7 @@ class ShardedPosterior:
         scale: float | None = None,
         diagonal: bool = False,
         blockwise: bool = False,
-        generator: torch.Generator,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """This rank's entries ``(*sample_shape, L)`` of a sample; no communication.
 
@@ -62,8 +105,10 @@ class ShardedPosterior:
         (its BLAS kernel may sum the K terms in another order for ``L`` columns than for ``P``;
         ≤ 1 ulp seen): z₂ (K per block) is drawn whole, and so is z₁ (all ``P`` entries, of
         which this rank keeps its ``L``), in the same order, so the noise is identical. Pass a
-        generator seeded the same on every rank.
+        generator seeded the same on every rank (with None, the ranks' global RNGs must agree).
         """
+        check_bool(diagonal, "diagonal")
+        generator = generator_for(self.mean.device, generator)
         spans = list(zip(self.plan.offsets, self.plan.numels, strict=True))
         return draw(
             self.mean,
@@ -73,7 +118,7 @@ class ShardedPosterior:
             self.layout.size,
             spans,
             scale=scale,
-            diagonal=diagonal,
+            diagonal=diagonal or self.diagonal_only,
             blockwise=blockwise,
             generator=generator,
             take=self.plan.take,
@@ -84,15 +129,26 @@ class ShardedPosterior:
         sample_shape: SampleShape = (),
         *,
         scale: float | None = None,
-        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+        diagonal: bool | None = None,
         blockwise: bool = False,
-        generator: torch.Generator,
     ) -> Tensor:
-        """Whole samples ``(*sample_shape, P)`` on every rank: :meth:`sample_local`, assembled."""
-        local = self.sample_local(
-            sample_shape, scale=scale, diagonal=diagonal, blockwise=blockwise, generator=generator
-        )
-        return self.assemble(local)
+        """Whole samples ``(*sample_shape, P)`` on every rank: :meth:`sample_local`, assembled.
+
+        ``diagonal`` and ``blockwise`` are as for :meth:`SWAGPosterior.sample`.
+        """
+        check_bool(blockwise, "blockwise")
+        if diagonal is not None:
+            check_bool(diagonal, "diagonal")
+        target = self.diagonal() if diagonal else self
+        shape, value, gen = target._sample_args(sample_shape, scale, generator)
+        local = target.sample_local(shape, scale=value, blockwise=blockwise, generator=gen)
+        return target._checked(target.assemble(local), shape)
+
+    def _sample(
+        self, shape: tuple[int, ...], scale: float | None, generator: torch.Generator | None
+    ) -> Tensor:
+        return self.assemble(self.sample_local(shape, scale=scale, generator=generator))
 
     def assemble(self, local: Tensor) -> Tensor:
         """Every rank's ``(..., L_r)`` as the whole ``(..., P)``, on every rank (one all_gather)."""
@@ -105,24 +161,33 @@ class ShardedPosterior:
         rows = torch.cat([self.mean[None], self.std[None], self.deviations.to(self.mean.dtype)])
         whole = assemble(rows, self.plan, self.group)
         dev = whole[2:].to(self.deviations.dtype)
-        return SWAGPosterior(whole[0], whole[1], dev, self.layout, self.n)
+        return SWAGPosterior(whole[0], whole[1], dev, self.layout, self.n, self.diagonal_only)
 
     @torch.no_grad()
     def apply_(self, model: nn.Module, theta: Tensor | None = None) -> nn.Module:
-        """Write this rank's entries ``theta`` ``(L,)`` (default: the mean) into ``model``.
+        """Write ``theta`` into ``model``: a whole ``(P,)`` vector (what :meth:`sample` gives)
+        or this rank's entries ``(L,)`` (default: the mean's).
 
-        An FSDP2 model takes them into its local shards, without communication; a whole model
-        (plain or DDP) gets the assembled vector (one all_gather).
+        An FSDP2 model takes this rank's entries into its local shards, without communication;
+        a whole model (plain or DDP) gets the whole vector (one all_gather for ``(L,)``). Pass
+        the same kind on every rank (where ``L == P`` a vector is taken as whole).
         """
+        is_whole = theta is not None and theta.shape == (self.layout.size,)
         theta = self.mean if theta is None else theta
-        if theta.shape != (self.plan.size,):
-            raise ValueError(f"theta must have shape ({self.plan.size},), got {theta.shape}")
+        whole = self.layout.size
+        if theta.shape not in ((self.plan.size,), (whole,)):
+            raise ValueError(
+                f"theta must have shape ({whole},) (a whole sample) or ({self.plan.size},) "
+                f"(this rank's entries), got {tuple(theta.shape)}"
+            )
         params = self.layout.resolve(model)
         if all(hasattr(p, "device_mesh") for p in params):
             shards = [local_part(p) for p in params]
+            if is_whole:
+                theta = self.plan.take(theta[None])[0]
             torch._foreach_copy_(
                 shards, [v.view_as(s) for v, s in zip(self.plan.views(theta), shards, strict=True)]
             )
         else:
-            self.layout.scatter(self.assemble(theta), model)
+            self.layout.scatter(theta if is_whole else self.assemble(theta), model)
         return model

@@ -10,6 +10,7 @@ another world size) and gathers a MultiSWAG. Rank 0 writes what it measured to
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,6 +89,30 @@ def run(rank: int, world: int, out: str, checkpoint: str) -> None:
         ref = post.sample((3,), generator=torch.Generator().manual_seed(SEED), **kw)
         got = part.sample((3,), generator=torch.Generator().manual_seed(SEED), **kw)
         res[f"ddp_sample_{kw_name}_ref"], res[f"ddp_sample_{kw_name}"] = ref, got
+    # predict on one rank's part at W > 1: whole (P,) samples go into the whole model
+    xs = [torch.randn(4, 6, generator=torch.Generator().manual_seed(1))]
+    ys = torch.tensor([0, 1, 2, 3])
+    bn_model = nn.Sequential(nn.Linear(6, 9), nn.BatchNorm1d(9, affine=False), nn.Linear(9, 5))
+    drop_model = nn.Sequential(nn.Linear(6, 9), nn.Dropout(0.3), nn.Linear(9, 5))
+    for name, p in (("ref", post), ("sharded", part)):
+
+        def gen() -> torch.Generator:
+            return torch.Generator().manual_seed(SEED)
+
+        res[f"ddp_predict_{name}"] = swag.predict(
+            p, make_model(), xs, num_samples=3, generator=gen()
+        )
+        res[f"ddp_predict_bn_{name}"] = swag.predict(
+            p, bn_model, xs, num_samples=3, bn_loader=xs, generator=gen()
+        )
+        res[f"ddp_predict_dropout_{name}"] = swag.predict(
+            p, drop_model, xs, num_samples=3, mc_dropout=True, generator=gen()
+        )
+        with warnings.catch_warnings():  # 4 examples: the optimum may sit at a bound
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fitted = swag.fit_scale(p, make_model(), [(xs[0], ys)], num_samples=2, tol=0.5,
+                                    generator=gen())  # fmt: skip
+        res[f"ddp_fit_scale_{name}"] = torch.tensor(fitted)
     copy = make_model()
     part.apply_(copy)
     res["ddp_applied"] = torch.cat([p.detach().reshape(-1) for p in copy.parameters()])

@@ -69,6 +69,13 @@ def test_sharded_samples_equal_unsharded_samples(runs, world: int) -> None:
     for variant in ("full", "diag", "block"):
         ref = r[f"ddp_sample_{variant}_ref"]
         torch.testing.assert_close(r[f"ddp_sample_{variant}"], ref, **exact, msg=variant)
+    # predict on a ShardedPosterior at W > 1 (its samples are whole (P,) vectors)
+    for what in ("predict", "predict_bn", "predict_dropout"):
+        torch.testing.assert_close(r[f"ddp_{what}_sharded"], r[f"ddp_{what}_ref"], **exact)
+    # fit_scale: the same golden-section path, up to the samples' ≤ 1e-5 rounding
+    torch.testing.assert_close(
+        r["ddp_fit_scale_sharded"], r["ddp_fit_scale_ref"], rtol=1e-3, atol=0
+    )
     assert r["fsdp_local_diff"].item() <= 1e-5
     torch.testing.assert_close(r["fsdp_sample"], r["fsdp_sample_ref"], **exact)
     assert torch.equal(r["fsdp_mean"], r["ddp_mean"])

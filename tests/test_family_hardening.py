@@ -462,7 +462,7 @@ def test_snapshots_file_round_trip_and_damaged_files(tmp_path: Path) -> None:
     bad = taken(1)
     bad.snapshots[0, 0] = NAN
     bad.save(tmp_path / "nan.safetensors")
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match=r"tensor 'snapshots' has non-finite entries"):
         Snapshots.load(tmp_path / "nan.safetensors", nn.Linear(2, 1))
     swag.Collector(model, max_rank=2).save(tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match="not a 'snapshots'"):

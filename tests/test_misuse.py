@@ -248,10 +248,9 @@ def _sampling(point: bool = False, mixture: bool = False) -> Callable[[], dict[s
         args = {
             "sample_shape": (2,),
             "scale": 0.5,
-            "diagonal": False,
             "generator": torch.Generator().manual_seed(0),
-        }
-        return args if (point or mixture) else {**args, "blockwise": False}
+        }  # diagonal= is deprecated where it was accepted and ignored (point, mixture)
+        return args if (point or mixture) else {**args, "diagonal": False, "blockwise": False}
 
     return kwargs
 

@@ -86,12 +86,12 @@ def test_sample_order_follows_allocation_and_skips_empty_components() -> None:
 def test_sample_draws_each_component_in_turn_from_one_generator() -> None:
     comps = [swag_run(seed) for seed in range(3)]
     mix = MultiSWAG(comps)
-    got = mix.sample((7,), scale=0.3, diagonal=True, generator=torch.Generator().manual_seed(5))
+    got = mix.diagonal().sample((7,), scale=0.3, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     counts = mix.allocation(7, generator=g)  # the remainder's members are drawn first
     expected = torch.cat(
         [
-            c.sample((n,), scale=0.3, diagonal=True, generator=g)
+            c.diagonal().sample((n,), scale=0.3, generator=g)
             for c, n in zip(comps, counts, strict=True)
         ]
     )
@@ -228,5 +228,5 @@ def test_save_rejects_foreign_components(tmp_path: Path) -> None:
         sample = PointPosterior.sample
         apply_ = PointPosterior.apply_
 
-    with pytest.raises(TypeError, match="component 1 is a Bare"):
-        MultiSWAG([points(1)[0], Bare()]).save(tmp_path / "bad.safetensors")
+    with pytest.raises(TypeError, match=r"component 1 must be a swag\.Posterior, got Bare"):
+        MultiSWAG([points(1)[0], Bare()])  # type: ignore[list-item]

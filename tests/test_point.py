@@ -47,7 +47,7 @@ def test_sample_is_the_mean_repeated_and_ignores_scale() -> None:
     point = PointPosterior.from_model(net())
     g = torch.Generator().manual_seed(0)
     state = g.get_state()
-    draws = point.sample((2, 3), scale=10.0, diagonal=True, generator=g)
+    draws = point.diagonal().sample((2, 3), scale=10.0, generator=g)
     assert draws.shape == (2, 3, point.layout.size)
     torch.testing.assert_close(draws, point.mean.expand(2, 3, -1), rtol=0, atol=0)
     assert torch.equal(g.get_state(), state), "a point posterior must not consume randomness"
@@ -56,6 +56,9 @@ def test_sample_is_the_mean_repeated_and_ignores_scale() -> None:
     assert point.sample().shape == (point.layout.size,)
     with pytest.raises(ValueError, match="scale must be >= 0"):
         point.sample(scale=-1.0)
+    assert point.diagonal() is point  # a zero covariance is its own diagonal view
+    with pytest.warns(DeprecationWarning, match=r"posterior\.diagonal\(\)"):
+        torch.testing.assert_close(point.sample(diagonal=True), point.mean, rtol=0, atol=0)
 
 
 def test_to_model_and_apply_restore_the_weights() -> None:

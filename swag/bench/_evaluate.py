@@ -111,11 +111,10 @@ def method_predictions(
         samples: int,
         scale: float = 0.0,
         *,
-        diagonal: bool = False,
         mc_dropout: bool = False,
     ) -> Tensor:
         probs: Tensor = predict(
-            post, model, inputs, num_samples=samples, scale=scale, diagonal=diagonal,
+            post, model, inputs, num_samples=samples, scale=scale,
             bn_loader=bn, bn_batches=cfg.bn_batches, mc_dropout=mc_dropout, reduce=False,
             generator=torch.Generator().manual_seed(seed), device=device, progress=progress.bars,
         )  # fmt: skip
@@ -156,7 +155,7 @@ def method_predictions(
         "SWA": ("the SWAG mean, BN refreshed", lambda: bma(_mean(swag0), 1)),
         "SWAG-Diag": (
             f"{s} samples at scale {cfg.diag_scale:g}",
-            lambda: bma(_need(swag0), s, cfg.diag_scale, diagonal=True),
+            lambda: bma(_need(swag0).diagonal(), s, cfg.diag_scale),
         ),
         "SWAG": (f"{s} samples at scale {cfg.scale:g}", lambda: bma(_need(swag0), s, cfg.scale)),
         "SWAG (fitted scale)": (

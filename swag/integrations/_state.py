@@ -21,7 +21,7 @@ from swag.sharded import ShardedPosterior
 
 FORMAT = "swag-collector-state"
 VERSION = 1
-_STATS = ("shift", "shifted_mean", "m2", "deviations")
+_STATS = _io.COLLECTOR_STATISTICS
 _META_INTS = {"version": 1, "n": 0, "max_rank": 0}  # field: its least value
 CHECKSUM = "sha256"  # of the meta (less this field) and the tensors, as swag's files carry
 
@@ -146,7 +146,10 @@ def load_collector_state(collector: swag.Collector, state: dict[str, Any], where
         "dtype": _dtype_name(c.m2),
         "deviation_dtype": _dtype_name(c.deviations),
     }
-    problem = c.layout.mismatch(swag.ParamLayout.from_json(str(meta["layout"])))
+    n = _io.int_field(meta, "n", where)
+    if not isinstance(tensors, dict) or set(tensors) != set(_STATS):
+        raise ValueError(f"{where}: the SWAG state must hold the tensors {list(_STATS)}")
+    problem = c.layout.mismatch(_io.layout_field(meta, "layout", where))
     problem = f"parameter layout differs: {problem}" if problem else None
     for key, value in mine.items():
         if problem is None and meta[key] != value:
@@ -161,8 +164,9 @@ def load_collector_state(collector: swag.Collector, state: dict[str, Any], where
             f"the SWAG state in {where} does not fit this callback: {problem}. Build the "
             "callback with the max_rank, params= and dtype of the run that saved it"
         )
+    _io.check_statistics(tensors, where)
     with torch.no_grad():
         for name in _STATS:
             whole = tensors[name]
             getattr(c, name).copy_(whole if c.plan is None else c.plan.take(whole))
-    c.set_extra_state({"n": int(meta["n"])})
+    c.set_extra_state({"n": n})

@@ -10,6 +10,7 @@ from torch import Tensor
 
 import swag
 from swag._checks import check_generator, check_positive
+from swag._random import generator_for
 from swag.layout import ParamLayout
 
 Source = swag.Collector | swag.SWAGPosterior
@@ -171,7 +172,7 @@ class Subspace:
             source: a :class:`~swag.Collector` or :class:`~swag.SWAGPosterior`.
             rank: k ≥ 1.
             norm: the Euclidean length of each direction.
-            generator: a ``torch.Generator`` on the posterior's device, for reproducible bases.
+            generator: a ``torch.Generator`` on any device, for reproducible bases.
         """
         post = _statistics(source)
         _check_rank(rank, post.layout.size, f"at most P = {post.layout.size}")
@@ -190,6 +191,7 @@ class Subspace:
         if not math.isfinite(norm) or norm <= 0:
             raise ValueError(f"norm must be finite and > 0, got {norm}")
         mean = post.mean
+        generator = generator_for(mean.device, generator)
         basis = torch.randn(
             rank, post.layout.size, generator=generator, device=mean.device, dtype=torch.float64
         )

@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from swag._checks import check_bool, check_callable, check_count, check_generator, check_positive
+from swag._random import generator_for
 
 LogLik = Callable[[Tensor], Tensor]
 
@@ -72,7 +73,7 @@ def elliptical_slice(
         burn_in: steps to run and discard first.
         thin: keep every ``thin``-th state.
         init: the starting state ``(k,)`` (default: 0, the subspace origin).
-        generator: source of every random number (CPU generator), for a reproducible chain.
+        generator: source of every random number (any device; drawn on the CPU).
         progress: show a progress bar over steps.
         max_shrinks: give up (RuntimeError) after this many shrinks in one step, which only a
             likelihood that is NaN or −∞ almost everywhere causes.
@@ -110,6 +111,7 @@ def elliptical_slice(
             + ("+inf is no likelihood of data" if ll > 0 else "start elsewhere with init=")
         )
     steps = burn_in + num_samples * thin
+    generator = generator_for("cpu", generator)  # the chain's noise is drawn on the CPU
     kept, kept_ll = [], []
     for step in tqdm(range(steps), desc="ESS", disable=not progress):
         nu = torch.randn(dim, dtype=torch.float64, generator=generator).to(z) * prior_std

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 
 from swag import _io
-from swag._checks import check_generator, check_positive, check_scale, check_shape
+from swag._checks import check_generator, check_positive, check_shape
+from swag._posterior_base import Posterior, State
+from swag._random import generator_for
 from swag.layout import ParamLayout
-from swag.posterior import PosteriorMixin
 from swag.subspace._basis import Subspace
 from swag.subspace._ess import ESSResult
 from swag.subspace._vi import VIResult
@@ -23,7 +24,7 @@ SampleShape = int | Sequence[int] | torch.Size
 
 
 @dataclass(frozen=True, eq=False)
-class SubspacePosterior(PosteriorMixin):
+class SubspacePosterior(Posterior):
     """p(θ) for θ = θ̂ + zB, with z from an ESS chain or a fitted Gaussian.
 
     Exactly one of ``chain`` (method ``"ess"``) or ``loc`` and ``scale_tril`` (method ``"vi"``)
@@ -39,6 +40,7 @@ class SubspacePosterior(PosteriorMixin):
         prior_std: the σ_p it was inferred with (a record).
     """
 
+    kind = KIND
     subspace: Subspace
     chain: Tensor | None = None
     loc: Tensor | None = None
@@ -141,6 +143,7 @@ class SubspacePosterior(PosteriorMixin):
         check_generator(generator)
         num = math.prod(shape)
         k, dev = self.subspace.dim, self.subspace.shift.device
+        generator = generator_for(dev, generator)
         if self.chain is not None:
             s = self.chain.shape[0]
             rounds = -(-num // s) if num else 0
@@ -153,27 +156,48 @@ class SubspacePosterior(PosteriorMixin):
             z = self.loc + eps @ self.scale_tril.T
         return z.reshape(*shape, k)
 
-    def sample(
-        self,
-        sample_shape: SampleShape = (),
-        *,
-        scale: float | None = 0.5,
-        diagonal: bool = False,
-        generator: torch.Generator | None = None,
+    def _sample(
+        self, shape: tuple[int, ...], scale: float | None, generator: torch.Generator | None
     ) -> Tensor:
-        """Flat weights θ̂ + zB ``(*sample_shape, P)``, z from :meth:`sample_z`.
+        """Flat weights θ̂ + zB ``(*shape, P)``, z from :meth:`sample_z`.
 
-        ``scale`` and ``diagonal`` are accepted for the uniform interface (``swag.predict``
-        passes SWAG's 0.5) and ignored: the spread of z was inferred, and the temperature set
-        at inference is the knob that widens or narrows it. ``scale`` (None, or a finite
-        number >= 0), ``diagonal`` and ``sample_shape`` are still checked as
-        ``SWAGPosterior.sample`` checks them, with the same messages.
+        ``scale`` is checked and has no effect: the spread of z was inferred, and the
+        temperature set at inference is the knob that widens or narrows it.
         """
-        check_scale(scale, diagonal)
-        return self.subspace.theta(self.sample_z(sample_shape, generator=generator))
+        return self.subspace.theta(self.sample_z(shape, generator=generator))
+
+    @property
+    def scalable(self) -> bool:
+        """False: the spread of z was inferred; ``scale`` does not change the draws."""
+        return False
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> SubspacePosterior:
+        """A copy on another device and/or floating dtype."""
+        sub = self.subspace
+        moved = Subspace(
+            sub.shift.to(device, dtype), sub.basis.to(device, dtype), sub.layout, sub.kind
+        )
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, dtype)
+
+        return SubspacePosterior(
+            moved,
+            chain=move(self.chain),
+            loc=move(self.loc),
+            scale_tril=move(self.scale_tril),
+            temperature=self.temperature,
+            prior_std=self.prior_std,
+        )
 
     def save(self, path: _io.PathLike) -> None:
         """Write the posterior to ``path`` (safetensors, atomic)."""
+        _io.save_file(path, KIND, *self.to_state())
+
+    def to_state(self) -> State:
+        """The tensors and string metadata :meth:`save` writes."""
         sub = self.subspace
         tensors = {"shift": sub.shift, "basis": sub.basis}
         if self.chain is not None:
@@ -188,7 +212,7 @@ class SubspacePosterior(PosteriorMixin):
             "temperature": repr(self.temperature),
             "prior_std": repr(self.prior_std),
         }
-        _io.save_file(path, KIND, tensors, meta)
+        return tensors, meta
 
     @classmethod
     def load(
@@ -203,7 +227,14 @@ class SubspacePosterior(PosteriorMixin):
             ValueError: if the file is damaged, foreign, or its tensors do not fit its layout;
                 the message names the file.
         """
-        tensors, meta = _io.load_file(path, KIND, device)
+        return cls.from_state(*_io.load_file(path, KIND, device), str(path))
+
+    @classmethod
+    def from_state(
+        cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str
+    ) -> SubspacePosterior:
+        """Rebuild from :meth:`to_state`'s output; ``where`` names the source in errors."""
+        path = where
         layout = _io.layout_field(meta, "layout", path)
         kind = _io.require(meta, "subspace_kind", path)
         if kind not in SUBSPACE_KINDS:

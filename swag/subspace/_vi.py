@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from swag._checks import check_bool, check_count, check_generator, check_positive
+from swag._random import generator_for
 from swag.subspace._likelihood import SubspaceLikelihood
 
 
@@ -77,7 +78,7 @@ def fit_vi(
         lr: Adam's initial learning rate.
         mc_samples: draws of z per step.
         init_std: the initial standard deviation of every coordinate (μ starts at 0).
-        generator: source of ε (CPU generator), for a reproducible fit.
+        generator: source of ε (any device; drawn on the CPU), for a reproducible fit.
         progress: show a progress bar over epochs.
 
     Raises:
@@ -117,6 +118,7 @@ def fit_vi(
         return diag + lower * mask if full else diag
 
     trace: list[float] = []
+    generator = generator_for("cpu", generator)  # ε is drawn on the CPU
     for _ in tqdm(range(epochs), desc="VI", disable=not progress):
         for inputs, target in likelihood.batches():
             tril = scale_tril()
