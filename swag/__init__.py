@@ -6,6 +6,7 @@ and dataset readers in :mod:`swag.data` (imported on demand).
 """
 
 from swag import metrics
+from swag.averaging import EMA, LAWA, PowerEMA
 from swag.bn import update_bn
 from swag.collector import Collector
 from swag.layout import ParamLayout
@@ -19,11 +20,14 @@ from swag.temperature import apply_temperature, fit_temperature
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
+    "LAWA",
     "Collector",
     "MultiSWAG",
     "ParamLayout",
     "PointPosterior",
     "Posterior",
+    "PowerEMA",
     "SWAGPosterior",
     "__version__",
     "apply_temperature",
