@@ -6,7 +6,7 @@ and dataset readers in :mod:`swag.data` (imported on demand).
 """
 
 from swag import metrics
-from swag.averaging import EMA, LAWA, PowerEMA
+from swag.averaging import EMA, LAWA, PostHocEMA, PowerEMA
 from swag.bn import update_bn
 from swag.collector import Collector
 from swag.layout import ParamLayout
@@ -27,6 +27,7 @@ __all__ = [
     "ParamLayout",
     "PointPosterior",
     "Posterior",
+    "PostHocEMA",
     "PowerEMA",
     "SWAGPosterior",
     "__version__",
