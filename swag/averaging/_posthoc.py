@@ -46,7 +46,9 @@ class PostHocEMA:
         sigma_rels: the two profiles' σ_rel (EDM2 uses 0.05 and 0.10).
         every: collects between snapshots (≥ 1).
         max_snapshots: snapshots kept per profile (≥ 2).
-        params, device, dtype: as for :class:`~swag.Collector`.
+        params: as for :class:`~swag.Collector`.
+        device: as for :class:`~swag.Collector`.
+        dtype: as for :class:`~swag.Collector`.
     """
 
     def __init__(
