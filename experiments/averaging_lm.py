@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 import swag
 
-GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)  # σ_rel: direct runs and post-hoc candidates
+GRID = (0.03, 0.07, 0.12, 0.2)  # σ_rel: direct runs and post-hoc candidates
 DECAYS = (0.99, 0.998)
 
 
@@ -38,20 +38,20 @@ DECAYS = (0.99, 0.998)
 class Config:
     """Model size, data size and training budget."""
 
-    steps: int = 1500
+    steps: int = 800
     eval_every: int = 100
-    context: int = 128
-    batch: int = 24
-    width: int = 128
+    context: int = 96
+    batch: int = 16
+    width: int = 96
     layers: int = 2
     heads: int = 4
     lr: float = 2e-3
     warmup: int = 100
     max_train_bytes: int = 3_000_000
-    eval_batches: int = 12
-    lawa_every: int = 50
+    eval_batches: int = 6
+    lawa_every: int = 25
     lawa_window: int = 5
-    posthoc_every: int = 50
+    posthoc_every: int = 25
     seed: int = 0
 
 
