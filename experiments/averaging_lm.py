@@ -23,6 +23,7 @@ import sysconfig
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,9 +90,10 @@ class ByteLM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T)`` bytes → ``(B, T, 256)`` logits of the next byte."""
         t = x.shape[1]
-        mask: Tensor = self.mask
+        mask = self.get_buffer("mask")
         h = self.blocks(self.emb(x) + self.pos[:t], mask=mask[:t, :t], is_causal=True)
-        return self.norm(h) @ self.emb.weight.T
+        logits: Tensor = self.norm(h) @ self.emb.weight.T
+        return logits
 
 
 def batch(data: Tensor, cfg: Config, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -147,7 +149,7 @@ def run(cfg: Config) -> dict[str, object]:
         x, y = batch(data["train"], cfg, gen)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
         for c in (*emas.values(), *direct.values()):
@@ -209,7 +211,7 @@ def plot(result: dict[str, object], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: list[dict[str, dict[str, float]]] = result["curves"]  # type: ignore[assignment]
+    curves: list[dict[str, Any]] = result["curves"]  # type: ignore[assignment]
     steps = [c["step"] for c in curves]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ["latest", *(f"EMA {d}" for d in DECAYS), "LAWA", "post-hoc"]:
