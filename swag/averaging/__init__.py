@@ -9,6 +9,7 @@ from swag.averaging._rules import (
     gamma_to_sigma_rel,
     sigma_rel_to_gamma,
 )
+from swag.averaging._soup import greedy_soup
 
 __all__ = [
     "EMA",
