@@ -18,5 +18,6 @@ __all__ = [
     "PostHocEMA",
     "PowerEMA",
     "gamma_to_sigma_rel",
+    "greedy_soup",
     "sigma_rel_to_gamma",
 ]
