@@ -102,6 +102,12 @@ class Collector(CheckedState):
             fails, a ``RuntimeWarning`` says why and the eager path is used from then on.
             A sharded collector always runs the eager path. Each collector compiles its own
             copy of the step (dynamo's cache and recompile limit are per copy), freed with it.
+        average: how iterates are weighted (:mod:`swag.averaging`): ``None`` for the equal
+            (SWA) average, or ``swag.EMA``, ``swag.PowerEMA``, ``swag.LAWA``. Mean, variance and
+            deviation ring all follow its weights (see docs/averaging.md); a collector with a
+            rule collects on the eager path.
+        variance: ``False`` keeps only the mean (needs ``max_rank=0``; not with LAWA): 1·P
+            held, one foreach lerp per collect, NaN/inf caught when :attr:`mean` is read.
 
     Raises:
         ValueError: for a bad argument (named), parameters on the ``meta`` device, or a
