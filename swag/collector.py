@@ -174,6 +174,10 @@ class Collector(CheckedState):
         size = sum(numels)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self._fast = _mean_only(average, variance, max_rank, numels)
+        # recorded with the state: statistics of one rule must not resume under another
+        self._rule_name = ("none" if average is None else repr(average)) + (
+            "" if self._fast is None else ", mean only"
+        )
         for name in ("shift", "shifted_mean", "m2"):
             held = size if self._fast is None or name == "shifted_mean" else 0
             self.register_buffer(name, torch.zeros(held, **kw))
@@ -227,8 +231,9 @@ class Collector(CheckedState):
         direct = self._direct(flats)
         sharded = self.plan is not None
         if self._fast is not None:
+            self._fast.collect(self.shifted_mean, flats, self._n + 1, direct)
             self._n += 1
-            return self._fast.collect(self.shifted_mean, flats, self._n, direct)
+            return
         if (
             self.averaging is None
             and self.compiled
@@ -491,17 +496,21 @@ class Collector(CheckedState):
                 f"this collector holds only rank {self.plan.rank} of {self.plan.world}'s part of "
                 "the statistics; save it with swag.distributed.save(collector, directory)"
             )
-        if self.averaging is not None or self._fast is not None:
-            raise ValueError(
-                "save() does not yet record an averaging rule or variance=False; checkpoint "
-                "this collector with torch.save(collector.state_dict()) instead"
-            )
+        self._check_savable()
         _io.save_file(
             path,
             "collector",
             {name: getattr(self, name) for name in _STATE},
             {k: str(v) for k, v in self._meta().items()},
         )
+
+    def _check_savable(self) -> None:
+        """Refuse to write files that would resume without this collector's averaging rule."""
+        if self._rule_name != "none":
+            raise ValueError(
+                f"files do not yet record an averaging rule (average={self._rule_name}); "
+                "checkpoint this collector with torch.save(collector.state_dict()) instead"
+            )
 
     @classmethod
     def load(
@@ -572,6 +581,7 @@ class Collector(CheckedState):
             "dtype": str(self.m2.dtype).removeprefix("torch."),
             "deviation_dtype": str(self.deviations.dtype).removeprefix("torch."),
             "shard": "none" if self.plan is None else f"{self.plan.rank}/{self.plan.world}",
+            "average": self._rule_name,
         }
 
     def _describe_mismatch(self, meta: dict[str, str]) -> str | None:
@@ -581,6 +591,11 @@ class Collector(CheckedState):
                 f"it is the statistics shard (rank/world) {meta.get('shard', 'none')}, this "
                 f"collector holds {mine['shard']}; load it on that rank and world size, or "
                 "reshard it with swag.distributed.save and swag.distributed.load_collector"
+            )
+        if meta.get("average", "none") != mine["average"]:
+            return (
+                f"it was collected with average={meta.get('average', 'none')}, this collector "
+                f"has average={mine['average']}; create it with the same rule"
             )
         for key in ("max_rank", "dtype", "deviation_dtype"):
             if meta.get(key) != mine[key]:

@@ -194,3 +194,26 @@ def test_bad_arguments_name_the_fix() -> None:
     fast.collect()
     with pytest.raises(ValueError, match="NaN"):
         _ = fast.mean
+
+
+def test_state_of_one_rule_is_refused_by_another() -> None:
+    model = _model(torch.device("cpu"))
+    ema = swag.Collector(model, 2, average=EMA(0.9))
+    _walk(model, [ema.collect], steps=3)
+    for other in (swag.Collector(model, 2), swag.Collector(model, 2, average=EMA(0.8))):
+        with pytest.raises(RuntimeError, match="average="):
+            other.load_state_dict(ema.state_dict())
+        assert other.n == 0  # nothing loaded
+
+
+def test_files_refuse_a_rule_they_cannot_record(tmp_path) -> None:
+    from swag import distributed as sd
+
+    model = _model(torch.device("cpu"))
+    lawa = swag.Collector(model, 2, average=LAWA(2))
+    _walk(model, [lawa.collect], steps=3)
+    with pytest.raises(ValueError, match="average="):
+        sd.save(lawa, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="average="):
+        lawa.save(tmp_path / "c.safetensors")
+    assert not list(tmp_path.iterdir())
