@@ -581,7 +581,8 @@ class Collector(CheckedState):
             "dtype": str(self.m2.dtype).removeprefix("torch."),
             "deviation_dtype": str(self.deviations.dtype).removeprefix("torch."),
             "shard": "none" if self.plan is None else f"{self.plan.rank}/{self.plan.world}",
-            "average": self._rule_name,
+            # only with a rule: files (which refuse rules) keep the fields their loaders check
+            **({} if self._rule_name == "none" else {"average": self._rule_name}),
         }
 
     def _describe_mismatch(self, meta: dict[str, str]) -> str | None:
@@ -592,10 +593,10 @@ class Collector(CheckedState):
                 f"collector holds {mine['shard']}; load it on that rank and world size, or "
                 "reshard it with swag.distributed.save and swag.distributed.load_collector"
             )
-        if meta.get("average", "none") != mine["average"]:
+        if meta.get("average", "none") != mine.get("average", "none"):
             return (
                 f"it was collected with average={meta.get('average', 'none')}, this collector "
-                f"has average={mine['average']}; create it with the same rule"
+                f"has average={self._rule_name}; create it with the same rule"
             )
         for key in ("max_rank", "dtype", "deviation_dtype"):
             if meta.get(key) != mine[key]:
