@@ -8,6 +8,7 @@ and dataset readers in :mod:`swag.data` (imported on demand).
 from swag import metrics
 from swag._persist import load, save
 from swag._posterior_base import Density, Posterior
+from swag.averaging import EMA, LAWA, PostHocEMA, PowerEMA
 from swag.bn import update_bn
 from swag.collector import Collector
 from swag.layout import ParamLayout
@@ -21,12 +22,16 @@ from swag.temperature import apply_temperature, fit_temperature
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
+    "LAWA",
     "Collector",
     "Density",
     "MultiSWAG",
     "ParamLayout",
     "PointPosterior",
+    "PostHocEMA",
     "Posterior",
+    "PowerEMA",
     "SWAGPosterior",
     "__version__",
     "apply_temperature",

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import swag
+from swag.averaging import _files as average_cli
 from swag.bench import FGE_SAM, METHODS, PRESETS, BenchConfig
 
 __all__ = ["main"]
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print nothing while running (default: progress bars in a terminal, a plain line "
         "every 30 s elsewhere)",
     )
+    average_cli.register(sub)
     return parser
 
 
@@ -210,6 +212,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swag`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "average":
+        return average_cli.run(args)
     from swag.bench import Progress, run_bench, table
 
     seeds = args.seeds or [0 if args.seed is None else args.seed]

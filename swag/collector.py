@@ -25,6 +25,8 @@ from swag._guards import (
 from swag._params import BoundParams, plan_chunks
 from swag._shard import shard_plan
 from swag._step import compiled_step
+from swag.averaging._fast import MeanOnly
+from swag.averaging._rules import AveragingRule
 from swag.layout import ParamLayout, ParamSelector
 from swag.posterior import SWAGPosterior
 from swag.sharded import ShardedPosterior
@@ -106,6 +108,12 @@ class Collector(CheckedState):
             fails, a ``RuntimeWarning`` says why and the eager path is used from then on.
             A sharded collector always runs the eager path. Each collector compiles its own
             copy of the step (dynamo's cache and recompile limit are per copy), freed with it.
+        average: how iterates are weighted (:mod:`swag.averaging`): ``None`` for the equal
+            (SWA) average, or ``swag.EMA``, ``swag.PowerEMA``, ``swag.LAWA``. Mean, variance and
+            deviation ring all follow its weights (see docs/averaging.md); a collector with a
+            rule collects on the eager path.
+        variance: ``False`` keeps only the mean (needs ``max_rank=0``; not with LAWA): 1·P
+            held, one foreach lerp per collect, NaN/inf caught when :attr:`mean` is read.
 
     Raises:
         ValueError: for a bad argument (named), parameters on the ``meta`` device or not yet
@@ -144,6 +152,8 @@ class Collector(CheckedState):
         shard: bool = False,
         process_group: dist.ProcessGroup | None = None,
         compiled: bool = False,
+        average: AveragingRule | None = None,
+        variance: bool = True,
     ) -> None:
         super().__init__()
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
@@ -172,8 +182,17 @@ class Collector(CheckedState):
         self._numels = numels
         size = sum(numels)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self._fast = _mean_only(average, variance, max_rank, numels)
+        # recorded with the state: statistics of one rule must not resume under another
+        self._rule_name = ("none" if average is None else repr(average)) + (
+            "" if self._fast is None else ", mean only"
+        )
         for name in ("shift", "shifted_mean", "m2"):
-            self.register_buffer(name, torch.zeros(size, **kw))
+            held = size if self._fast is None or name == "shifted_mean" else 0
+            self.register_buffer(name, torch.zeros(held, **kw))
+        self.averaging = (
+            None if average is None or self._fast else average.bind(size, device, dtype)
+        )
         self.register_buffer(
             "deviations", torch.zeros(max_rank, size, device=device, dtype=deviation_dtype)
         )
@@ -183,6 +202,7 @@ class Collector(CheckedState):
         # and its scratch is small next to the ring.
         chunk = size if max_rank > 0 and size <= _WHOLE_MAX else min(size, _CHUNK)
         self._chunks = plan_chunks(numels, chunk)
+        chunk = 0 if self._fast is not None else chunk  # the mean-only path needs no scratch
         self._spans = [slice(o, o + m) for o, m in zip(_starts(numels), numels, strict=True)]
         self.register_buffer("_scratch", torch.empty(chunk, **kw), persistent=False)
         # Half-precision sums would overflow on ordinary weights: sum in at least float32.
@@ -223,8 +243,13 @@ class Collector(CheckedState):
         flats = self._flats(self.__dict__["_model"] if model is None else model)
         direct = self._direct(flats)
         sharded = self.plan is not None
+        if self._fast is not None:
+            self._fast.collect(self.shifted_mean, flats, self._n + 1, direct)
+            self._n += 1
+            return
         if (
-            self.compiled
+            self.averaging is None
+            and self.compiled
             and not sharded
             and direct
             and self._n > 0
@@ -259,12 +284,15 @@ class Collector(CheckedState):
             else:
                 self._offset(parts, self.shift[span], x, direct)  # x = θ_n − θ_1
             mean = self.shifted_mean[span]
-            mean.lerp_(x, 1.0 / n)
             # θ_n − θ̄_n, written once into the ring slot (x is read back from cache)
             dev = slot[span] if slot is not None and slot.dtype == x.dtype else x
-            torch.sub(x, mean, out=dev)
-            # Welford: (θ_n − θ̄_{n−1})(θ_n − θ̄_n) = (θ_n − θ̄_n)² · n / (n − 1)
-            self.m2[span].addcmul_(dev, dev, value=n / (n - 1))
+            if self.averaging is not None:  # a weighting rule (swag.averaging)
+                self.averaging.update(n, span, x, mean, self.m2[span], dev)
+            else:
+                mean.lerp_(x, 1.0 / n)
+                torch.sub(x, mean, out=dev)
+                # Welford: (θ_n − θ̄_{n−1})(θ_n − θ̄_n) = (θ_n − θ̄_n)² · n / (n − 1)
+                self.m2[span].addcmul_(dev, dev, value=n / (n - 1))
             if slot is not None and dev is x:
                 slot[span].copy_(x)  # a ring of another dtype
         self._n = n
@@ -358,8 +386,20 @@ class Collector(CheckedState):
 
     @property
     def mean(self) -> Tensor:
-        """θ̄_n ``(P,)``, the SWA mean of the iterates collected so far (a new tensor)."""
-        return self.shift + self.shifted_mean
+        """θ̄_n ``(P,)``, the mean of the iterates collected so far under the rule (a new tensor).
+
+        Raises:
+            ValueError: on the mean-only path, if an iterate with NaN/inf was collected.
+        """
+        if self._fast is None:
+            return self.shift + self.shifted_mean
+        if not bool(self.shifted_mean.isfinite().all()):
+            raise ValueError(
+                "the mean has NaN or inf: an iterate with NaN/inf was collected (variance=False "
+                "does not check each collect); lower the learning rate, or use variance=True to "
+                "have such iterates refused when collected"
+            )
+        return self.shifted_mean.clone()
 
     def _check_finite(self, flats: list[Tensor], written: Tensor | None = None) -> None:
         """Raise, before any write, if the iterate has NaN/inf or would overflow when stored.
@@ -438,7 +478,13 @@ class Collector(CheckedState):
         ring = self.deviations[:rank]
         # Oldest first; torch.cat already copies, so the ring is copied once either way.
         ordered = torch.cat([ring[cursor:], ring[:cursor]]) if self._n > self.max_rank else None
-        std = (self.m2 / self._n).clamp_min_(min_variance).sqrt_()
+        if self._fast is not None:
+            raise RuntimeError(
+                "this collector keeps only the mean (variance=False); read collector.mean, or "
+                "create it with variance=True for a posterior"
+            )
+        divisor = self._n if self.averaging is None else self.averaging.divisor(self._n)
+        std = (self.m2 / divisor).clamp_min_(min_variance).sqrt_()
         mean = self.mean
         if not (bool(std.isfinite().all()) and bool(mean.isfinite().all())):
             # collect() refuses what overflows when written, except M2 = Σ (θ − θ̄)², whose
@@ -473,12 +519,21 @@ class Collector(CheckedState):
                 f"this collector holds only rank {self.plan.rank} of {self.plan.world}'s part of "
                 "the statistics; save it with swag.distributed.save(collector, directory)"
             )
+        self._check_savable()
         _io.save_file(
             path,
             "collector",
             {name: getattr(self, name) for name in _STATE},
             {k: str(v) for k, v in self._meta().items()},
         )
+
+    def _check_savable(self) -> None:
+        """Refuse to write files that would resume without this collector's averaging rule."""
+        if self._rule_name != "none":
+            raise ValueError(
+                f"files do not yet record an averaging rule (average={self._rule_name}); "
+                "checkpoint this collector with torch.save(collector.state_dict()) instead"
+            )
 
     @classmethod
     def load(
@@ -549,6 +604,8 @@ class Collector(CheckedState):
             "dtype": str(self.m2.dtype).removeprefix("torch."),
             "deviation_dtype": str(self.deviations.dtype).removeprefix("torch."),
             "shard": "none" if self.plan is None else f"{self.plan.rank}/{self.plan.world}",
+            # only with a rule: files (which refuse rules) keep the fields their loaders check
+            **({} if self._rule_name == "none" else {"average": self._rule_name}),
         }
 
     def _describe_mismatch(self, meta: dict[str, str]) -> str | None:
@@ -558,6 +615,11 @@ class Collector(CheckedState):
                 f"it is the statistics shard (rank/world) {meta.get('shard', 'none')}, this "
                 f"collector holds {mine['shard']}; load it on that rank and world size, or "
                 "reshard it with swag.distributed.save and swag.distributed.load_collector"
+            )
+        if meta.get("average", "none") != mine.get("average", "none"):
+            return (
+                f"it was collected with average={meta.get('average', 'none')}, this collector "
+                f"has average={self._rule_name}; create it with the same rule"
             )
         for key in ("max_rank", "dtype", "deviation_dtype"):
             if meta.get(key) != mine[key]:
@@ -623,3 +685,23 @@ def _check_initialised(model: object) -> None:
 
 def _starts(numels: tuple[int, ...]) -> list[int]:
     return [sum(numels[:i]) for i in range(len(numels))]
+
+
+def _mean_only(
+    average: AveragingRule | None, variance: bool, max_rank: int, numels: tuple[int, ...]
+) -> MeanOnly | None:
+    """Check ``average`` and ``variance``; the mean-only path when no variance is wanted."""
+    if average is not None and not isinstance(average, AveragingRule):
+        raise TypeError(
+            f"average must be None or a rule from swag.averaging (EMA, PowerEMA, LAWA), "
+            f"got {average!r}"
+        )
+    if not isinstance(variance, bool):
+        raise TypeError(f"variance must be True or False, got {variance!r}")
+    if variance:
+        return None
+    if max_rank:
+        raise ValueError(
+            f"variance=False keeps only the mean, so max_rank must be 0, got {max_rank}"
+        )
+    return MeanOnly(average, numels)

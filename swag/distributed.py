@@ -93,6 +93,7 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
 
     meta: dict[str, Any] = {"format": _io.FORMAT, "version": _io.VERSION}
     if isinstance(obj, Collector):
+        obj._check_savable()  # a file without its rule would resume as the equal average
         flat = {name: getattr(obj, name) for name in _dcp.STATS["collector"]}
         meta.update(kind="collector", **obj._meta())
         plan, group = obj.plan, obj.process_group

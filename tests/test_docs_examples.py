@@ -53,6 +53,7 @@ def nothing(out: str) -> None:
 
 
 CHECKS: dict[str, Callable[[str], None]] = {
+    "averaging.md": prints("variance > 0: True"),
     "schedules.md": accuracies_above(0.8),  # chance is 0.5
     "sam.md": accuracies_above(0.8),
     "swalp.md": first_accuracy_above(0.85),
