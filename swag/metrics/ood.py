@@ -15,7 +15,7 @@ from torch import Tensor
 
 from swag.metrics._validation import as_float64, is_real
 
-__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr"]
+__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr", "ood_summary"]
 
 
 def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
@@ -90,6 +90,24 @@ def fpr_at_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> floa
     tp, fp = _roc_counts(s_out, s_in)
     first = torch.nonzero(tp / tp[-1] >= tpr)[0, 0]
     return (fp[first] / fp[-1]).item()
+
+
+def ood_summary(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
+    """AUROC, AUPR-in, AUPR-out and FPR@95 of one score at once.
+
+    Args:
+        scores_in: ``(N_in,)`` scores of in-distribution inputs (higher = more OOD).
+        scores_out: ``(N_out,)`` scores of out-of-distribution inputs.
+
+    Returns:
+        ``{"auroc", "aupr_in", "aupr_out", "fpr95"}`` mapped to floats.
+    """
+    return {
+        "auroc": auroc(scores_in, scores_out),
+        "aupr_in": aupr_in(scores_in, scores_out),
+        "aupr_out": aupr_out(scores_in, scores_out),
+        "fpr95": fpr_at_tpr(scores_in, scores_out, 0.95),
+    }
 
 
 def _check_scores(scores_in: Tensor, scores_out: Tensor) -> tuple[Tensor, Tensor]:
