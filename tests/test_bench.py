@@ -204,6 +204,25 @@ def test_smoke_bench_writes_a_complete_report(
     assert (out / "ood_mi_multiswag.png").is_file() and not (out / "ood_mi_sgd.png").exists()
     for pic in ("comparison.png", "reliability_mc_dropout.png", "ood_mi_swag_fitted_scale.png"):
         assert f"({pic})" in text, pic
+    # issue 24: selective prediction, more OOD scores, conformal sets, shift intensities
+    for name, result in summary["results"].items():
+        assert 0 <= result["augrc"] <= 0.5 and 0 <= result["aurc"] <= 1, name
+        assert 0 <= result["sel_acc_50"] <= 1 and 0 <= result["classwise_ece"] <= 1, name
+        for key in ("msp", "energy", "max_logit"):  # every row keeps its logits
+            assert 0 <= result[f"ood_auroc_{key}"] <= 1, (name, key)
+        for method in ("lac", "aps", "raps"):
+            assert 0.5 <= result[f"conformal_coverage_{method}"] <= 1, (name, method)
+            assert 0 <= result[f"conformal_size_{method}"] <= 10, (name, method)
+    assert summary["results"]["SGD"]["ood_auroc_expected_entropy"] is None
+    shifts = summary["shift_intensities"]
+    assert list(shifts) == list(METHODS)
+    assert list(shifts["SWAG"]["mean"]) == ["1", "2", "3", "4", "5"]
+    assert len(shifts["SWAG"]["rotate"]) == 7 and len(shifts["SWAG"]["pixelate"]) == 5
+    assert summary["data"]["per_intensity_set"] == PRESETS["smoke"].intensity_size
+    for section in ("## Selective prediction", "## OOD detection by score", "## Conformal"):
+        assert section in text, section
+    assert "degrades most gracefully" in text and "(shift_intensity.png)" in text
+    assert (out / "shift_intensity.png").is_file()
 
 
 def test_only_the_runs_the_rows_need_are_trained(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,11 +11,20 @@ from typing import Any
 import torch
 
 from swag.bench._config import BenchConfig
-from swag.bench._evaluate import FGE_SAM, METHODS, EvalData, Predictions, method_predictions, score
+from swag.bench._evaluate import (
+    FGE_SAM,
+    METHODS,
+    EvalData,
+    Predictions,
+    method_predictions,
+    score,
+    score_intensities,
+)
 from swag.bench._outdir import prepare
 from swag.bench._progress import Progress
 from swag.bench._report import write_figures, write_report
 from swag.bench._train import KINDS, Kind, Run, train
+from swag.corruptions import CORRUPTIONS, ROTATIONS, corrupted_sets
 from swag.data import load_fashion_mnist, load_mnist_subset, synthetic_shift
 
 _WHAT: dict[Kind, str] = {
@@ -39,7 +48,8 @@ _ENSEMBLES: dict[Kind, tuple[str, ...]] = {
 def load_data(
     cfg: BenchConfig, seed: int, data_dir: str | os.PathLike[str] | None
 ) -> tuple[torch.Tensor, torch.Tensor, EvalData]:
-    """Training set and evaluation sets: Fashion-MNIST (in), MNIST (OOD), rotated test (shift)."""
+    """Training set and evaluation sets: Fashion-MNIST (in), MNIST (OOD), rotated test (shift),
+    and the shift-intensity sets (Fashion-MNIST-C and rotations of ``intensity_size`` images)."""
     g = torch.Generator().manual_seed(seed)
     x, y = load_fashion_mnist("train", data_dir=data_dir)
     order = torch.randperm(len(x), generator=g)
@@ -50,6 +60,10 @@ def load_data(
     ood_x, _ = load_mnist_subset(seed=seed)
     shift_x = synthetic_shift(test_x[: cfg.shift_size], "rotate", cfg.rotate_degrees)
     bn_x = x[rest[: cfg.bn_batches * cfg.batch_size]]
+    # the last test images (the shift set takes the first), corrupted offline from the seed
+    base = test_x[len(test_x) - min(cfg.intensity_size, len(test_x)) :]
+    sets = corrupted_sets(base, seed=seed) if cfg.intensity_size else {}
+    levels = {name: range(1, 6) for name in CORRUPTIONS} | {"rotate": ROTATIONS}
     data = EvalData(
         test_x=test_x,
         test_y=test_y,
@@ -59,6 +73,9 @@ def load_data(
         val_x=x[val],
         val_y=y[val],
         bn_x=bn_x,
+        intensity_x=torch.cat([t for ts in sets.values() for t in ts]) if sets else base[:0],
+        intensity_y=test_y[len(test_x) - len(base) :],
+        intensity_sets=[(n, float(lv)) for n in sets for lv in levels[n]],
     )
     return x[rest], y[rest], data
 
@@ -95,7 +112,13 @@ def run_seed(
         cfg, runs, data, methods=methods, seed=seed, device=device, progress=progress
     )
     progress.note(f"seed {seed}: scoring {len(methods)} methods")
-    results = {name: score(probs, data) for name, probs in predictions.probs.items()}
+    results = {
+        name: score(probs, data, predictions.logits.get(name), seed=seed)
+        for name, probs in predictions.probs.items()
+    }
+    intensities = {
+        name: score_intensities(probs, data) for name, probs in predictions.probs.items()
+    }
     summary = {
         "settings": {"seed": seed, "device": str(device), **vars(cfg)},
         "methods": list(methods),
@@ -105,6 +128,8 @@ def run_seed(
             "test": len(data.test_x),
             "ood": len(data.ood_x),
             "shift": len(data.shift_x),
+            "per_intensity_set": len(data.intensity_y),
+            "intensity_sets": len(data.intensity_sets),
         },
         "environment": {
             "torch": torch.__version__,
@@ -125,6 +150,7 @@ def run_seed(
         "fitted": predictions.fitted,
         "notes": predictions.notes,
         "results": results,
+        "shift_intensities": intensities if data.intensity_sets else {},
     }
     return summary, predictions, data
 
