@@ -44,6 +44,10 @@ class BenchConfig:
     rotate_degrees: float = 45.0
     # test images per shift-intensity set (25 corruption sets + 7 rotations); 0 turns them off
     intensity_size: int = 25
+    # the Laplace and IVON rows (extra `baselines`): off in every preset, `--baselines` adds them
+    baselines: bool = False
+    ivon_lr: float = 0.1
+    ivon_hess_init: float = 1.0
     max_rank: int = 20
     scale: float = 0.5
     diag_scale: float = 1.0

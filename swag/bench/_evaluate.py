@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import TypeVar
 
 import torch
@@ -45,6 +46,8 @@ class EvalData:
     intensity_x: Tensor = field(default_factory=lambda: torch.empty(0))
     intensity_y: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     intensity_sets: list[tuple[str, float]] = field(default_factory=list)
+    train_x: Tensor = field(default_factory=lambda: torch.empty(0))
+    train_y: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
     @property
     def stacked(self) -> Tensor:
@@ -83,10 +86,21 @@ METHODS: dict[str, Kind] = {
     "SWA (cyclical)": "fge",
     "SAM": "sam",
     "SWAG (SAM)": "swag_sam",
+    "Laplace (last layer)": "sgd",
+    "IVON": "ivon",
 }
 # the rows of the FGE and SAM runs (one run each, 5 SGD runs' worth of training in all):
 # BenchConfig.fge_sam / --fge-sam switch them on
 FGE_SAM: tuple[str, ...] = tuple(m for m, k in METHODS.items() if k in ("fge", "sam", "swag_sam"))
+# the baselines users pick instead of SWAG, from the optional extra `baselines`:
+# BenchConfig.baselines / --baselines switch them on; row -> the module it imports
+BASELINES: dict[str, str] = {"Laplace (last layer)": "laplace", "IVON": "ivon"}
+INSTALL_BASELINES = "pip install 'swag[baselines]' (or scripts/setup.sh)"
+
+
+def missing_baselines(methods: Sequence[str]) -> list[str]:
+    """The rows of :data:`BASELINES` in ``methods`` whose package is not installed."""
+    return [m for m in methods if m in BASELINES and find_spec(BASELINES[m]) is None]
 
 
 @dataclass
@@ -175,6 +189,38 @@ def method_predictions(
         logits = _logits(model, inputs, device)
         return point(apply_temperature(logits, out.fitted["temperature"]))
 
+    def laplace() -> Tensor:
+        from laplace import Laplace
+
+        train = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(data.train_x, data.train_y), batch_size=cfg.batch_size
+        )
+        la = Laplace(
+            model.cpu(), "classification", subset_of_weights="last_layer",
+            hessian_structure="kron",
+        )  # fmt: skip
+        la.fit(train)
+        with warnings.catch_warnings():  # a reminder to predict with the same link: we do
+            warnings.filterwarnings("ignore", message="By default `link_approx`")
+            la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit")
+        out.fitted["Laplace prior precision"] = float(la.prior_precision.mean())
+        probs = [la(x, pred_type="glm", link_approx="probit").detach() for x in inputs]
+        model.to(device)
+        return torch.cat(probs).unsqueeze(0)
+
+    def ivon_bma() -> Tensor:
+        run = _need(next((r for r in runs.get("ivon", [])), None), "IVON")
+        samples = []
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            run.model.eval()
+            for _ in range(s):
+                with run.ivon.sampled_params():
+                    z = torch.cat([run.model(x.to(device)).cpu() for x in inputs])
+                keep(z)
+                samples.append(z.softmax(-1))
+        return torch.stack(samples)
+
     fge = next((r.snapshots for r in runs.get("fge", []) if r.snapshots is not None), None)
     sam = next((r.model for r in runs.get("sam", [])), None)
     swag_sam = next(
@@ -222,6 +268,12 @@ def method_predictions(
             f"SWAG of a SAM run, {s} samples at scale {cfg.scale:g}",
             lambda: bma(_need(swag_sam, "SWAG (SAM)"), s, cfg.scale),
         ),
+        "Laplace (last layer)": (
+            "laplace-torch on the SGD network: last-layer KFAC, GLM predictive with the probit "
+            "approximation, prior precision from the marginal likelihood",
+            laplace,
+        ),
+        "IVON": (f"{s} samples of an IVON run (the SGD budget)", ivon_bma),
     }
     for name in methods:
         what, fn = table[name]

@@ -12,11 +12,14 @@ import torch
 
 from swag.bench._config import BenchConfig
 from swag.bench._evaluate import (
+    BASELINES,
     FGE_SAM,
+    INSTALL_BASELINES,
     METHODS,
     EvalData,
     Predictions,
     method_predictions,
+    missing_baselines,
     score,
     score_intensities,
 )
@@ -33,6 +36,7 @@ _WHAT: dict[Kind, str] = {
     "fge": "FGE (one cyclical run, a snapshot per cycle)",
     "sam": "SAM (two gradients per step)",
     "swag_sam": "SWAG (SAM) (SAM, then collecting iterates)",
+    "ivon": "IVON (variational learning)",
 }
 
 # the rows that need `members` runs of a kind
@@ -42,6 +46,7 @@ _ENSEMBLES: dict[Kind, tuple[str, ...]] = {
     "fge": (),
     "sam": (),
     "swag_sam": (),
+    "ivon": (),
 }
 
 
@@ -73,6 +78,8 @@ def load_data(
         val_x=x[val],
         val_y=y[val],
         bn_x=bn_x,
+        train_x=x[rest],
+        train_y=y[rest],
         intensity_x=torch.cat([t for ts in sets.values() for t in ts]) if sets else base[:0],
         intensity_y=test_y[len(test_x) - len(base) :],
         intensity_sets=[(n, float(lv)) for n in sets for lv in levels[n]],
@@ -182,7 +189,21 @@ def run_bench(
     """
     progress = progress or Progress()
     device = torch.device(device)
-    methods = list(methods or (m for m in METHODS if cfg.fge_sam or m not in FGE_SAM))
+    methods = list(
+        methods
+        or (
+            m
+            for m in METHODS
+            if (cfg.fge_sam or m not in FGE_SAM) and (cfg.baselines or m not in BASELINES)
+        )
+    )
+    skipped = missing_baselines(methods)
+    skip_notes = [
+        f"skipping {m}: its package is not installed; {INSTALL_BASELINES}" for m in skipped
+    ]
+    for note in skip_notes:
+        progress.note(note)
+    methods = [m for m in methods if m not in skipped]
     run_dir = prepare(out, overwrite=overwrite)
     if run_dir.moved:
         progress.note(f"{out} exists: writing {run_dir.final} (--overwrite replaces it)")
@@ -192,6 +213,7 @@ def run_bench(
             summary, predictions, data = run_seed(
                 cfg, seed, device=device, data_dir=data_dir, methods=methods, progress=progress
             )
+            summary["notes"] = skip_notes + summary["notes"]  # in report.md's Notes too
             folder = run_dir.tmp if len(seeds) == 1 else run_dir.tmp / f"seed-{seed}"
             folder.mkdir(exist_ok=True)
             progress.note(f"seed {seed}: writing figures and report")
