@@ -360,7 +360,9 @@ def score(
         scores["max_logit"] = (-metrics.max_logit(z_test), -metrics.max_logit(z_ood))
     for name in OOD_SCORES:
         pair = scores.get(name)
-        summary = metrics.ood_summary(*pair) if pair is not None else None
+        summary = (
+            None if pair is None else metrics.ood_summary(scores_in=pair[0], scores_out=pair[1])
+        )
         for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
             out[f"ood_{metric}_{name}"] = float("nan") if summary is None else summary[metric]
     return out | _conformal(test, data.test_y, seed)

@@ -61,7 +61,7 @@ def test_ood_summary_matches_sklearn() -> None:
     labels = np.r_[np.zeros(300), np.ones(150)]
     scores = np.r_[s_in.double().numpy(), s_out.double().numpy()]
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    out = ood_summary(s_in, s_out)
+    out = ood_summary(scores_in=s_in, scores_out=s_out)
     assert out["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert out["aupr_out"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
     assert out["aupr_in"] == pytest.approx(average_precision_score(1 - labels, -scores), abs=1e-12)
