@@ -105,8 +105,9 @@ def missing_baselines(methods: Sequence[str]) -> list[str]:
 
 @dataclass
 class Predictions:
-    """Per-sample probabilities ``(S, N_total, C)`` (and logits, when the method has them) and
-    seconds per method, and fitted knobs."""
+    """Per-sample probabilities ``(S, N_total, C)`` and seconds per method, fitted knobs, and
+    ``logits``: per method whose logits were seen, ``(N_total, 2)`` float64 energy and max logit
+    (:func:`swag.metrics.energy`, :func:`swag.metrics.max_logit` over the samples)."""
 
     probs: dict[str, Tensor] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -290,7 +291,8 @@ def method_predictions(
             and logits.numel() == out.probs[name].numel()
             and torch.allclose(logits.view(shape).softmax(-1), out.probs[name].float(), atol=1e-4)
         ):
-            out.logits[name] = logits.view(shape)
+            z = logits.view(shape)
+            out.logits[name] = torch.stack([metrics.energy(z), metrics.max_logit(z)], dim=1)
         else:
             out.notes.append(f"{name}: no logits kept; energy and max-logit OOD scores are NaN")
     return out
@@ -330,7 +332,8 @@ def score(
 
     OOD scores (``docs/metrics.md``): predictive entropy of the BMA; mutual information and
     expected entropy with 2+ samples; negated maximum softmax probability; with ``logits``
-    ``(S, N_total, C)``, the mean per-sample energy and the negated mean maximum logit. Scores a
+    ``(N_total, 2)`` (energy, max logit; :class:`Predictions`), the mean per-sample energy and
+    the negated mean maximum logit. Scores a
     method lacks are NaN. Conformal: the test set split in two halves by a seeded permutation,
     calibrated on one, coverage and mean set size on the other.
     """
@@ -356,8 +359,8 @@ def score(
         )
     if logits is not None:
         z_test, z_ood, _ = data.split(logits)
-        scores["energy"] = (metrics.energy(z_test), metrics.energy(z_ood))
-        scores["max_logit"] = (-metrics.max_logit(z_test), -metrics.max_logit(z_ood))
+        scores["energy"] = (z_test[:, 0], z_ood[:, 0])
+        scores["max_logit"] = (-z_test[:, 1], -z_ood[:, 1])
     for name in OOD_SCORES:
         pair = scores.get(name)
         summary = (
