@@ -150,7 +150,9 @@ def score(
     ood = swag.predict(posterior, model, [data.x_ood], num_samples=num_samples, generator=g)
     m = swag.metrics
     out = {k: m.summary(probs, data.y_test)[k] for k in ("accuracy", "nll", "ece")}
-    out["auroc"] = m.auroc(m.predictive_entropy(probs), m.predictive_entropy(ood))
+    out["auroc"] = m.auroc(
+        scores_in=m.predictive_entropy(probs), scores_out=m.predictive_entropy(ood)
+    )
     out["test_seconds"] = seconds
     return out
 

@@ -11,6 +11,16 @@ pip_install() {  # pip, minus the noise of find-links folders that this machine 
 pip_install --upgrade pip
 pip_install "torch==${SWAG_TORCH_VERSION:-2.13.0}"
 pip_install -e ".[dev]"
+# The bench's optional Laplace and IVON rows (`swag bench --baselines`). laplace-torch's declared
+# dependencies (torchvision among them) would replace the pinned torch, so it and the packages it
+# imports go in without dependencies; SWAG_BASELINES=0 skips them.
+if [ "${SWAG_BASELINES:-1}" != 0 ]; then
+  { pip_install ivon-opt opt-einsum \
+    && pip_install --no-deps laplace-torch backpack-for-pytorch einops unfoldNd einconv \
+      curvlinops-for-pytorch asdfghjkl lightning-utilities linear_operator jaxtyping \
+      wadler_lindig; } \
+    || echo "setup: could not install the Laplace/IVON baselines; their bench rows are skipped" >&2
+fi
 
 # The benchmark's data: Fashion-MNIST from Debian's package (IDX files, no download at run time).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${SWAG_DATA_DIR:-}" ]; then

@@ -12,7 +12,7 @@ import torch
 
 import swag
 from swag.averaging import _files as average_cli
-from swag.bench import FGE_SAM, METHODS, PRESETS, BenchConfig
+from swag.bench import BASELINES, FGE_SAM, METHODS, PRESETS, BenchConfig
 
 __all__ = ["main"]
 
@@ -133,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
         "short, smoke and full, off in default)",
     )
     bench.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add the Laplace (last layer) and IVON rows, from the optional extra "
+        "swag[baselines]; a row whose package is missing is skipped with a message "
+        "(default: off, they add about an SGD run's training and two rows of prediction)",
+    )
+    bench.add_argument(
         "--device",
         action=_Once,
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -202,7 +209,8 @@ def _config(args: argparse.Namespace, seeds: list[int]) -> tuple[BenchConfig | N
             f"{args.preset!r}), got {samples}"
         )
     fge_sam = cfg.fge_sam if args.fge_sam is None else args.fge_sam
-    return cfg.replace(epochs=epochs, swa_epochs=swa, num_samples=samples, fge_sam=fge_sam), None
+    cfg = cfg.replace(epochs=epochs, swa_epochs=swa, num_samples=samples, fge_sam=fge_sam)
+    return (cfg.replace(baselines=True) if args.baselines else cfg), None
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -223,7 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"swag bench: error: {problem}", file=sys.stderr)
         return 2
     out = args.out or f"runs/bench-{args.preset}-s{'-'.join(map(str, seeds))}"
-    methods = [m for m in METHODS if m not in args.skip and (cfg.fge_sam or m not in FGE_SAM)]
+    methods = [
+        m
+        for m in METHODS
+        if m not in args.skip
+        and (cfg.fge_sam or m not in FGE_SAM)
+        and (cfg.baselines or m not in BASELINES)
+    ]
     # a plain `kill` ends the run like Ctrl-C: the unfinished run folder is removed
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -125,7 +125,7 @@ def ood_histogram(
     ):
         raise TypeError(f"names must be two strings (in-distribution, OOD), got {names!r}")
     _check_title(title)
-    value = auroc(scores_in, scores_out)
+    value = auroc(scores_in=scores_in, scores_out=scores_out)
     s_in = scores_in.detach().cpu().to(torch.float64).numpy()
     s_out = scores_out.detach().cpu().to(torch.float64).numpy()
     if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):

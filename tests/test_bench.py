@@ -7,6 +7,7 @@ trains (about 20 s on an idle machine), later tests reuse its result through ``c
 from __future__ import annotations
 
 import errno
+import importlib.util
 import io
 import json
 import math
@@ -25,7 +26,7 @@ import swag.bench._report as report
 import swag.bench._runner as runner
 import swag.bench._train as train_mod
 from swag.bench._config import PRESETS, BenchConfig
-from swag.bench._evaluate import FGE_SAM, METHODS, Predictions
+from swag.bench._evaluate import BASELINES, FGE_SAM, METHODS, Predictions
 from swag.bench._progress import Progress
 from swag.bench._train import plan
 from swag.cli import _parser, main
@@ -35,15 +36,17 @@ needs_data = pytest.mark.skipif(
     not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist"
 )
 SMOKE = ["bench", "--preset", "smoke", "--no-progress"]
+# every row but the optional Laplace and IVON ones (`--baselines`)
+ROWS = [m for m in METHODS if m not in BASELINES]
 # fewer figures to write where they are not the point
-FEW = [*SMOKE, "--skip", *(m for m in METHODS if m not in ("SGD", "SWA", "SWAG"))]
+FEW = [*SMOKE, "--skip", *(m for m in ROWS if m not in ("SGD", "SWA", "SWAG"))]
 _CACHE: dict[str, Any] = {}
 _real_run_seed = runner.run_seed
 
 
 def _cached_run_seed(cfg: BenchConfig, seed: int, **kw: Any) -> Any:
     if "run" not in _CACHE:
-        _CACHE["run"] = _real_run_seed(cfg, seed, **{**kw, "methods": list(METHODS)})
+        _CACHE["run"] = _real_run_seed(cfg, seed, **{**kw, "methods": ROWS})
     summary, predictions, data = _CACHE["run"]
     summary = json.loads(json.dumps(summary))  # a copy, NaN kept
     summary["settings"]["seed"] = seed
@@ -180,7 +183,7 @@ def test_smoke_bench_writes_a_complete_report(
             assert what in err
     assert "writing figures and report" in err
     summary = json.loads((out / "metrics.json").read_text(), parse_constant=_reject)
-    assert list(summary["results"]) == list(METHODS)
+    assert list(summary["results"]) == ROWS
     for name, result in summary["results"].items():
         assert 0.0 <= result["accuracy"] <= 1.0, name
         assert result["nll"] > 0 and 0 <= result["ece"] <= 1, name
@@ -204,6 +207,25 @@ def test_smoke_bench_writes_a_complete_report(
     assert (out / "ood_mi_multiswag.png").is_file() and not (out / "ood_mi_sgd.png").exists()
     for pic in ("comparison.png", "reliability_mc_dropout.png", "ood_mi_swag_fitted_scale.png"):
         assert f"({pic})" in text, pic
+    # issue 24: selective prediction, more OOD scores, conformal sets, shift intensities
+    for name, result in summary["results"].items():
+        assert 0 <= result["augrc"] <= 0.5 and 0 <= result["aurc"] <= 1, name
+        assert 0 <= result["sel_acc_50"] <= 1 and 0 <= result["classwise_ece"] <= 1, name
+        for key in ("msp", "energy", "max_logit"):  # every row keeps its logits
+            assert 0 <= result[f"ood_auroc_{key}"] <= 1, (name, key)
+        for method in ("lac", "aps", "raps"):
+            assert 0.5 <= result[f"conformal_coverage_{method}"] <= 1, (name, method)
+            assert 0 <= result[f"conformal_size_{method}"] <= 10, (name, method)
+    assert summary["results"]["SGD"]["ood_auroc_expected_entropy"] is None
+    shifts = summary["shift_intensities"]
+    assert list(shifts) == ROWS
+    assert list(shifts["SWAG"]["mean"]) == ["1", "2", "3", "4", "5"]
+    assert len(shifts["SWAG"]["rotate"]) == 7 and len(shifts["SWAG"]["pixelate"]) == 5
+    assert summary["data"]["per_intensity_set"] == PRESETS["smoke"].intensity_size
+    for section in ("## Selective prediction", "## OOD detection by score", "## Conformal"):
+        assert section in text, section
+    assert "degrades most gracefully" in text and "(shift_intensity.png)" in text
+    assert (out / "shift_intensity.png").is_file()
 
 
 def test_only_the_runs_the_rows_need_are_trained(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,6 +275,29 @@ def test_skip_and_fge_sam_choose_the_rows(
     main([*SMOKE, "--no-fge-sam", "--out", str(tmp_path / "b")])
     assert not set(FGE_SAM) & set(asked[0]) and set(FGE_SAM) <= set(asked[1])
     assert asked[2] == asked[0] and "MC dropout" in asked[0]
+    assert not set(BASELINES) & set(asked[0])  # the Laplace and IVON rows: opt-in
+    main(["bench", "--baselines", "--no-progress", "--out", str(tmp_path / "b")])
+    assert set(BASELINES) <= set(asked[3])
+
+
+@needs_data
+@pytest.mark.skipif(
+    all(importlib.util.find_spec(m) is not None for m in BASELINES.values()),
+    reason="the baselines are installed: nothing is skipped",
+)
+def test_missing_baselines_are_skipped_with_the_install_command(
+    tmp_path: Path, cached_runs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    few = [a for a in FEW if a != "--no-progress"]
+    assert main([*few, "--baselines", "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    err, report_md = capsys.readouterr().err, (tmp_path / "a" / "report.md").read_text()
+    for name, module in BASELINES.items():
+        if importlib.util.find_spec(module) is None:
+            assert name not in summary["results"]
+            line = f"skipping {name}: its package is not installed; pip install 'swag[baselines]'"
+            assert line in err and line in report_md
+            assert any(line in n for n in summary["notes"])
 
 
 def _reject(constant: str) -> None:
@@ -479,3 +524,23 @@ def test_paper_claims_are_marked_from_the_means_with_a_seed_count() -> None:
     assert len(lines) == 2  # no MultiSWAG or deep ensemble in these runs: no claim about them
     worse = report.claims([run(0.30, 0.35, 0.40)])
     assert "**fails**" in worse[0] and "on 0 of 1 seed." in worse[0]
+
+
+@needs_data
+@pytest.mark.slow
+def test_laplace_and_ivon_rows_when_installed(tmp_path: Path) -> None:
+    # ~30 s: skipped unless the extra swag[baselines] is installed (scripts/setup.sh)
+    pytest.importorskip("laplace")
+    pytest.importorskip("ivon")
+    cfg = PRESETS["smoke"].replace(baselines=True, intensity_size=0)
+    result = runner.run_bench(
+        cfg, out=tmp_path / "bl", methods=["SGD", *BASELINES], progress=Progress(enabled=False)
+    )
+    summary = result["runs"][0]
+    assert list(summary["results"]) == ["SGD", *BASELINES]
+    for name in BASELINES:
+        r = summary["results"][name]
+        assert 0.1 < r["accuracy"] <= 1 and r["nll"] > 0 and 0 <= r["ood_auroc_entropy"] <= 1
+    assert summary["results"]["IVON"]["ood_auroc_mi"] is not None  # 30 (here 3) samples
+    assert summary["fitted"]["Laplace prior precision"] > 0
+    assert summary["seconds"]["train_per_kind"]["ivon"]

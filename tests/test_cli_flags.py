@@ -24,7 +24,7 @@ SINGLE = {
     "--data-dir": ("a", "b"),
 }
 REPEATABLE = {"--skip": ("FGE", "SAM"), "--seeds": ("1", "2")}  # both take effect
-IDEMPOTENT = {"--overwrite", "--no-progress"}  # on/off switches with one meaning
+IDEMPOTENT = {"--overwrite", "--no-progress", "--baselines"}  # on/off switches with one meaning
 TOGGLES = {"--fge-sam", "--no-fge-sam"}  # one of the pair, once
 OUTSIDE = {"-h", "--help"}
 

@@ -62,9 +62,12 @@ def test_ood_histogram(tmp_path: Path) -> None:
     fig = ood_histogram(s_in, s_out, label="predictive entropy", bins=20)
     (ax,) = fig.axes
     assert ax.get_xlabel() == "predictive entropy"
-    assert ax.get_title().startswith(f"AUROC = {auroc(s_in, s_out):.4f}")
+    assert ax.get_title().startswith(f"AUROC = {auroc(scores_in=s_in, scores_out=s_out):.4f}")
     named = ood_histogram(s_in, s_out, names=("Fashion-MNIST", "MNIST"), title="SWAG").axes[0]
-    assert named.get_title() == f"SWAG: AUROC = {auroc(s_in, s_out):.4f} (MNIST positive)"
+    assert (
+        named.get_title()
+        == f"SWAG: AUROC = {auroc(scores_in=s_in, scores_out=s_out):.4f} (MNIST positive)"
+    )
     assert [t.get_text() for t in named.get_legend().get_texts()] == ["Fashion-MNIST", "MNIST"]
     assert len(ax.patches) == 40
     assert_png(fig, tmp_path / "ood.png")

@@ -42,6 +42,12 @@ class BenchConfig:
     ood_size: int | None = None
     shift_size: int = 2000
     rotate_degrees: float = 45.0
+    # test images per shift-intensity set (25 corruption sets + 7 rotations); 0 turns them off
+    intensity_size: int = 25
+    # the Laplace and IVON rows (extra `baselines`): off in every preset, `--baselines` adds them
+    baselines: bool = False
+    ivon_lr: float = 0.1
+    ivon_hess_init: float = 1.0
     max_rank: int = 20
     scale: float = 0.5
     diag_scale: float = 1.0
@@ -89,6 +95,7 @@ PRESETS: dict[str, BenchConfig] = {
         test_size=256,
         ood_size=256,
         shift_size=128,
+        intensity_size=16,
         max_rank=3,
         num_samples=3,
         members=2,
@@ -124,6 +131,7 @@ PRESETS: dict[str, BenchConfig] = {
         collects_per_epoch=1,
         width=32,
         shift_size=10000,
+        intensity_size=1000,
         bn_batches=100,
         fge_cycles=10,
     ),

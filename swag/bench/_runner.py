@@ -11,11 +11,23 @@ from typing import Any
 import torch
 
 from swag.bench._config import BenchConfig
-from swag.bench._evaluate import FGE_SAM, METHODS, EvalData, Predictions, method_predictions, score
+from swag.bench._evaluate import (
+    BASELINES,
+    FGE_SAM,
+    INSTALL_BASELINES,
+    METHODS,
+    EvalData,
+    Predictions,
+    method_predictions,
+    missing_baselines,
+    score,
+    score_intensities,
+)
 from swag.bench._outdir import prepare
 from swag.bench._progress import Progress
 from swag.bench._report import write_figures, write_report
 from swag.bench._train import KINDS, Kind, Run, train
+from swag.corruptions import CORRUPTIONS, ROTATIONS, corrupted_sets
 from swag.data import load_fashion_mnist, load_mnist_subset, synthetic_shift
 
 _WHAT: dict[Kind, str] = {
@@ -24,6 +36,7 @@ _WHAT: dict[Kind, str] = {
     "fge": "FGE (one cyclical run, a snapshot per cycle)",
     "sam": "SAM (two gradients per step)",
     "swag_sam": "SWAG (SAM) (SAM, then collecting iterates)",
+    "ivon": "IVON (variational learning)",
 }
 
 # the rows that need `members` runs of a kind
@@ -33,13 +46,15 @@ _ENSEMBLES: dict[Kind, tuple[str, ...]] = {
     "fge": (),
     "sam": (),
     "swag_sam": (),
+    "ivon": (),
 }
 
 
 def load_data(
     cfg: BenchConfig, seed: int, data_dir: str | os.PathLike[str] | None
 ) -> tuple[torch.Tensor, torch.Tensor, EvalData]:
-    """Training set and evaluation sets: Fashion-MNIST (in), MNIST (OOD), rotated test (shift)."""
+    """Training set and evaluation sets: Fashion-MNIST (in), MNIST (OOD), rotated test (shift),
+    and the shift-intensity sets (Fashion-MNIST-C and rotations of ``intensity_size`` images)."""
     g = torch.Generator().manual_seed(seed)
     x, y = load_fashion_mnist("train", data_dir=data_dir)
     order = torch.randperm(len(x), generator=g)
@@ -50,6 +65,10 @@ def load_data(
     ood_x, _ = load_mnist_subset(seed=seed)
     shift_x = synthetic_shift(test_x[: cfg.shift_size], "rotate", cfg.rotate_degrees)
     bn_x = x[rest[: cfg.bn_batches * cfg.batch_size]]
+    # the last test images (the shift set takes the first), corrupted offline from the seed
+    base = test_x[len(test_x) - min(cfg.intensity_size, len(test_x)) :]
+    sets = corrupted_sets(base, seed=seed) if cfg.intensity_size else {}
+    levels = {name: range(1, 6) for name in CORRUPTIONS} | {"rotate": ROTATIONS}
     data = EvalData(
         test_x=test_x,
         test_y=test_y,
@@ -59,6 +78,11 @@ def load_data(
         val_x=x[val],
         val_y=y[val],
         bn_x=bn_x,
+        train_x=x[rest],
+        train_y=y[rest],
+        intensity_x=torch.cat([t for ts in sets.values() for t in ts]) if sets else base[:0],
+        intensity_y=test_y[len(test_x) - len(base) :],
+        intensity_sets=[(n, float(lv)) for n in sets for lv in levels[n]],
     )
     return x[rest], y[rest], data
 
@@ -95,7 +119,13 @@ def run_seed(
         cfg, runs, data, methods=methods, seed=seed, device=device, progress=progress
     )
     progress.note(f"seed {seed}: scoring {len(methods)} methods")
-    results = {name: score(probs, data) for name, probs in predictions.probs.items()}
+    results = {
+        name: score(probs, data, predictions.logits.get(name), seed=seed)
+        for name, probs in predictions.probs.items()
+    }
+    intensities = {
+        name: score_intensities(probs, data) for name, probs in predictions.probs.items()
+    }
     summary = {
         "settings": {"seed": seed, "device": str(device), **vars(cfg)},
         "methods": list(methods),
@@ -105,6 +135,8 @@ def run_seed(
             "test": len(data.test_x),
             "ood": len(data.ood_x),
             "shift": len(data.shift_x),
+            "per_intensity_set": len(data.intensity_y),
+            "intensity_sets": len(data.intensity_sets),
         },
         "environment": {
             "torch": torch.__version__,
@@ -125,6 +157,7 @@ def run_seed(
         "fitted": predictions.fitted,
         "notes": predictions.notes,
         "results": results,
+        "shift_intensities": intensities if data.intensity_sets else {},
     }
     return summary, predictions, data
 
@@ -156,7 +189,21 @@ def run_bench(
     """
     progress = progress or Progress()
     device = torch.device(device)
-    methods = list(methods or (m for m in METHODS if cfg.fge_sam or m not in FGE_SAM))
+    methods = list(
+        methods
+        or (
+            m
+            for m in METHODS
+            if (cfg.fge_sam or m not in FGE_SAM) and (cfg.baselines or m not in BASELINES)
+        )
+    )
+    skipped = missing_baselines(methods)
+    skip_notes = [
+        f"skipping {m}: its package is not installed; {INSTALL_BASELINES}" for m in skipped
+    ]
+    for note in skip_notes:
+        progress.note(note)
+    methods = [m for m in methods if m not in skipped]
     run_dir = prepare(out, overwrite=overwrite)
     if run_dir.moved:
         progress.note(f"{out} exists: writing {run_dir.final} (--overwrite replaces it)")
@@ -166,6 +213,7 @@ def run_bench(
             summary, predictions, data = run_seed(
                 cfg, seed, device=device, data_dir=data_dir, methods=methods, progress=progress
             )
+            summary["notes"] = skip_notes + summary["notes"]  # in report.md's Notes too
             folder = run_dir.tmp if len(seeds) == 1 else run_dir.tmp / f"seed-{seed}"
             folder.mkdir(exist_ok=True)
             progress.note(f"seed {seed}: writing figures and report")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,8 @@ from swag.optim import SAM
 from swag.schedules import CollectEvery, Cyclic, SWAGDecay
 from swag.snapshots import Snapshots
 
-Kind = Literal["sgd", "swag", "fge", "sam", "swag_sam"]
-KINDS: tuple[Kind, ...] = ("sgd", "swag", "fge", "sam", "swag_sam")
+Kind = Literal["sgd", "swag", "fge", "sam", "swag_sam", "ivon"]
+KINDS: tuple[Kind, ...] = ("sgd", "swag", "fge", "sam", "swag_sam", "ivon")
 
 
 def small_cnn(width: int = 8, dropout: float = 0.2, num_classes: int = 10) -> nn.Sequential:
@@ -63,6 +63,7 @@ class Run:
     cpu_seconds: float
     snapshots: Snapshots | None = None
     collected_at: list[int] = field(default_factory=list)
+    ivon: Any = None  # the IVON optimizer of an "ivon" run: its posterior
 
 
 def plan(
@@ -78,7 +79,7 @@ def plan(
     epochs (the SWA paper's cyclical schedule), a snapshot after each cycle's last step.
     """
     total = cfg.epochs * steps_per_epoch
-    if kind in ("sgd", "sam"):
+    if kind in ("sgd", "sam", "ivon"):
         return SWAGDecay(total, 0.01), None
     if kind == "fge":
         cycle = cfg.swa_epochs * steps_per_epoch // cfg.fge_cycles
@@ -139,7 +140,14 @@ def train(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         sam = kind in ("sam", "swag_sam")
-        opt = SAM(base, rho=cfg.sam_rho, model=model) if sam else base
+        opt: Any = SAM(base, rho=cfg.sam_rho, model=model) if sam else base
+        if kind == "ivon":  # variational learning (Shen et al., 2024), the SGD schedule
+            import ivon
+
+            opt = ivon.IVON(
+                model.parameters(), lr=cfg.ivon_lr, ess=len(x), weight_decay=cfg.weight_decay,
+                hess_init=cfg.ivon_hess_init,
+            )  # fmt: skip
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         collector = Collector(model, max_rank=cfg.max_rank) if kind.startswith("swag") else None
         snapshots = Snapshots(model, cfg.fge_cycles) if kind == "fge" else None
@@ -158,7 +166,12 @@ def train(
                     return loss
 
                 opt.zero_grad(set_to_none=True)
-                loss = opt.step(closure)  # SGD and SAM alike: the loss at θ
+                if kind == "ivon":  # the gradient at one sample of the posterior
+                    with opt.sampled_params(train=True):
+                        loss = closure()
+                    opt.step()
+                else:
+                    loss = opt.step(closure)  # SGD and SAM alike: the loss at θ
                 sched.step()
                 step += 1
                 if target is not None and when is not None and when(step):
@@ -169,4 +182,5 @@ def train(
         bar.close()
     model.eval()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    return Run(model, collector, seconds, cpu_seconds, snapshots, collected_at)
+    ivon_opt = opt if kind == "ivon" else None
+    return Run(model, collector, seconds, cpu_seconds, snapshots, collected_at, ivon_opt)

@@ -21,6 +21,7 @@ __all__ = [
     "accuracy",
     "adaptive_ece",
     "brier",
+    "classwise_ece",
     "ece",
     "mce",
     "nll",
@@ -137,6 +138,28 @@ def adaptive_ece(probs: Tensor, targets: Tensor, *, n_bins: int = 15) -> float:
     """
     _, _, conf, correct = _checked(probs, targets, n_bins)
     return _gap_sum(conf, correct, _equal_mass_bin(conf, correct, n_bins), n_bins)
+
+
+def classwise_ece(probs: Tensor, targets: Tensor, *, n_bins: int = 15) -> float:
+    """Classwise ECE (Kull et al., 2019): the mean over classes of a one-vs-rest ECE.
+
+    For class ``c`` the confidences ``p[n, c]`` go to the equal-width bins of :func:`ece`
+    (probability 0 to bin 0) and are compared with the frequency of ``y_n = c``:
+    ``1/C sum_c sum_b (n_cb / N) |freq_cb - conf_cb|``.
+
+    Args:
+        probs: ``(N, C)`` class probabilities.
+        targets: ``(N,)`` integer class indices.
+        n_bins: Number of bins, >= 1.
+    """
+    check_n_bins(n_bins)
+    p, y = check_classification(probs, targets)
+    onehot = torch.nn.functional.one_hot(y, p.shape[1]).to(torch.float64)
+    total = sum(
+        _gap_sum(p[:, c], onehot[:, c], _equal_width_bin(p[:, c].contiguous(), n_bins), n_bins)
+        for c in range(p.shape[1])
+    )
+    return total / p.shape[1]
 
 
 def mce(probs: Tensor, targets: Tensor, *, n_bins: int = 15) -> float:

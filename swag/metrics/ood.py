@@ -1,5 +1,8 @@
 """Out-of-distribution detection metrics from scalar scores.
 
+The scores are keyword-only (``auroc(scores_in=..., scores_out=...)``): swapped positional
+arguments would silently give ``1 - AUROC``, and scikit-learn's order is ``(y_true, score)``.
+
 Convention, for every function here: **a higher score means more out-of-distribution** (use
 predictive entropy or mutual information as they are; negate a confidence such as
 :func:`~swag.metrics.max_probability`). OOD is the positive class for :func:`auroc`,
@@ -15,10 +18,10 @@ from torch import Tensor
 
 from swag.metrics._validation import as_float64, is_real
 
-__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr"]
+__all__ = ["aupr_in", "aupr_out", "auroc", "fpr_at_tpr", "ood_summary"]
 
 
-def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
+def auroc(*, scores_in: Tensor, scores_out: Tensor) -> float:
     """Area under the ROC curve with OOD as positive: ``P(s_out > s_in) + P(s_out = s_in) / 2``.
 
     Args:
@@ -29,7 +32,7 @@ def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
         AUROC in ``[0, 1]``; 0.5 is chance, 1 is perfect separation.
 
     Example:
-        >>> auroc(torch.tensor([0.1, 0.2]), torch.tensor([0.2, 0.9]))
+        >>> auroc(scores_in=torch.tensor([0.1, 0.2]), scores_out=torch.tensor([0.2, 0.9]))
         0.875
     """
     s_in, s_out = _check_scores(scores_in, scores_out)
@@ -39,7 +42,7 @@ def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
     return (area / (tp[-1] * fp[-1])).item()
 
 
-def aupr_out(scores_in: Tensor, scores_out: Tensor) -> float:
+def aupr_out(*, scores_in: Tensor, scores_out: Tensor) -> float:
     """Average precision with OOD as positive: ``sum_k (R_k - R_{k-1}) P_k``.
 
     ``P_k`` and ``R_k`` are precision and recall when flagging ``score >= t_k``, over the distinct
@@ -56,7 +59,7 @@ def aupr_out(scores_in: Tensor, scores_out: Tensor) -> float:
     return _average_precision(s_out, s_in)
 
 
-def aupr_in(scores_in: Tensor, scores_out: Tensor) -> float:
+def aupr_in(*, scores_in: Tensor, scores_out: Tensor) -> float:
     """Average precision with in-distribution as positive and negated scores.
 
     Args:
@@ -70,7 +73,7 @@ def aupr_in(scores_in: Tensor, scores_out: Tensor) -> float:
     return _average_precision(-s_in, -s_out)
 
 
-def fpr_at_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> float:
+def fpr_at_tpr(*, scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> float:
     """Fraction of in-distribution inputs flagged as OOD when ``tpr`` of the OOD inputs are caught.
 
     The threshold ``t`` is the largest score with ``#{s_out >= t} / N_out >= tpr``; the result is
@@ -90,6 +93,24 @@ def fpr_at_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> floa
     tp, fp = _roc_counts(s_out, s_in)
     first = torch.nonzero(tp / tp[-1] >= tpr)[0, 0]
     return (fp[first] / fp[-1]).item()
+
+
+def ood_summary(*, scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
+    """AUROC, AUPR-in, AUPR-out and FPR@95 of one score at once.
+
+    Args:
+        scores_in: ``(N_in,)`` scores of in-distribution inputs (higher = more OOD).
+        scores_out: ``(N_out,)`` scores of out-of-distribution inputs.
+
+    Returns:
+        ``{"auroc", "aupr_in", "aupr_out", "fpr95"}`` mapped to floats.
+    """
+    return {
+        "auroc": auroc(scores_in=scores_in, scores_out=scores_out),
+        "aupr_in": aupr_in(scores_in=scores_in, scores_out=scores_out),
+        "aupr_out": aupr_out(scores_in=scores_in, scores_out=scores_out),
+        "fpr95": fpr_at_tpr(scores_in=scores_in, scores_out=scores_out, tpr=0.95),
+    }
 
 
 def _check_scores(scores_in: Tensor, scores_out: Tensor) -> tuple[Tensor, Tensor]:
