@@ -184,9 +184,9 @@ class Plane:
         """
         if not isinstance(posterior, swag.SWAGPosterior):
             raise TypeError(
-                f"Plane.gaussian takes a SWAGPosterior, got {type(posterior).__name__}: it has no "
-                "single Gaussian here; for a MultiSWAG, call it on each of .components, for a "
-                "ShardedPosterior on its .full()"
+                "posterior must be a SWAGPosterior for Plane.gaussian, got "
+                f"{type(posterior).__name__}: it has no single Gaussian here; for a MultiSWAG, "
+                "call it on each of .components, for a ShardedPosterior on its .full()"
             )
         factor = check_scale(scale, posterior.diagonal_only)
         if posterior.layout.size != len(self.origin):

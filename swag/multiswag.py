@@ -49,6 +49,7 @@ class MultiSWAG(Posterior):
             device or dtype (the message names it).
 
     Example:
+        >>> from swag import PointPosterior
         >>> members = [PointPosterior.from_model(torch.nn.Linear(3, 2)) for _ in range(3)]
         >>> ensemble = MultiSWAG(members)
         >>> ensemble.allocation(30)

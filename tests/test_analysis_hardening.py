@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import swag
+from swag.averaging import greedy_soup
 from swag.landscape import Plane, evaluate_points, scan_line, scan_plane
 from swag.plots import loss_line, loss_plane
 from swag.subspace import (
@@ -497,6 +498,9 @@ ONE_SHOT: dict[str, Callable[[], object]] = {
     ),
     "swag.landscape.scan_line bn_loader": lambda: scan_line(
         MODEL, LAYOUT, SUB.shift, SUB.shift + 1, LOADERS, bn_loader=iter([X])
+    ),
+    "swag.averaging.greedy_soup": lambda: greedy_soup(
+        [POST, POST], MODEL, lambda m: 0.0, bn_loader=once([X])
     ),
     "swag.landscape.scan_plane": lambda: scan_plane(
         MODEL, LAYOUT, PLANE, {"test": map(tuple, BATCHES)}, as_=A, bs=A

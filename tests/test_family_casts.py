@@ -28,11 +28,21 @@ def _snapshots(model: nn.Module) -> nn.Module:
     return Snapshots(model, max_snapshots=3)
 
 
+def _lawa_collector(model: nn.Module) -> nn.Module:
+    return swag.Collector(model, max_rank=2, average=swag.LAWA(3))  # holds a _LawaBound ring
+
+
 HOLDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "swag.collector.Collector": _collector,
+    "swag.averaging._rules._LawaBound": _lawa_collector,
     "swag.snapshots.Snapshots": _snapshots,
 }
-WITHOUT_BUFFERS = {"swag.lowp.Quantizer", "swag._checked_state.CheckedState"}  # the base: abstract
+WITHOUT_BUFFERS = {
+    "swag.lowp.Quantizer",
+    "swag._checked_state.CheckedState",  # the base: abstract
+    "swag.averaging._rules.BoundRule",  # the rules' base: abstract
+    "swag.averaging._rules._LerpBound",  # no buffer: its state is the collector's mean and m2
+}  # the base: abstract
 
 
 def _module_classes() -> set[str]:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from swag._checks import check_reiterable
 from swag.bn import update_bn
 from swag.multiswag import MultiSWAG
 from swag.point import PointPosterior
@@ -46,9 +47,12 @@ def greedy_soup(
         ``members`` it averages, in the order they were added.
 
     Raises:
-        TypeError: if a member has no mean (a mixture inside the mixture).
+        TypeError: if a member has no mean (a mixture inside the mixture), or ``bn_loader``
+            is a one-shot iterator.
         ValueError: if there are no members, or their layouts differ.
     """
+    if bn_loader is not None:
+        check_reiterable(bn_loader, "bn_loader")  # walked once per member and candidate
     comps = list(members.components if isinstance(members, MultiSWAG) else members)
     if not comps:
         raise ValueError("members must hold at least one posterior, got none")
