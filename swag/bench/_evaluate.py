@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -204,7 +204,10 @@ def method_predictions(
             warnings.filterwarnings("ignore", message="By default `link_approx`")
             la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit")
         out.fitted["Laplace prior precision"] = float(la.prior_precision.mean())
-        probs = [la(x, pred_type="glm", link_approx="probit").detach() for x in inputs]
+        # the GLM predictive returns one (B, C) tensor (a tuple only for joint predictives)
+        probs = [
+            cast(Tensor, la(x, pred_type="glm", link_approx="probit")).detach() for x in inputs
+        ]
         model.to(device)
         return torch.cat(probs).unsqueeze(0)
 
