@@ -27,7 +27,12 @@ class CheckedState(nn.Module, ABC):
     _state_name: str  # in the error: "cannot load {_state_name}: ..."
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CheckedState:
-        """Let device moves reach the buffers, not dtype casts (each keeps its own dtype)."""
+        """Let device moves (``.to(device)``, ``.cuda()``) reach the buffers, not dtype casts.
+
+        An attached holder (a submodule of the model) would otherwise follow ``model.half()``
+        or ``model.to(torch.bfloat16)``, rounding its statistics to a dtype chosen for the
+        weights. Each buffer goes where ``fn`` sends it, in its own dtype.
+        """
 
         def move(t: Tensor) -> Tensor:
             probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))

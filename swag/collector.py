@@ -368,22 +368,6 @@ class Collector(CheckedState):
                 out[pos:end].copy_(_shifted(part, shift[pos:end]))
             pos = end
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Collector:
-        """Let device moves (``.to(device)``, ``.cuda()``) reach the statistics, not casts.
-
-        An attached collector (a submodule of the model) would otherwise follow
-        ``model.half()`` or ``model.to(torch.bfloat16)``, rounding its statistics to a dtype
-        chosen for the weights. Each buffer goes where ``fn`` sends it, in its own dtype.
-        """
-
-        def move(t: Tensor) -> Tensor:
-            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
-            return fn(t) if probe.dtype == t.dtype else t.to(probe.device)
-
-        apply: Callable[..., Any] = super()._apply  # untyped in torch's stubs
-        apply(move, recurse)
-        return self
-
     @property
     def mean(self) -> Tensor:
         """θ̄_n ``(P,)``, the mean of the iterates collected so far under the rule (a new tensor).
