@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sysconfig
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +41,24 @@ EMAS = {
 
 @dataclass(frozen=True)
 class Config:
-    """Model size, data size and training budget."""
+    """Training (AdamW, linear warmup then constant), data, model, evaluation and averaging."""
 
     steps: int = 800
-    eval_every: int = 100
-    context: int = 96
-    batch: int = 16
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    context: int = 96  # bytes per window
+    batch: int = 16  # windows per step
+    max_train_bytes: int = 3_000_000
+    dropout: float = 0.0
     width: int = 96
     layers: int = 2
     heads: int = 4
-    lr: float = 2e-3
-    warmup: int = 100
-    max_train_bytes: int = 3_000_000
+    eval_every: int = 100
     eval_batches: int = 6
-    lawa_every: int = 25
-    lawa_window: int = 5
+    lawa: swag.LAWA = field(default_factory=lambda: swag.LAWA(5))  # every `lawa_every` steps
     posthoc_every: int = 25
+    lawa_every: int = 25
     seed: int = 0
 
 
@@ -85,7 +87,7 @@ class ByteLM(nn.Module):
         self.emb = nn.Embedding(256, cfg.width)
         self.pos = nn.Parameter(torch.zeros(cfg.context, cfg.width))
         layer = nn.TransformerEncoderLayer(
-            cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, batch_first=True, norm_first=True
+            cfg.width, cfg.heads, 4 * cfg.width, cfg.dropout, batch_first=True, norm_first=True
         )
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.width)
@@ -133,14 +135,14 @@ def run(cfg: Config) -> dict[str, object]:
     model = ByteLM(cfg)
     probe = ByteLM(cfg)  # evaluates the averages; its parameters are overwritten each time
     layout = swag.ParamLayout.from_model(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
     emas = {k: swag.Collector(model, 0, average=r, variance=False) for k, r in EMAS.items()}
     direct = {
         s: swag.Collector(model, 0, average=swag.PowerEMA(sigma_rel=s), variance=False)
         for s in GRID
     }
-    lawa = swag.Collector(model, 0, average=swag.LAWA(cfg.lawa_window))
+    lawa = swag.Collector(model, 0, average=cfg.lawa)
     posthoc = swag.PostHocEMA(model, every=cfg.posthoc_every)
 
     def score(theta: Tensor) -> dict[str, float]:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "averaging_lm.py"
+from tests.experiment_scripts import load_script
 
 
 @pytest.mark.slow
 def test_quick_run_writes_curves_verdicts_and_plot(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("averaging_lm_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    exp = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import experiments/_common.py
-    sys.modules[spec.name] = exp  # dataclasses look their module up
-    spec.loader.exec_module(exp)
+    exp = load_script("averaging_lm")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

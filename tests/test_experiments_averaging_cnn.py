@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "averaging_cnn.py"
+from tests.experiment_scripts import load_script
 
-
-def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("averaging_cnn_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import experiments/_common.py
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-exp = script()
+exp = load_script("averaging_cnn")
 
 
 def seed_run(swa_nll: float, ema_nll: float, ema_acc: float) -> dict[str, Any]:

@@ -3,12 +3,9 @@ and that no experiment script writes its results by hand."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,20 +13,9 @@ import torch
 from torch import nn
 
 from swag.optim import SAM
+from tests.experiment_scripts import EXPERIMENTS, load_script
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_common", EXPERIMENTS / "_common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-common = load()
+common = load_script("_common")
 
 
 def results(verdict: str = "holds", seeds: tuple[int, ...] = (0, 1)) -> object:

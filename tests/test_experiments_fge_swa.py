@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -13,7 +11,7 @@ from types import ModuleType
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "fge_swa.py"
+from tests.experiment_scripts import load_script
 
 
 @pytest.fixture(autouse=True)
@@ -26,13 +24,7 @@ def one_thread() -> Iterator[None]:
 
 
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fge_swa_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import experiments/_common.py
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fge_swa")
 
 
 def test_quick_run_writes_both_tables(tmp_path: Path) -> None:

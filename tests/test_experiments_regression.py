@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -14,8 +13,8 @@ import pytest
 import torch
 
 from swag.data import load_uci_regression
+from tests.experiment_scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "regression.py"
 METHODS = [
     "SGD",
     "SGD, end of SWA phase",
@@ -32,17 +31,11 @@ KEYS = {"ll", "ll_mixture", "rmse", "coverage90"}
 @pytest.fixture(scope="module")
 def script() -> Iterator[ModuleType]:
     """The experiment script as a module (``experiments/`` is not a package)."""
-    name = "experiments_regression"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # the scripts import experiments/_common.py
-    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+    module = load_script("regression")
     try:
-        spec.loader.exec_module(module)
         yield module
     finally:
-        del sys.modules[name]
+        del sys.modules[module.__name__]
 
 
 @pytest.fixture(scope="module")

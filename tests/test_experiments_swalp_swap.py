@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,19 +9,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests.experiment_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_experiment", ROOT / "experiments" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "experiments"))  # the scripts import experiments/_common.py
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def test_swalp_short_run_writes_every_method(tmp_path: Path) -> None:
