@@ -18,13 +18,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sysconfig
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -41,22 +41,24 @@ EMAS = {
 
 @dataclass(frozen=True)
 class Config:
-    """Model size, data size and training budget."""
+    """Training (AdamW, linear warmup then constant), data, model, evaluation and averaging."""
 
     steps: int = 800
-    eval_every: int = 100
-    context: int = 96
-    batch: int = 16
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    context: int = 96  # bytes per window
+    batch: int = 16  # windows per step
+    max_train_bytes: int = 3_000_000
+    dropout: float = 0.0
     width: int = 96
     layers: int = 2
     heads: int = 4
-    lr: float = 2e-3
-    warmup: int = 100
-    max_train_bytes: int = 3_000_000
+    eval_every: int = 100
     eval_batches: int = 6
-    lawa_every: int = 25
-    lawa_window: int = 5
+    lawa: swag.LAWA = field(default_factory=lambda: swag.LAWA(5))  # every `lawa_every` steps
     posthoc_every: int = 25
+    lawa_every: int = 25
     seed: int = 0
 
 
@@ -85,7 +87,7 @@ class ByteLM(nn.Module):
         self.emb = nn.Embedding(256, cfg.width)
         self.pos = nn.Parameter(torch.zeros(cfg.context, cfg.width))
         layer = nn.TransformerEncoderLayer(
-            cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, batch_first=True, norm_first=True
+            cfg.width, cfg.heads, 4 * cfg.width, cfg.dropout, batch_first=True, norm_first=True
         )
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.width)
@@ -133,14 +135,14 @@ def run(cfg: Config) -> dict[str, object]:
     model = ByteLM(cfg)
     probe = ByteLM(cfg)  # evaluates the averages; its parameters are overwritten each time
     layout = swag.ParamLayout.from_model(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
     emas = {k: swag.Collector(model, 0, average=r, variance=False) for k, r in EMAS.items()}
     direct = {
         s: swag.Collector(model, 0, average=swag.PowerEMA(sigma_rel=s), variance=False)
         for s in GRID
     }
-    lawa = swag.Collector(model, 0, average=swag.LAWA(cfg.lawa_window))
+    lawa = swag.Collector(model, 0, average=cfg.lawa)
     posthoc = swag.PostHocEMA(model, every=cfg.posthoc_every)
 
     def score(theta: Tensor) -> dict[str, float]:
@@ -178,8 +180,8 @@ def run(cfg: Config) -> dict[str, object]:
 TOLERANCE = 0.01  # nats: "as good as" for claim 2 (the spread of the grid's best runs is ~0.01)
 
 
-def verdicts(result: dict[str, object]) -> dict[str, object]:
-    """Each claim's measurement on the test split, and HOLDS / FAILS."""
+def claims(result: dict[str, object]) -> list[_common.Claim]:
+    """Each claim's measurement on the test split, and its verdict (claim 1 per rule)."""
     curves: list[dict[str, object]] = result["curves"]  # type: ignore[assignment]
     mid = curves[len(curves) // 2 - 1]
     rules = [*EMAS, "LAWA", "post-hoc"]
@@ -196,16 +198,27 @@ def verdicts(result: dict[str, object]) -> dict[str, object]:
     best_direct = min(direct, key=lambda s: direct[s]["test"])
     post: dict[str, float] = last["post-hoc"]  # type: ignore[assignment]
     gap = post["test"] - direct[best_direct]["test"]
-    return {
-        "mid_step": mid["step"],
-        "mid_minus_latest": beats,
-        "evals_beating_latest": {r: f"{wins[r]}/{len(curves)}" for r in rules},
-        "claim1": {r: "HOLDS" if beats[r] < 0 else "FAILS" for r in rules},
-        "posthoc_sigma_rel": post["sigma_rel"],
-        "best_direct_sigma_rel": float(best_direct),
-        "posthoc_minus_best_direct": gap,
-        "claim2": "HOLDS" if gap <= TOLERANCE else "FAILS",
-    }
+    return [
+        _common.Claim(
+            "averaging (each EMA, LAWA, post-hoc EMA) beats the latest iterate mid-training",
+            _common.verdict([beats[r] < 0 for r in rules]),
+            {
+                "mid_step": mid["step"],
+                "mid_minus_latest": beats,
+                "evals_beating_latest": {r: f"{wins[r]}/{len(curves)}" for r in rules},
+            },
+        ),
+        _common.Claim(
+            f"post-hoc EMA finds the best EMA length after the fact (within {TOLERANCE} nats "
+            "of the best direct power-EMA run)",
+            _common.verdict([gap <= TOLERANCE]),
+            {
+                "posthoc_sigma_rel": post["sigma_rel"],
+                "best_direct_sigma_rel": float(best_direct),
+                "posthoc_minus_best_direct": gap,
+            },
+        ),
+    ]
 
 
 def plot(result: dict[str, object], path: Path) -> None:
@@ -244,30 +257,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     cfg = Config(steps=args.steps, seed=args.seed)
     if args.quick:
         cfg = Config(
-            steps=20,
-            eval_every=10,
-            context=16,
-            batch=4,
-            width=16,
-            layers=1,
-            heads=2,
-            warmup=5,
-            max_train_bytes=20_000,
-            eval_batches=2,
-            lawa_every=2,
-            posthoc_every=2,
-            seed=args.seed,
-        )
+            steps=20, eval_every=10, context=16, batch=4, width=16, layers=1, heads=2, warmup=5,
+            max_train_bytes=20_000, eval_batches=2, lawa_every=2, posthoc_every=2, seed=args.seed,
+        )  # fmt: skip
     result = run(cfg)
-    result["verdicts"] = verdicts(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, out / "averaging_lm.png")
+    found = claims(result)
+    numbers = {"curves": result["curves"], "seconds": result["seconds"]}
+    doc = _common.Results("averaging_lm", found, numbers, asdict(cfg), [cfg.seed])
+    keys = ["latest", *EMAS, "LAWA", "post-hoc"]
+    curves: list[dict[str, Any]] = result["curves"]  # type: ignore[assignment]
+    rows = [[c["step"], *(f"{c[k]['test']:.4f}" for k in keys)] for c in curves]
+    text = "Test loss (nats / byte) per evaluation:\n\n" + _common.table(["step", *keys], rows)
+    _common.write(args.out, doc, text, lambda folder: plot(result, folder / "averaging_lm.png"))
     if args.docs:
         plot(result, Path(args.docs) / "averaging_lm.png")
-    print(json.dumps(result["verdicts"], indent=1))
-    return result
+    print(text + "".join(f"\n{c.claim}: {c.verdict}" for c in found))
+    return doc.to_json()
 
 
 if __name__ == "__main__":

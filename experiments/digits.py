@@ -10,13 +10,12 @@ epoch. Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import _common
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import swag
 from swag.data import load_sklearn, train_test_split
@@ -47,23 +46,6 @@ def mlp(seed: int) -> nn.Module:
     )
 
 
-def epoch(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
-    g: torch.Generator,
-    batch: int,
-) -> None:
-    order = torch.randperm(len(x), generator=g)
-    for i in range(0, len(x), batch):
-        idx = order[i : i + batch]
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-
-
 def run(seed: int, cfg: Config) -> dict[str, dict[str, float]]:
     """One seed: train SGD and SWAG, evaluate the four methods on the test split."""
     x, y = load_sklearn("digits", flatten=True)
@@ -76,24 +58,30 @@ def run(seed: int, cfg: Config) -> dict[str, dict[str, float]]:
 
     sgd = mlp(seed)
     opt = torch.optim.SGD(sgd.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    for e in range(cfg.epochs):
-        t = e / cfg.epochs
-        decay = min(max((t - 0.5) / 0.4, 0.0), 1.0)
+
+    def decay(done: int) -> None:  # the rate of epoch `done` (0-based): linear 50% → 90%
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * (1 - 0.99 * decay)
-        epoch(sgd, opt, x_train, y_train, g, cfg.batch_size)
+            t = done / cfg.epochs
+            group["lr"] = cfg.lr * (1 - 0.99 * min(max((t - 0.5) / 0.4, 0.0), 1.0))
+
+    data = (x_train, y_train)
+    _common.train(sgd, opt, *data, epochs=cfg.epochs, batch_size=cfg.batch_size, generator=g,
+                  after_epoch=decay)  # fmt: skip
 
     model = mlp(seed)
-    opt = torch.optim.SGD(
+    opt2 = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
     )
     collector = swag.Collector(model, max_rank=cfg.max_rank)
-    for e in range(cfg.epochs + cfg.swa_epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr if e < cfg.epochs else cfg.swa_lr
-        epoch(model, opt, x_train, y_train, g, cfg.batch_size)
-        if e >= cfg.epochs:
+
+    def swag_phase(done: int) -> None:  # collect after each epoch of the constant phase
+        if done > cfg.epochs:
             collector.collect()
+        for group in opt2.param_groups:
+            group["lr"] = cfg.lr if done < cfg.epochs else cfg.swa_lr
+
+    _common.train(model, opt2, *data, epochs=cfg.epochs + cfg.swa_epochs,
+                  batch_size=cfg.batch_size, generator=g, after_epoch=swag_phase)  # fmt: skip
     posterior = collector.posterior()
 
     sgd.eval()
@@ -116,17 +104,14 @@ def run(seed: int, cfg: Config) -> dict[str, dict[str, float]]:
     return {m: {k: swag.metrics.summary(p, y_test)[k] for k in METRICS} for m, p in probs.items()}
 
 
-def table(results: list[dict[str, dict[str, float]]]) -> str:
-    """Markdown: mean ± std over seeds per method and metric."""
-    lines = ["| method | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
-    for m in METHODS:
-        cells = []
-        for k in METRICS:
-            values = [r[m][k] for r in results]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.4f} ± {std:.4f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def claims(results: list[dict[str, dict[str, float]]]) -> list[_common.Claim]:
+    """Per seed, does each method lower the test NLL of the one it refines?"""
+    pairs = (("SWA", "SGD"), ("SWAG", "SWA"), ("SGD + temp. scaling", "SGD"))
+    return [
+        _common.paired_claim(f"{m} has a lower test NLL than {ref}", results, (m, ref), "nll",
+                             lambda d: d < 0)
+        for m, ref in pairs
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, dict[str, float]]]:
@@ -138,13 +123,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, dict[str, float]]]:
     args = parser.parse_args(argv)
     cfg = Config(epochs=args.epochs, swa_epochs=args.swa_epochs)
     results = [run(seed, cfg) for seed in args.seeds]
-    text = table(results)
+    text = _common.table(["method", *METRICS], _common.seed_rows(results, METHODS, METRICS))
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        doc = {"settings": asdict(cfg), "seeds": args.seeds, "results": results}
-        (args.out / "results.json").write_text(json.dumps(doc, indent=1))
-        (args.out / "results.md").write_text(text)
+        found = claims(results)
+        numbers = {"results": results}
+        _common.write(
+            args.out, _common.Results("digits", found, numbers, asdict(cfg), args.seeds), text
+        )
     return results
 
 

@@ -18,18 +18,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import _common
 import torch
 from torch import Tensor, nn
 
 import swag
-from swag.data import load_fashion_mnist, load_mnist_subset
+from swag.data import load_mnist_subset
 from swag.optim import SAM
 from swag.schedules import SWAGDecay, cyclic_schedule, swag_schedule
 from swag.snapshots import Snapshots
@@ -38,6 +37,7 @@ METRICS = ("accuracy", "nll", "ece", "auroc")
 FGE_METHODS = ("SGD", "FGE", "SWA", "last snapshot")
 SAM_METHODS = ("SGD", "SAM", "SWA (SGD)", "SWA (SAM)", "SWAG (SGD)", "SWAG (SAM)")
 # the paired differences each table reports, (method, reference), besides "method − SGD"
+ACC_TOL = 0.005  # "as accurate as": half a point of test accuracy
 CONTRASTS = {
     "fge": (("SWA", "FGE"),),
     "sam": (("SWA (SAM)", "SWA (SGD)"), ("SWAG (SAM)", "SWAG (SGD)"), ("SWAG (SAM)", "SAM")),
@@ -69,24 +69,18 @@ class Config:
     num_samples: int = 30
 
 
-@dataclass
-class Data:
-    x: Tensor
-    y: Tensor
-    x_test: Tensor
-    y_test: Tensor
+@dataclass(frozen=True)
+class Data(_common.Images):
+    """The Fashion-MNIST splits, and MNIST images ``(N, 1, 28, 28)`` as OOD data."""
+
     x_ood: Tensor
 
 
 def load(cfg: Config, seed: int) -> Data:
     """A seeded subset of Fashion-MNIST (train), its test split, and MNIST as OOD data."""
-    x, y = load_fashion_mnist("train")
-    x_test, y_test = load_fashion_mnist("test")
+    images = _common.fashion_mnist(cfg.train_size, cfg.test_size, seed=seed)
     x_ood, _ = load_mnist_subset(seed=seed)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: cfg.train_size]
-    return Data(
-        x[idx], y[idx], x_test[: cfg.test_size], y_test[: cfg.test_size], x_ood[: cfg.ood_size]
-    )
+    return Data(**vars(images), x_ood=x_ood[: cfg.ood_size])
 
 
 def mlp(cfg: Config, seed: int) -> nn.Sequential:
@@ -107,26 +101,17 @@ def train(
     seed: int,
     on_step: Callable[[int], None] | None = None,
 ) -> None:
-    """``cfg.epochs`` epochs of minibatch training. ``opt.step(closure)`` serves SGD and SAM
-    alike; ``on_step(steps_done)`` runs after each step (where collecting happens)."""
+    """``cfg.epochs`` epochs (SGD and SAM alike); ``on_step(steps_done)`` after each step and
+    the scheduler's (where collecting happens)."""
+
+    def after_step(step: int) -> None:
+        sched.step()
+        if on_step is not None:
+            on_step(step)
+
     g = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(data.x), generator=g)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-
-            def closure(idx: Tensor = idx) -> Tensor:
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(data.x[idx]), data.y[idx])
-                loss.backward()  # type: ignore[no-untyped-call]
-                return loss
-
-            opt.step(closure)  # type: ignore[arg-type]
-            sched.step()
-            step += 1
-            if on_step is not None:
-                on_step(step)
+    _common.train(model, opt, data.x, data.y, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  generator=g, after_step=after_step)  # fmt: skip
 
 
 def sgd(model: nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -145,11 +130,11 @@ def score(
     """Test metrics, OOD AUROC by predictive entropy, and the evaluation's cost."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    probs = swag.predict(posterior, model, [data.x_test], num_samples=num_samples, generator=g)
+    probs = swag.predict(posterior, model, [data.test_x], num_samples=num_samples, generator=g)
     seconds = time.perf_counter() - start
     ood = swag.predict(posterior, model, [data.x_ood], num_samples=num_samples, generator=g)
     m = swag.metrics
-    out = {k: m.summary(probs, data.y_test)[k] for k in ("accuracy", "nll", "ece")}
+    out = {k: m.summary(probs, data.test_y)[k] for k in ("accuracy", "nll", "ece")}
     out["auroc"] = m.auroc(
         scores_in=m.predictive_entropy(probs), scores_out=m.predictive_entropy(ood)
     )
@@ -226,6 +211,19 @@ def sam_study(cfg: Config, data: Data, seed: int) -> dict[str, dict[str, float]]
     return out
 
 
+def claims(results: dict[str, list[dict[str, dict[str, float]]]]) -> list[_common.Claim]:
+    """The FGE study's claim (SWA as accurate as FGE) and the SAM study's (SAM more accurate
+    than SGD), per seed, for the studies that ran."""
+    tests: dict[str, tuple[str, tuple[str, str], Callable[[float], bool]]] = {
+        "fge": (f"SWA of a cyclical run is as accurate as the FGE ensemble of its snapshots "
+                f"(within {ACC_TOL})", ("SWA", "FGE"), lambda d: abs(d) <= ACC_TOL),
+        "sam": ("SAM is more accurate than SGD on the same schedule", ("SAM", "SGD"),
+                lambda d: d > 0),
+    }  # fmt: skip
+    return [_common.paired_claim(tests[s][0], runs, tests[s][1], "accuracy", tests[s][2])
+            for s, runs in results.items()]  # fmt: skip
+
+
 def table(
     results: list[dict[str, dict[str, float]]],
     methods: tuple[str, ...],
@@ -234,24 +232,14 @@ def table(
     """Markdown: mean ± std over seeds, then paired differences (per seed, then mean ± std):
     each method minus the first, and each ``(method, reference)`` of ``contrasts``."""
     cols = (*METRICS, "test_seconds")
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for m in methods:
-        cells = []
-        for k in cols:
-            values = [r[m][k] for r in results]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.4f} ± {std:.4f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "| paired difference | " + " | ".join(METRICS) + " |"]
-    lines.append("|---|" + "---:|" * len(METRICS))
-    for m, ref in [(m, methods[0]) for m in methods[1:]] + list(contrasts):
-        cells = []
-        for k in METRICS:
-            diffs = [r[m][k] - r[ref][k] for r in results]
-            std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-            cells.append(f"{statistics.fmean(diffs):+.4f} ± {std:.4f}")
-        lines.append(f"| {m} − {ref} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    pairs = [(m, methods[0]) for m in methods[1:]] + list(contrasts)
+    return (
+        _common.table(["method", *cols], _common.seed_rows(results, methods, cols))
+        + "\n"
+        + _common.table(
+            ["paired difference", *METRICS], _common.paired_rows(results, pairs, METRICS)
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, dict[str, float]]]]:
@@ -278,10 +266,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, dict[str, fl
         text += f"## {name}\n\n" + table(results[name], methods, CONTRASTS[name]) + "\n"
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        doc = {"settings": asdict(cfg), "seeds": args.seeds, "results": results}
-        (args.out / "results.json").write_text(json.dumps(doc, indent=1))
-        (args.out / "results.md").write_text(text)
+        numbers = {"results": results}
+        doc = _common.Results("fge_swa", claims(results), numbers, asdict(cfg), args.seeds)
+        _common.write(args.out, doc, text)
     return results
 
 

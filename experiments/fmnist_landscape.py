@@ -22,13 +22,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import _common
 import torch
 from torch import Tensor
 
@@ -51,21 +51,30 @@ def nll_acc(probs: Tensor, y: Tensor) -> dict[str, float]:
     }
 
 
+def valley(ts: Tensor, train_loss: Tensor) -> _common.Claim:
+    """The SWA paper's picture: along SGD → SWA, the train loss is lower at SWA (t = 1) than at
+    SGD (t = 0): SGD ends on the wall of a valley, SWA nearer its floor."""
+    at = {name: int((ts - t).abs().argmin()) for name, t in (("SGD", 0.0), ("SWA", 1.0))}
+    loss = {
+        f"train loss at t = {float(ts[i]):.3g} ({k})": float(train_loss[i]) for k, i in at.items()
+    }
+    sgd, swa = loss.values()
+    return _common.Claim("SGD ends on the wall of a wide valley, SWA near its floor "
+                         "(train loss lower at SWA than at SGD)",
+                         _common.verdict([swa < sgd]), loss)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--train-size", type=int, default=20000)
-    p.add_argument("--eval-size", type=int, default=2000, help="train/test points per grid point")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--swa-epochs", type=int, default=3)
-    p.add_argument("--line-points", type=int, default=25)
-    p.add_argument("--grid", type=int, default=13, help="grid points per plane axis")
-    p.add_argument("--ess-samples", type=int, default=10)
-    p.add_argument("--ess-size", type=int, default=5000, help="training points in ESS's likelihood")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=Path("runs/fmnist_landscape"))
-    p.add_argument("--docs", type=Path, default=None, help="also write the PNGs here")
+    defaults = dict(
+        train_size=20000, eval_size=2000, epochs=6, swa_epochs=3, line_points=25, grid=13,
+        ess_samples=10, ess_size=5000, temperature=1.0, seed=0, threads=1,
+        out=Path("runs/fmnist_landscape"), docs=None,
+    )  # fmt: skip
+    helps = {
+        "eval_size": "train/test points per grid point", "grid": "grid points per plane axis",
+        "ess_size": "training points in ESS's likelihood", "docs": "also write the PNGs here",
+    }  # fmt: skip
+    p = _common.parser(__doc__, defaults, helps=helps)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = PRESETS["short"].replace(  # the preset these numbers were measured with
@@ -127,13 +136,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     lik = SubspaceLikelihood(swa_model, sub, chunks(x[: args.ess_size], y[: args.ess_size], 1000))
     t0 = time.perf_counter()
     chain = elliptical_slice(
-        lik,
-        sub.dim,
-        args.ess_samples,
-        temperature=args.temperature,
-        generator=torch.Generator().manual_seed(args.seed),
-        progress=True,
-    )
+        lik, sub.dim, args.ess_samples, temperature=args.temperature,
+        generator=torch.Generator().manual_seed(args.seed), progress=True,
+    )  # fmt: skip
     ess_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     lik(torch.zeros(sub.dim))
@@ -174,14 +179,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "test": scores,
         "total_seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    for folder in [args.out] + ([args.docs] if args.docs else []):
-        folder.mkdir(parents=True, exist_ok=True)
+    assert all(math.isfinite(v["nll"]) for v in scores.values())
+
+    def save(folder: Path) -> None:
         for name, fig in figures.items():
             fig.savefig(folder / name, dpi=110)
-    assert all(math.isfinite(v["nll"]) for v in scores.values())
-    return result
+
+    rows = [[m, f"{v['nll']:.4f}", f"{100 * v['accuracy']:.2f}%"] for m, v in scores.items()]
+    text = _common.table(["method", "NLL", "accuracy"], rows)
+    settings = _common.settings(args)
+    doc = _common.Results("fmnist_landscape", [valley(line.ts, line.metrics["train_loss"])],
+                          result, settings, [args.seed])  # fmt: skip
+    _common.write(args.out, doc, text, save)
+    if args.docs:
+        save(args.docs)
+    return doc.to_json()
 
 
 if __name__ == "__main__":

@@ -35,13 +35,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import _common
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -115,6 +115,11 @@ def load(dataset: str) -> tuple[Tensor, Tensor]:
     return load_uci_regression(dataset)
 
 
+def gaussian_nll(out: Tensor, y: Tensor) -> Tensor:
+    """The Gaussian NLL of targets ``y`` ``(B,)`` under ``out`` ``(B, 2)`` (mean, variance)."""
+    return nn.functional.gaussian_nll_loss(out[:, 0], y, out[:, 1])
+
+
 def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -127,18 +132,9 @@ def train_epochs(
     collector: swag.Collector | None = None,
 ) -> None:
     """``epochs`` shuffled passes of Gaussian-NLL minibatch steps; a ``collect()`` after each."""
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            out = model(x[idx])
-            loss = nn.functional.gaussian_nll_loss(out[:, 0], y[idx], out[:, 1])
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-        if collector is not None:
-            collector.collect()
+    collect = None if collector is None else lambda _: collector.collect()
+    _common.train(model, optimizer, x, y, epochs=epochs, batch_size=batch_size,
+                  generator=generator, loss_fn=gaussian_nll, after_epoch=collect)  # fmt: skip
 
 
 def train_sgd(
@@ -235,15 +231,9 @@ def score(
 
     def predict(reduce: bool) -> tuple[Tensor, Tensor]:
         mean, var = swag.predict(
-            posterior,
-            model,
-            [x],
-            num_samples=num_samples,
-            scale=scale,
-            output="gaussian",
-            reduce=reduce,
-            generator=torch.Generator().manual_seed(seed),
-        )
+            posterior, model, [x], num_samples=num_samples, scale=scale, output="gaussian",
+            reduce=reduce, generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
         return mean * y_std + y_mean, var * y_std**2
 
     mean, var = predict(reduce=True)
@@ -330,19 +320,34 @@ def summarize(runs: Sequence[dict[str, Metrics]]) -> dict[str, dict[str, dict[st
 
 def to_markdown(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
     """The results table: one row per dataset and method, mean ± standard error."""
+    header = ["dataset", "method", "test LL ↑", "LL − SGD (paired) ↑", "test LL, mixture ↑",
+              "RMSE ↓", "90% coverage"]  # fmt: skip
     rows = [
-        "| dataset | method | test LL ↑ | LL − SGD (paired) ↑ | test LL, mixture ↑ | RMSE ↓ "
-        "| 90% coverage |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for dataset, methods in summary.items():
-        for method, metrics in methods.items():
-            cells = [
-                "{mean:.{d}f} ± {se:.{d}f}".format(d=2 if k == "rmse" else 3, **metrics[k])
-                for k in ("ll", "ll_vs_sgd", "ll_mixture", "rmse", "coverage90")
-            ]
-            rows.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+        [dataset, method, *(
+            "{mean:.{d}f} ± {se:.{d}f}".format(d=2 if k == "rmse" else 3, **metrics[k])
+            for k in ("ll", "ll_vs_sgd", "ll_mixture", "rmse", "coverage90")
+        )]
+        for dataset, methods in summary.items()
+        for method, metrics in methods.items()
+    ]  # fmt: skip
+    return _common.table(header, rows)
+
+
+def claims(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[_common.Claim]:
+    """Per dataset (mean over splits): SWAG's test LL above SGD's (paired), and MultiSWAG's
+    above the deep ensemble's."""
+    first = next(iter(summary.values()))
+    ens, multi = (next(m for m in first if m.startswith(k)) for k in ("Ensemble", "MultiSWAG"))
+    swag_gain = {d: s["SWAG"]["ll_vs_sgd"]["mean"] for d, s in summary.items()}
+    multi_gain = {d: s[multi]["ll"]["mean"] - s[ens]["ll"]["mean"] for d, s in summary.items()}
+    return [
+        _common.Claim("SWAG has a higher test LL than SGD (paired, mean over splits)",
+                      _common.verdict([g > 0 for g in swag_gain.values()]),
+                      {"ll SWAG − SGD": swag_gain}),
+        _common.Claim(f"{multi} has a higher test LL than the {ens}",
+                      _common.verdict([g > 0 for g in multi_gain.values()]),
+                      {f"ll {multi} − {ens}": multi_gain}),
+    ]  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Config]:
@@ -384,21 +389,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     for dataset, split in tqdm(jobs, desc="regression splits"):
         per_split[dataset].append(run_split(cfg, dataset, split, args.seed))
     summary = {dataset: summarize(runs) for dataset, runs in per_split.items()}
-    results: dict[str, object] = {
-        "config": dataclasses.asdict(cfg),
+    numbers: dict[str, object] = {
         "datasets": args.datasets,
         "splits": args.splits,
-        "seed": args.seed,
         "seconds": round(time.perf_counter() - start, 1),
         "summary": summary,
         "per_split": per_split,
     }
+    results = _common.Results(
+        "regression", claims(summary), numbers, dataclasses.asdict(cfg), [args.seed]
+    )
     table = to_markdown(summary)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(table)
+    _common.write(args.out, results, table)
     print(table, end="")
-    return results
+    return results.to_json()
 
 
 if __name__ == "__main__":

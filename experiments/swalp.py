@@ -29,20 +29,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import _common
 import torch
 from torch import Tensor, nn
 
 import swag
 from swag.bench import batches, small_cnn
-from swag.data import load_fashion_mnist
 from swag.lowp import BlockFloat, QuantizedOptimizer, quantize_model
 from swag.schedules import SWAGDecay
 
+ACC_TOL = 0.005  # "as accurate as": half a point of test accuracy
 METHODS = (
     "float SGD", "float SWA", "8-bit SGD", "8-bit SGD (float activations)", "8-bit SWALP",
     "8-bit SWAG",
@@ -50,22 +50,14 @@ METHODS = (
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train-size", type=int, default=10_000)
-    p.add_argument("--test-size", type=int, default=5_000)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--swa-epochs", type=int, default=3)
-    p.add_argument("--collects", type=int, default=4, help="collects per epoch")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--swa-lr", type=float, default=0.02)
-    p.add_argument("--width", type=int, default=8)
-    p.add_argument("--samples", type=int, default=10, help="SWAG samples")
-    p.add_argument("--max-rank", type=int, default=10)
-    p.add_argument("--protocol", choices=("equal", "paper"), default="equal")
-    p.add_argument("--out", type=Path, default=Path("runs/swalp"))
-    return p.parse_args(argv)
+    defaults = dict(
+        seeds=[0, 1, 2], train_size=10_000, test_size=5_000, epochs=8, swa_epochs=3, collects=4,
+        batch_size=128, lr=0.05, swa_lr=0.02, width=8, samples=10, max_rank=10,
+        protocol="equal", out=Path("runs/swalp"),
+    )  # fmt: skip
+    helps = {"collects": "collects per epoch", "samples": "SWAG samples"}
+    choices = {"protocol": ("equal", "paper")}
+    return _common.parser(__doc__, defaults, helps=helps, choices=choices).parse_args(argv)
 
 
 def fit(
@@ -108,19 +100,18 @@ def fit(
     collector = swag.Collector(model, max_rank=args.max_rank) if average else None
     start = window if not extend else sgd_end  # collecting starts here
     sgd_state = copy.deepcopy(model.state_dict())
-    clock, step = time.perf_counter(), 0
-    for _ in range(epochs):
-        for xb, yb in batches(x, y, args.batch_size, g):
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            step += 1
-            if step == sgd_end:
-                sgd_state = copy.deepcopy(model.state_dict())
-            if collector is not None and step > start and (step - start) % every == 0:
-                collector.collect()
+    clock = time.perf_counter()
+
+    def after_step(step: int) -> None:
+        nonlocal sgd_state
+        sched.step()
+        if step == sgd_end:
+            sgd_state = copy.deepcopy(model.state_dict())
+        if collector is not None and step > start and (step - start) % every == 0:
+            collector.collect()
+
+    step = _common.train(model, opt, x, y, epochs=epochs, batch_size=args.batch_size,
+                         generator=g, after_step=after_step)  # fmt: skip
     model.eval()
     return model, collector, sgd_state, (time.perf_counter() - clock) / step
 
@@ -146,8 +137,8 @@ def noise_share(model: nn.Module, post: swag.SWAGPosterior) -> dict[str, float]:
     }
 
 
-def run_seed(args: argparse.Namespace, seed: int, data: dict[str, Tensor]) -> dict[str, Any]:
-    x, y, tx, ty = data["x"], data["y"], data["tx"], data["ty"]
+def run_seed(args: argparse.Namespace, seed: int, data: _common.Images) -> dict[str, Any]:
+    x, y, tx, ty = data.x, data.y, data.test_x, data.test_y
     test = list(torch.split(tx, 1000))
     bn = [xb for xb, _ in batches(x, y, args.batch_size, torch.Generator().manual_seed(0))][:20]
     g = torch.Generator().manual_seed(seed)
@@ -194,34 +185,36 @@ def run_seed(args: argparse.Namespace, seed: int, data: dict[str, Tensor]) -> di
     }
 
 
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def table(runs: list[dict[str, Any]]) -> str:
-    lines = ["| method | test error % | NLL |", "|---|---|---|"]
-    for m in METHODS:
-        err = [100 * (1 - r["results"][m]["accuracy"]) for r in runs]
-        nll = [r["results"][m]["nll"] for r in runs]
-        lines.append(
-            f"| {m} | {statistics.mean(err):.2f} ± {_sd(err):.2f} | "
-            f"{statistics.mean(nll):.3f} ± {_sd(nll):.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+    """Test error (%) and NLL per method, mean ± std over seeds."""
+    rows = [
+        [m, _common.cell([100 * (1 - r["results"][m]["accuracy"]) for r in runs], 2),
+         _common.cell([r["results"][m]["nll"] for r in runs], 3)]
+        for m in METHODS
+    ]  # fmt: skip
+    return _common.table(["method", "test error %", "NLL"], rows)
+
+
+def claims(runs: list[dict[str, Any]]) -> list[_common.Claim]:
+    """SWALP's ordering, per seed: 8-bit SWALP ≈ float SGD (accuracy within ``ACC_TOL``) and
+    8-bit SWALP more accurate than 8-bit SGD."""
+    results = [r["results"] for r in runs]
+    return [
+        _common.paired_claim(f"8-bit SWALP is as accurate as float SGD (within {ACC_TOL})",
+                             results, ("8-bit SWALP", "float SGD"), "accuracy",
+                             lambda d: abs(d) <= ACC_TOL),
+        _common.paired_claim("8-bit SWALP is more accurate than 8-bit SGD", results,
+                             ("8-bit SWALP", "8-bit SGD"), "accuracy", lambda d: d > 0),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse(argv)
     torch.set_num_threads(1)
-    x, y = load_fashion_mnist("train")
-    tx, ty = load_fashion_mnist("test")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.train_size]
-    data = {"x": x[order], "y": y[order], "tx": tx[: args.test_size], "ty": ty[: args.test_size]}
+    data = _common.fashion_mnist(args.train_size, args.test_size)
     runs = [run_seed(args, s, data) for s in args.seeds]
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / "results.json").write_text(json.dumps({"settings": settings, "runs": runs}))
-    (args.out / "results.md").write_text(table(runs))
+    doc = _common.Results("swalp", claims(runs), {"runs": runs}, _common.settings(args), args.seeds)
+    _common.write(args.out, doc, table(runs))
     return runs
 
 

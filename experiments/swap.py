@@ -30,34 +30,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _common
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 import swag
 from swag.bench import small_cnn
-from swag.data import load_fashion_mnist
 from swag.distributed import gather_multiswag
 from swag.swap import SWAP
 
+ACC_TOL = 0.005  # "reaches": within half a point of test accuracy
 METHODS = ("large batch", "SWAP", "SWAP workers (mean)", "SWAP MultiSWAG", "small batch")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train-size", type=int, default=6000)
-    p.add_argument("--test-size", type=int, default=5000)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--small-batch", type=int, default=64)
-    p.add_argument("--large-batch", type=int, default=256, help="per worker")
-    p.add_argument("--small-lr", type=float, default=0.05)
-    p.add_argument("--large-lr", type=float, default=0.2)
-    p.add_argument("--threshold", type=float, default=0.8, help="phase-1 training accuracy")
-    p.add_argument("--width", type=int, default=8)
-    p.add_argument("--samples", type=int, default=6, help="MultiSWAG samples")
-    p.add_argument("--out", type=Path, default=Path("runs/swap"))
-    return p.parse_args(argv)
+    defaults = dict(
+        seeds=[0, 1, 2], train_size=6000, test_size=5000, epochs=6, small_batch=64,
+        large_batch=256, small_lr=0.05, large_lr=0.2, threshold=0.8, width=8, samples=6,
+        out=Path("runs/swap"),
+    )  # fmt: skip
+    helps = {"large_batch": "per worker", "threshold": "phase-1 training accuracy",
+             "samples": "MultiSWAG samples"}  # fmt: skip
+    return _common.parser(__doc__, defaults, helps=helps).parse_args(argv)
 
 
 def rate(step: int, total: int, lr: float) -> float:
@@ -80,21 +75,16 @@ def sgd_epochs(
     """Plain SGD on ``(x, y)``; returns (steps, seconds per step). Collects twice per epoch."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     per_epoch = -(-len(x) // batch)
-    total, step, start = epochs * per_epoch, 0, time.perf_counter()
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch):
-            idx = order[i : i + batch]
-            for group in opt.param_groups:
-                group["lr"] = rate(step, total, lr)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            step += 1
-            if collector is not None and step % max(per_epoch // 2, 1) == 0:
-                collector.collect()
+    total, start = epochs * per_epoch, time.perf_counter()
+
+    def after_step(step: int) -> None:  # the rate of the next step; collect twice per epoch
+        for group in opt.param_groups:
+            group["lr"] = rate(step, total, lr)
+        if collector is not None and step % max(per_epoch // 2, 1) == 0:
+            collector.collect()
+
+    step = _common.train(model, opt, x, y, epochs=epochs, batch_size=batch, generator=g,
+                         after_step=after_step)  # fmt: skip
     return step, (time.perf_counter() - start) / max(step, 1)
 
 
@@ -132,9 +122,9 @@ def large_batch(
     return epochs, step, checks, (time.perf_counter() - start) / max(step, 1)
 
 
-def run_seed(args: argparse.Namespace, seed: int, data: dict[str, Tensor]) -> dict[str, Any]:
+def run_seed(args: argparse.Namespace, seed: int, data: _common.Images) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
-    x, y, tx, ty = data["x"], data["y"], data["tx"], data["ty"]
+    x, y, tx, ty = data.x, data.y, data.test_x, data.test_y
     test = list(torch.split(tx, 1000))
     bn = list(torch.split(x[:2000], 200))  # the same refresh batches on every rank
     g = torch.Generator().manual_seed(seed)
@@ -221,47 +211,50 @@ def wallclock(costs: dict[str, float], settings: dict[str, Any], e1: float) -> d
 
 
 def table(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """Accuracy, synchronisations and the wall-clock formula per method, and the step costs."""
     world = settings["world"]
     e1 = statistics.mean(r["results"]["SWAP"]["phase1_epochs"] for r in runs)
     costs = {k: statistics.mean(r["costs"][k] for r in runs) for k in runs[0]["costs"]}
     clock = wallclock(costs, settings, e1)
-    lines = [
-        f"| method (W = {world}) | test accuracy % | synchronisations | wall clock, formula (s) |",
-        "|---|---|---|---|",
-    ]
-    for m in METHODS:
-        acc = [100 * r["results"][m]["accuracy"] for r in runs]
-        syncs = [r["results"][m]["syncs"] for r in runs]
-        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        t = f"{clock[m]:.1f}" if m in clock else "as SWAP"
-        lines.append(
-            f"| {m} | {statistics.mean(acc):.2f} ± {sd:.2f} | {statistics.mean(syncs):g} | {t} |"
-        )
-    lines.append(
+    rows = [
+        [m, _common.cell([100 * r["results"][m]["accuracy"] for r in runs], 2),
+         f"{statistics.mean(r['results'][m]['syncs'] for r in runs):g}",
+         f"{clock[m]:.1f}" if m in clock else "as SWAP"]
+        for m in METHODS
+    ]  # fmt: skip
+    header = [f"method (W = {world})", "test accuracy %", "synchronisations",
+              "wall clock, formula (s)"]  # fmt: skip
+    return _common.table(header, rows) + (
         f"\nPhase 1 took {e1:g} epochs on average. Measured per step: t_L = "
         f"{costs['large_step'] * 1e3:.1f} ms (batch {settings['large_batch']} per worker, with "
         f"DDP's all-reduce), t_S = {costs['small_step'] * 1e3:.1f} ms (batch "
         f"{settings['small_batch']}), t_ar = {costs['all_reduce'] * 1e3:.2f} ms (all-reduce of "
-        f"{costs['P']:g} floats over {world} gloo workers)."
+        f"{costs['P']:g} floats over {world} gloo workers).\n"
     )
-    return "\n".join(lines) + "\n"
+
+
+def claims(runs: list[dict[str, Any]]) -> list[_common.Claim]:
+    """SWAP's claim per seed: small-batch accuracy (within ``ACC_TOL``), and its weaker half,
+    better than large batch."""
+    results = [r["results"] for r in runs]
+    return [
+        _common.paired_claim(f"SWAP reaches small-batch accuracy (within {ACC_TOL})", results,
+                             ("SWAP", "small batch"), "accuracy", lambda d: d >= -ACC_TOL),
+        _common.paired_claim("SWAP is more accurate than large-batch training at equal epochs",
+                             results, ("SWAP", "large batch"), "accuracy", lambda d: d > 0),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse(argv)
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    x, y = load_fashion_mnist("train")
-    tx, ty = load_fashion_mnist("test")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.train_size]
-    data = {"x": x[order], "y": y[order], "tx": tx[: args.test_size], "ty": ty[: args.test_size]}
+    data = _common.fashion_mnist(args.train_size, args.test_size)
     runs = [run_seed(args, s, data) for s in args.seeds]
     if dist.get_rank() == 0:
-        args.out.mkdir(parents=True, exist_ok=True)
-        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        settings["world"] = dist.get_world_size()
-        (args.out / "results.json").write_text(json.dumps({"settings": settings, "runs": runs}))
-        (args.out / "results.md").write_text(table(runs, settings))
+        settings = _common.settings(args) | {"world": dist.get_world_size()}
+        doc = _common.Results("swap", claims(runs), {"runs": runs}, settings, args.seeds)
+        _common.write(args.out, doc, table(runs, settings))
         for run in runs:
             print(json.dumps(run))
     dist.destroy_process_group()

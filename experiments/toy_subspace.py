@@ -21,13 +21,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import _common
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
@@ -68,35 +68,45 @@ def fit(
 ) -> None:
     """Minibatch SGD (batch 8, momentum 0.9, weight decay 1e-4) on the mean squared error."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 8):
-            idx = order[i : i + 8]
-            loss = (model(x[idx]).squeeze(-1) - y[idx]).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+    def collect(epoch: int) -> None:
         if collector is not None and epoch % every == 0:
             collector.collect()
 
+    _common.train(model, opt, x, y, epochs=epochs, batch_size=8,
+                  generator=torch.Generator().manual_seed(seed), loss_fn=squared_error,
+                  after_epoch=collect)  # fmt: skip
+
+
+def squared_error(out: Tensor, y: Tensor) -> Tensor:
+    """Mean squared error of ``out`` ``(B, 1)`` against ``y`` ``(B,)``."""
+    return (out.squeeze(-1) - y).square().mean()
+
+
+RATIO = 2.0  # "in-between uncertainty": the gap's epistemic sd at least this times the data's
+
+
+def claims(summary: dict[str, dict[str, float]]) -> list[_common.Claim]:
+    """In-between uncertainty of the subspace methods: the gap's epistemic sd ≥ ``RATIO`` × the
+    data's, per method."""
+    ratios = {
+        m: v["epistemic_sd_in_gap"] / max(v["epistemic_sd_on_data"], 1e-12)
+        for m, v in summary.items()
+        if m.startswith("PCA")
+    }
+    text = (
+        f"subspace inference (PCA+ESS, PCA+VI) gives in-between uncertainty (gap ≥ {RATIO}× data)"
+    )
+    return [_common.Claim(text, _common.verdict([r >= RATIO for r in ratios.values()]), ratios)]
+
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rank", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--prior-std", type=float, default=1.0)
-    p.add_argument("--ess-samples", type=int, default=100)
-    p.add_argument("--burn-in", type=int, default=50)
-    p.add_argument("--vi-epochs", type=int, default=300)
-    p.add_argument("--sgd-epochs", type=int, default=600)
-    p.add_argument("--swag-epochs", type=int, default=400)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--swa-lr", type=float, default=0.05)
-    p.add_argument("--members", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("runs/toy_subspace"))
-    p.add_argument("--docs", type=Path, default=None, help="also write the PNG here")
+    defaults = dict(
+        seed=0, rank=5, temperature=1.0, prior_std=1.0, ess_samples=100, burn_in=50,
+        vi_epochs=300, sgd_epochs=600, swag_epochs=400, lr=0.01, swa_lr=0.05, members=5,
+        out=Path("runs/toy_subspace"), docs=None,
+    )  # fmt: skip
+    p = _common.parser(__doc__, defaults, helps={"docs": "also write the PNG here"})
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -123,14 +133,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     chain = elliptical_slice(
-        lik,
-        sub.dim,
-        args.ess_samples,
-        burn_in=args.burn_in,
-        temperature=args.temperature,
-        prior_std=args.prior_std,
-        generator=gen,
-    )
+        lik, sub.dim, args.ess_samples, burn_in=args.burn_in, temperature=args.temperature,
+        prior_std=args.prior_std, generator=gen,
+    )  # fmt: skip
     t_ess = time.perf_counter() - t0
     t0 = time.perf_counter()
     vi = fit_vi(
@@ -169,15 +174,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     summary = {}
     for ax, (name, (posterior, n, scale)) in zip(axes, methods.items(), strict=True):
         mean, var = swag.predict(
-            posterior,
-            model,
-            [grid],
-            num_samples=n,
-            scale=scale,
-            output="gaussian",
-            noise_var=NOISE**2,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
+            posterior, model, [grid], num_samples=n, scale=scale, output="gaussian",
+            noise_var=NOISE**2, generator=torch.Generator().manual_seed(args.seed),
+        )  # fmt: skip
         mean, var = mean.reshape(-1), var.reshape(-1)
         sd = var.sqrt()
         ax.fill_between(grid.squeeze(-1), mean - 2 * sd, mean + 2 * sd, color="tab:blue", alpha=0.3)
@@ -199,13 +198,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "pca_scales": sub.basis.norm(dim=1).tolist(),
         "total_seconds": time.perf_counter() - start,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    for folder in [args.out] + ([args.docs] if args.docs else []):
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / "toy_subspace.png", dpi=100)
     assert all(math.isfinite(v["epistemic_sd_in_gap"]) for v in summary.values())
-    return result
+    rows = [[m, f"{v['epistemic_sd_in_gap']:.3f}", f"{v['epistemic_sd_on_data']:.3f}"]
+            for m, v in summary.items()]  # fmt: skip
+    text = _common.table(["method", "epistemic sd in the gap", "epistemic sd on the data"], rows)
+    settings = _common.settings(args)
+    doc = _common.Results("toy_subspace", claims(summary), result, settings, [args.seed])
+    _common.write(
+        args.out, doc, text, lambda folder: fig.savefig(folder / "toy_subspace.png", dpi=100)
+    )
+    if args.docs:
+        fig.savefig(args.docs / "toy_subspace.png", dpi=100)
+    return doc.to_json()
 
 
 if __name__ == "__main__":

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "averaging_lm.py"
+from tests.experiment_scripts import load_script
 
 
 @pytest.mark.slow
 def test_quick_run_writes_curves_verdicts_and_plot(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("averaging_lm_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    exp = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = exp  # dataclasses look their module up
-    spec.loader.exec_module(exp)
+    exp = load_script("averaging_lm")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         result = exp.main(["--quick", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
-    assert [c["step"] for c in result["curves"]] == [10, 20]
-    v = result["verdicts"]
-    assert set(v["claim1"].values()) <= {"HOLDS", "FAILS"} and v["claim2"] in {"HOLDS", "FAILS"}
-    assert v["posthoc_sigma_rel"] in exp.GRID
+    assert [c["step"] for c in result["numbers"]["curves"]] == [10, 20]
+    beats, finds = result["claims"]
+    gains = beats["numbers"]["mid_minus_latest"].values()
+    assert beats["verdict"] == exp._common.verdict([g < 0 for g in gains])
+    assert finds["verdict"] in {"holds", "fails"}
+    assert finds["numbers"]["posthoc_sigma_rel"] in exp.GRID
     assert (tmp_path / "averaging_lm.png").stat().st_size > 0

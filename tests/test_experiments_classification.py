@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -12,16 +11,11 @@ import pytest
 
 from swag.bench import COLUMNS
 from swag.bench import _aggregate as aggregate
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "classification.py"
+from tests.experiment_scripts import load_script
 
 
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("classification_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("classification")
 
 
 def fake_run(folder: Path, seed: int, acc: float, preset: str = "default") -> Path:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "digits.py"
+from tests.experiment_scripts import load_script
 
 
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("digits_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("digits")
 
 
 def test_short_run_learns_and_writes_the_table(tmp_path: Path) -> None:
@@ -32,6 +25,10 @@ def test_short_run_learns_and_writes_the_table(tmp_path: Path) -> None:
     # temperature scaling never changes the predicted class
     assert result["SGD + temp. scaling"]["accuracy"] == result["SGD"]["accuracy"]
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["results"] == results and saved["settings"]["epochs"] == 6
-    rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line[:2] == "| "]
+    assert saved["numbers"]["results"] == results and saved["config"]["epochs"] == 6
+    assert saved["seeds"] == [0] and len(saved["claims"]) == 3
+    swa_gain = results[0]["SWA"]["nll"] < results[0]["SGD"]["nll"]
+    assert saved["claims"][0]["verdict"] == ("holds" if swa_gain else "fails")
+    table = (tmp_path / "results.md").read_text().split("\n\n")[0]
+    rows = [line for line in table.splitlines() if line[:2] == "| "]
     assert [r.split(" | ")[0][2:] for r in rows] == ["method", *digits.METHODS]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -13,7 +11,7 @@ from types import ModuleType
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "fge_swa.py"
+from tests.experiment_scripts import load_script
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +24,7 @@ def one_thread() -> Iterator[None]:
 
 
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fge_swa_experiment", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fge_swa")
 
 
 def test_quick_run_writes_both_tables(tmp_path: Path) -> None:
@@ -47,6 +40,13 @@ def test_quick_run_writes_both_tables(tmp_path: Path) -> None:
     # with whole cycles, the final weights are the last snapshot
     assert fge["last snapshot"]["accuracy"] >= 0
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["results"] == results
+    assert saved["numbers"]["results"] == results and saved["seeds"] == [0]
+    fge_gap = fge["SWA"]["accuracy"] - fge["FGE"]["accuracy"]
+    sam_gain = sam["SAM"]["accuracy"] - sam["SGD"]["accuracy"]
+    assert [c["numbers"] for c in saved["claims"]] == [
+        {"accuracy SWA − FGE": [fge_gap]},
+        {"accuracy SAM − SGD": [sam_gain]},
+    ]
+    assert saved["claims"][1]["verdict"] == ("holds" if sam_gain > 0 else "fails")
     text = (tmp_path / "results.md").read_text()
     assert "## fge" in text and "## sam" in text and "| SWAG (SAM) |" in text

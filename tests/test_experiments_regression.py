@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -14,8 +13,8 @@ import pytest
 import torch
 
 from swag.data import load_uci_regression
+from tests.experiment_scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "regression.py"
 METHODS = [
     "SGD",
     "SGD, end of SWA phase",
@@ -32,16 +31,11 @@ KEYS = {"ll", "ll_mixture", "rmse", "coverage90"}
 @pytest.fixture(scope="module")
 def script() -> Iterator[ModuleType]:
     """The experiment script as a module (``experiments/`` is not a package)."""
-    name = "experiments_regression"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+    module = load_script("regression")
     try:
-        spec.loader.exec_module(module)
         yield module
     finally:
-        del sys.modules[name]
+        del sys.modules[module.__name__]
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +50,14 @@ def quick_run(
 def test_quick_run_writes_json_and_table(quick_run: tuple[Path, dict[str, object]]) -> None:
     out, results = quick_run
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["datasets"] == ["diabetes"] and on_disk["splits"] == 2
-    assert on_disk["summary"] == json.loads(json.dumps(results["summary"]))
-    assert list(on_disk["summary"]["diabetes"]) == METHODS
+    assert on_disk == json.loads(json.dumps(results))  # the common schema, checked by write
+    assert on_disk["schema"] == "swag-experiment/1" and on_disk["seeds"] == [3]
+    numbers = on_disk["numbers"]
+    assert numbers["datasets"] == ["diabetes"] and numbers["splits"] == 2
+    assert list(numbers["summary"]["diabetes"]) == METHODS
     assert on_disk["config"]["max_rank"] == 20 and on_disk["config"]["scale"] == 0.5
-    table = (out / "results.md").read_text().splitlines()
+    assert [c["verdict"] in ("holds", "fails", "mixed") for c in on_disk["claims"]] == [True] * 2
+    table = (out / "results.md").read_text().split("\n\n")[0].splitlines()
     assert table[0].startswith("| dataset | method | test LL")
     assert [row.split(" | ")[:2] for row in table[2:]] == [["| diabetes", m] for m in METHODS]
 
@@ -71,7 +68,7 @@ def test_quick_run_metrics_are_finite_and_plausible(
     _, results = quick_run
     _, y = load_uci_regression("diabetes")
     y_std = y.std().item()  # ≈ 77: a constant prediction's RMSE
-    per_split = results["per_split"]["diabetes"]  # type: ignore[index]
+    per_split = results["numbers"]["per_split"]["diabetes"]  # type: ignore[index]
     assert len(per_split) == 2
     for run in per_split:
         assert list(run) == METHODS
@@ -84,7 +81,7 @@ def test_quick_run_metrics_are_finite_and_plausible(
             assert -7.0 < metrics["ll"] < -4.0, (method, metrics)
         # A point posterior is one Gaussian: the mixture LL equals the moment-matched LL.
         assert run["SGD"]["ll_mixture"] == pytest.approx(run["SGD"]["ll"], abs=1e-5)
-    summary = results["summary"]["diabetes"]  # type: ignore[index]
+    summary = results["numbers"]["summary"]["diabetes"]  # type: ignore[index]
     assert summary["SGD"]["ll_vs_sgd"] == {"mean": 0.0, "se": 0.0}
 
 

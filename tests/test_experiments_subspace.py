@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "experiments"
+from tests.experiment_scripts import load_script
 
 
 def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def test_toy_subspace_smoke(tmp_path: Path) -> None:
     args = "--sgd-epochs 30 --swag-epochs 20 --ess-samples 4 --burn-in 1 --vi-epochs 2"
     result = load("toy_subspace").main([*args.split(), "--members", "2", "--out", str(tmp_path)])
     assert (tmp_path / "toy_subspace.png").stat().st_size > 10_000
-    methods = result["methods"]
+    methods = result["numbers"]["methods"]
     assert list(methods) == ["SGD", "SWAG", "PCA(5)+ESS", "PCA(5)+VI", "Ensemble (2)"]
     assert methods["SGD"]["epistemic_sd_in_gap"] == 0.0
     assert methods["PCA(5)+ESS"]["epistemic_sd_in_gap"] > 0.0
-    assert result["ess"]["passes_per_sample"] >= 1.0
+    assert result["numbers"]["ess"]["passes_per_sample"] >= 1.0
+    (claim,) = result["claims"]
+    ess = methods["PCA(5)+ESS"]
+    ratio = ess["epistemic_sd_in_gap"] / ess["epistemic_sd_on_data"]
+    assert claim["numbers"]["PCA(5)+ESS"] == ratio
 
 
 def test_fmnist_landscape_smoke(tmp_path: Path) -> None:
@@ -47,5 +44,9 @@ def test_fmnist_landscape_smoke(tmp_path: Path) -> None:
     result = load("fmnist_landscape").main([*args.split(), "--out", str(tmp_path)])
     for png in ("fmnist_loss_line.png", "fmnist_loss_plane.png"):
         assert (tmp_path / png).stat().st_size > 10_000
-    assert result["ess"]["passes_per_sample"] >= 1.0
-    assert all(math.isfinite(v["nll"]) for v in result["test"].values())
+    numbers = result["numbers"]
+    assert numbers["ess"]["passes_per_sample"] >= 1.0
+    assert all(math.isfinite(v["nll"]) for v in numbers["test"].values())
+    (claim,) = result["claims"]
+    sgd, swa = claim["numbers"].values()  # the train loss nearest t = 0 and t = 1
+    assert claim["verdict"] == ("holds" if swa < sgd else "fails")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,18 +9,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests.experiment_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_experiment", ROOT / "experiments" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def test_swalp_short_run_writes_every_method(tmp_path: Path) -> None:
@@ -33,8 +27,14 @@ def test_swalp_short_run_writes_every_method(tmp_path: Path) -> None:
     for method, m in run["results"].items():
         assert m["accuracy"] > 0.3, method  # 10 classes: chance is 0.1
     assert run["seconds_per_step"]["8-bit"] > 0 and 0 <= run["grid"]["below_quarter"] <= 1
-    rows = [r for r in (tmp_path / "results.md").read_text().splitlines() if r.startswith("| ")]
+    table = (tmp_path / "results.md").read_text().split("\n\n")[0]
+    rows = [r for r in table.splitlines() if r.startswith("| ")]
     assert [r.split(" | ")[0][2:] for r in rows] == ["method", *swalp.METHODS]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["numbers"]["runs"] == json.loads(json.dumps([run])) and saved["seeds"] == [0]
+    acc = {m: v["accuracy"] for m, v in run["results"].items()}
+    beats = acc["8-bit SWALP"] > acc["8-bit SGD"]
+    assert saved["claims"][1]["verdict"] == ("holds" if beats else "fails")
 
 
 def test_swap_short_run_under_torchrun(tmp_path: Path) -> None:
@@ -51,7 +51,9 @@ def test_swap_short_run_under_torchrun(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's swag
     done = subprocess.run(cmd, cwd=ROOT, timeout=300, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["schema"] == "swag-experiment/1" and len(saved["claims"]) == 2
+    (run,) = saved["numbers"]["runs"]
     res = run["results"]
     assert res["SWAP workers (mean)"]["syncs"] == 0
     steps_per_epoch = 1  # 512 examples over 2 workers, 256 per large batch
