@@ -40,8 +40,8 @@ from torch import Tensor, nn
 import swag
 from swag.bench import batches, small_cnn
 from swag.data import load_fashion_mnist
-from swag.lowp import BlockFloat, QuantizedOptimizer, quantize_model
-from swag.schedules import SWAGDecay
+from swag.family.lowp import BlockFloat, QuantizedOptimizer, quantize_model
+from swag.family.schedules import SWAGDecay
 
 METHODS = (
     "float SGD", "float SWA", "8-bit SGD", "8-bit SGD (float activations)", "8-bit SWALP",

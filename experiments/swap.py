@@ -36,9 +36,9 @@ from torch import Tensor, nn
 
 import swag
 from swag.bench import small_cnn
+from swag.core.distributed import gather_multiswag
 from swag.data import load_fashion_mnist
-from swag.distributed import gather_multiswag
-from swag.swap import SWAP
+from swag.family.swap import SWAP
 
 METHODS = ("large batch", "SWAP", "SWAP workers (mean)", "SWAP MultiSWAG", "small batch")
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import swag
-import swag._step
+import swag.core._step
 from swag import Collector
 from swag import distributed as sd
 from tests.reference import last_deviations, random_walk, two_pass_moments

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from swag import Collector, SWAGPosterior, _io
-from swag.multiswag import MultiSWAG, _iter_samples
-from swag.point import PointPosterior
-from swag.posterior import Posterior
+from swag import Collector, SWAGPosterior
+from swag.core.multiswag import MultiSWAG, _iter_samples
+from swag.core.point import PointPosterior
+from swag.core.posterior import Posterior
+from swag.persistence import _io
 from tests.reference import random_walk
 
 

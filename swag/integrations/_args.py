@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from swag._checks import check_bool, check_callable, check_count, check_device
+from swag.core._checks import check_bool, check_callable, check_count, check_device
 
 
 def check_rank_and_start(max_rank: object, start: object, unit: str) -> None:

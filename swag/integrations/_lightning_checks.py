@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from swag.bn import has_batchnorm as has_batchnorm  # the one test; re-exported here
+from swag.evaluation.bn import has_batchnorm as has_batchnorm  # the one test; re-exported here
 from swag.integrations import _missing_extra
 from swag.integrations._args import check_rank_and_start
 

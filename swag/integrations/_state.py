@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 import swag
-from swag import _io
-from swag.sharded import ShardedPosterior
+from swag.core.distributed.sharded import ShardedPosterior
+from swag.persistence import _io
 
 FORMAT = "swag-collector-state"
 VERSION = 1

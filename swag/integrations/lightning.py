@@ -23,13 +23,13 @@ from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
 import swag
-from swag.bn import default_input_fn
+from swag.core.distributed.sharded import ShardedPosterior
+from swag.core.layout import ParamSelector
+from swag.evaluation.bn import default_input_fn
+from swag.family.schedules import CollectEvery
 from swag.integrations import _missing_extra, _state
 from swag.integrations._args import check_common, check_lightning_extras, init_doc
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
-from swag.layout import ParamSelector
-from swag.schedules import CollectEvery
-from swag.sharded import ShardedPosterior
 
 try:
     import lightning.pytorch as pl

@@ -21,11 +21,11 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag import _io
-from swag._checks import check_count
+from swag.core._checks import check_count
+from swag.core.layout import ParamSelector
 from swag.integrations import _missing_extra
 from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
-from swag.layout import ParamSelector
+from swag.persistence import _io
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
