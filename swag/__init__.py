@@ -24,6 +24,7 @@ from swag.evaluation.bn import update_bn
 from swag.evaluation.fit_scale import fit_scale
 from swag.evaluation.predict import predict
 from swag.evaluation.temperature import apply_temperature, fit_temperature
+from swag.family import subspace as subspace  # registers the subspace posterior's kind
 from swag.family.averaging import EMA, LAWA, PostHocEMA, PowerEMA
 
 _aliases.install(sys.modules[__name__])

@@ -304,7 +304,7 @@ def test_save_load_round_trip_and_damaged_files(tmp_path: Path) -> None:
     # a file whose Cholesky factor is not lower triangular is refused with the reason
     vi = posts[1]
     assert vi.scale_tril is not None
-    swag._io.save_file(
+    swag.persistence._io.save_file(
         tmp_path / "bad.safetensors",
         "subspace_posterior",
         {

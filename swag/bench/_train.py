@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from swag import Collector
 from swag.bench._config import BenchConfig
 from swag.bench._progress import Progress
+from swag.core.collector import Collector
 from swag.family.optim import SAM
 from swag.family.schedules import CollectEvery, Cyclic, SWAGDecay
 from swag.family.snapshots import Snapshots

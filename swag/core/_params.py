@@ -8,12 +8,9 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from swag.core.layout import ParamLayout
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
@@ -73,6 +70,9 @@ def plan_chunks(
 class BoundParams:
     """A layout bound to one model: its covered parameters as flat views, validated once.
 
+    Built by :meth:`ParamLayout.bind` from the layout's ``names`` and the model's parameters
+    ``params`` in that order (:meth:`ParamLayout.resolve`).
+
     For FSDP2 (DTensor) parameters the views are of the local shards.
 
     :meth:`current` re-checks, without walking the whole module tree, that the model still
@@ -82,15 +82,15 @@ class BoundParams:
     moving the model all make it stale.
     """
 
-    def __init__(self, layout: ParamLayout, model: nn.Module) -> None:
+    def __init__(self, names: Sequence[str], params: Sequence[Tensor], model: nn.Module) -> None:
         self.model = model
-        tensors = [local_part(t) for t in layout.resolve(model)]
+        tensors = [local_part(t) for t in params]
         self._views = [t.reshape(-1) for t in tensors]
         self._cacheable = all(t.is_contiguous() for t in tensors)
         _, prefix = unwrap(model)
         links: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
         self._params: list[tuple[nn.Module, str, nn.Parameter, tuple[object, ...]]] = []
-        for name in layout.names:
+        for name in names:
             *path, attr = (prefix + name).split(".")
             owner = model
             for key in path:

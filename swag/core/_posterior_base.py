@@ -63,9 +63,11 @@ class Posterior(abc.ABC):
 
     @staticmethod
     def kind_class(kind: str) -> type[Posterior] | None:
-        """The class whose files say ``kind``, or None (importing the optional kinds first)."""
-        if kind not in Posterior.kinds:
-            import swag.family.subspace  # noqa: F401  (registers SubspacePosterior)
+        """The class whose files say ``kind``, or None.
+
+        Every kind registers itself when its module is imported; ``import swag`` imports them
+        all, the subspace posterior included.
+        """
         return Posterior.kinds.get(kind)
 
     def sample(

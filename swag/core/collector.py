@@ -496,10 +496,11 @@ class Collector(CheckedState):
         """Write the collector's state to ``path`` (safetensors, atomic) to resume later.
 
         Raises:
-            ValueError: if the collector is sharded (use :func:`swag.distributed.save`).
+            RuntimeError: if the collector is sharded (use :func:`swag.distributed.save`), as
+                :meth:`posterior` does.
         """
         if self.plan is not None:
-            raise ValueError(
+            raise RuntimeError(
                 f"this collector holds only rank {self.plan.rank} of {self.plan.world}'s part of "
                 "the statistics; save it with swag.distributed.save(collector, directory)"
             )
@@ -541,7 +542,7 @@ class Collector(CheckedState):
                 foreign.
         """
         tensors, meta = _io.load_file(path, "collector")
-        layout = _io.layout_field(meta, "layout", path)
+        layout = ParamLayout.from_metadata(meta, "layout", path)
         dtype = _io.dtype_field(meta, "dtype", path)
         deviation_dtype = _io.dtype_field(meta, "deviation_dtype", path)
         k, n = _io.int_field(meta, "max_rank", path), _io.int_field(meta, "n", path)
@@ -610,7 +611,7 @@ class Collector(CheckedState):
                 return f"{key} is {meta.get(key)} in the saved state but {mine[key]} here"
         try:
             _io.int_field(meta, "n", "the saved state")
-            saved = _io.layout_field(meta, "layout", "the saved state")
+            saved = ParamLayout.from_metadata(meta, "layout", "the saved state")
         except ValueError as e:
             return str(e)
         diff = self.layout.mismatch(saved)

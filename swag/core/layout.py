@@ -12,11 +12,13 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from swag.core._params import BoundParams, unwrap
+from swag.persistence import _io
 
 __all__ = ["ParamLayout", "ParamSelector"]
 
@@ -163,7 +165,7 @@ class ParamLayout:
         Raises:
             ValueError: as :meth:`resolve`.
         """
-        return BoundParams(self, model)
+        return BoundParams(self.names, self.resolve(model), model)
 
     @staticmethod
     def gather(pieces: Sequence[Tensor], out: Tensor) -> Tensor:
@@ -207,6 +209,15 @@ class ParamLayout:
             shapes=tuple(tuple(int(x) for x in r[1]) for r in rows),
             dtypes=tuple(getattr(torch, str(r[2])) for r in rows),
         )
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], key: str, where: _io.PathLike) -> ParamLayout:
+        """The layout a file's metadata holds at ``key``, checked row by row.
+
+        Raises:
+            ValueError: naming ``where`` and the row, if it is not a layout swag writes.
+        """
+        return cls(*_io.layout_rows(meta, key, where))
 
     def strip_prefix(self, prefix: str) -> ParamLayout:
         """This layout with ``prefix`` removed from every name (e.g. ``"net."``).

@@ -15,7 +15,7 @@ from swag.core._posterior_base import Posterior, State
 from swag.core._random import generator_for
 from swag.persistence import _io
 
-__all__ = ["MultiSWAG"]
+__all__ = ["MultiSWAG", "iter_samples"]
 
 _KIND = "multiswag"
 _MAX_DEPTH = 32  # nested mixtures read (deeper would exhaust Python's recursion limit)
@@ -234,7 +234,7 @@ class MultiSWAG(Posterior):
             raise ValueError(f"{where}: {e}") from None
 
 
-def _iter_samples(
+def iter_samples(
     posterior: Posterior,
     num_samples: int,
     *,
@@ -256,7 +256,7 @@ def _iter_samples(
     if isinstance(posterior, MultiSWAG):
         counts = posterior.allocation(num_samples, generator=generator)
         for c, n in zip(posterior.components, counts, strict=True):
-            yield from _iter_samples(c, n, scale=scale, generator=generator)
+            yield from iter_samples(c, n, scale=scale, generator=generator)
     else:
         for _ in range(num_samples):
             yield posterior.sample((), scale=scale, generator=generator)

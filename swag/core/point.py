@@ -120,7 +120,7 @@ class PointPosterior(Posterior):
         cls, tensors: dict[str, Tensor], meta: dict[str, str], where: str
     ) -> PointPosterior:
         """Rebuild from :meth:`to_state`'s output; ``where`` names the source in errors."""
-        layout = _io.layout_field(meta, "layout", where)
+        layout = ParamLayout.from_metadata(meta, "layout", where)
         _io.expect_tensors(tensors, ("mean",), where)
         floats = _io.FLOAT_DTYPES.values()
         return cls(_io.tensor_field(tensors, "mean", where, (layout.size,), floats), layout)

@@ -276,7 +276,7 @@ class SWAGPosterior(Density, Posterior):
         diagonal_only = (
             _io.int_field(meta, "diagonal_only", where, high=1) if "diagonal_only" in meta else 0
         )
-        layout = _io.layout_field(meta, "layout", where)
+        layout = ParamLayout.from_metadata(meta, "layout", where)
         n = _io.int_field(meta, "n", where, low=1)
         _io.expect_tensors(tensors, _io.POSTERIOR_STATISTICS, where)
         size, floats = layout.size, _io.FLOAT_DTYPES.values()

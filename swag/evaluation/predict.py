@@ -24,7 +24,7 @@ from swag.core._checks import (
 )
 from swag.core._gaussian import check_head
 from swag.core._params import working_copy
-from swag.core.multiswag import MultiSWAG, _iter_samples
+from swag.core.multiswag import MultiSWAG, iter_samples
 from swag.core.point import PointPosterior
 from swag.core.posterior import Posterior
 from swag.evaluation._batches import call_model, move_to
@@ -183,7 +183,7 @@ def predict(
         UserWarning: when the model's outputs look like probabilities (softmax applied twice).
 
     Example:
-        >>> from swag.point import PointPosterior
+        >>> from swag import PointPosterior
         >>> model = torch.nn.Linear(4, 3)
         >>> post = PointPosterior.from_model(model)
         >>> predict(post, model, [torch.randn(8, 4)]).shape  # one pass: a point posterior
@@ -210,7 +210,7 @@ def predict(
 
     def passes() -> Iterator[list[Any]]:
         """Per sample: the (``output_fn``-mapped) outputs of every batch of ``loader``."""
-        thetas = _iter_samples(posterior, num_samples, scale=scale, generator=generator)
+        thetas = iter_samples(posterior, num_samples, scale=scale, generator=generator)
         progress_bar = tqdm(thetas, total=num_samples, desc="predict", disable=not progress)
         for passes_done, theta in enumerate(progress_bar):
             posterior.apply_(work, theta)

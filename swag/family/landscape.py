@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import swag
 from swag.core._checks import (
     check_bool,
     check_callable,
@@ -27,13 +26,15 @@ from swag.core._checks import (
     check_reiterable,
     check_scale,
 )
-from swag.evaluation.bn import InputFn, default_input_fn, has_batchnorm
+from swag.core.layout import ParamLayout
+from swag.core.posterior import SWAGPosterior
+from swag.evaluation._batches import move_to
+from swag.evaluation.bn import InputFn, default_input_fn, has_batchnorm, update_bn
 from swag.family.subspace import Subspace
 from swag.family.subspace._likelihood import (
     TargetFn,
     check_class_target,
     default_target_fn,
-    to_device,
 )
 
 __all__ = [
@@ -172,7 +173,7 @@ class Plane:
         return out
 
     def gaussian(
-        self, posterior: swag.SWAGPosterior, *, scale: float | None = None
+        self, posterior: SWAGPosterior, *, scale: float | None = None
     ) -> tuple[Tensor, Tensor]:
         """The SWAG Gaussian's marginal over the plane coordinates: centre ``(2,)``, cov ``(2, 2)``.
 
@@ -187,7 +188,7 @@ class Plane:
             ValueError: if ``posterior`` covers another number of parameters than the plane,
                 or ``scale`` is negative, NaN or infinite (as for ``SWAGPosterior.sample``).
         """
-        if not isinstance(posterior, swag.SWAGPosterior):
+        if not isinstance(posterior, SWAGPosterior):
             raise TypeError(
                 "posterior must be a SWAGPosterior for Plane.gaussian, got "
                 f"{type(posterior).__name__}: it has no single Gaussian here; for a MultiSWAG, "
@@ -229,7 +230,7 @@ class PlaneScan:
 
 def evaluate_points(
     model: nn.Module,
-    layout: swag.ParamLayout,
+    layout: ParamLayout,
     thetas: Sequence[Tensor],
     loaders: Loaders,
     *,
@@ -281,7 +282,7 @@ def evaluate_points(
 
 def _evaluate(
     model: nn.Module,
-    layout: swag.ParamLayout,
+    layout: ParamLayout,
     thetas: Iterable[Tensor],
     count: int,
     loaders: Loaders,
@@ -296,7 +297,7 @@ def _evaluate(
     """:func:`evaluate_points` over ``count`` points drawn one at a time from ``thetas``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(layout, swag.ParamLayout):
+    if not isinstance(layout, ParamLayout):
         raise TypeError(f"layout must be a swag.ParamLayout, got {type(layout).__name__}")
     if not isinstance(loaders, Mapping) or not loaders:
         raise TypeError(
@@ -331,13 +332,13 @@ def _evaluate(
     for i, theta in enumerate(points):
         layout.scatter(theta.to(dev), work)
         if bn_loader is not None:
-            swag.update_bn(bn_loader, work, num_batches=bn_batches, input_fn=input_fn, device=dev)
+            update_bn(bn_loader, work, num_batches=bn_batches, input_fn=input_fn, device=dev)
         work.eval()
         with torch.no_grad():
             for name, loader in loaders.items():
                 loss, wrong, examples, broken = 0.0, 0, 0, False
                 for batch in loader:
-                    inputs, target = to_device(to_input(batch), dev), to_target(batch).to(dev)
+                    inputs, target = move_to(to_input(batch), dev), to_target(batch).to(dev)
                     logits = work(inputs)
                     check_class_target(logits, target)
                     broken = broken or bool((logits.isnan() | logits.isposinf()).any())
@@ -383,7 +384,7 @@ def _grid(values: object, name: str, dtype: torch.dtype) -> Tensor:
 
 def scan_line(
     model: nn.Module,
-    layout: swag.ParamLayout,
+    layout: ParamLayout,
     start: Tensor,
     end: Tensor,
     loaders: Loaders,
@@ -404,7 +405,7 @@ def scan_line(
 
 def scan_plane(
     model: nn.Module,
-    layout: swag.ParamLayout,
+    layout: ParamLayout,
     plane: Plane,
     loaders: Loaders,
     *,

@@ -18,9 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from swag import Collector, MultiSWAG, ParamLayout, PointPosterior, Posterior
 from swag.core._checks import check_count, check_device
-from swag.core.layout import ParamSelector
+from swag.core._posterior_base import Posterior
+from swag.core.collector import Collector
+from swag.core.layout import ParamLayout, ParamSelector
+from swag.core.multiswag import MultiSWAG
+from swag.core.point import PointPosterior
 from swag.persistence import _io
 from swag.persistence._checked_state import CheckedState
 
@@ -212,7 +215,9 @@ class Snapshots(CheckedState):
         if rows is None or rows.dim() != 2:
             raise ValueError(f"{path} lacks a 2-d tensor 'snapshots'; the file is damaged")
         text = _io.require(meta, "layout", path)
-        layout = _io.layout_field(meta, "layout", path)  # checked row by row, naming the file
+        layout = ParamLayout.from_metadata(
+            meta, "layout", path
+        )  # checked row by row, naming the file
         n = _io.int_field(meta, "n", path, low=0, high=rows.shape[0])
         if not rows.dtype.is_floating_point or rows.shape[0] < 1:
             raise ValueError(

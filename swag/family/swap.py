@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from swag import update_bn
 from swag.core._checks import check_loader, check_real
+from swag.evaluation.bn import update_bn
 
 __all__ = ["SWAP"]
 

@@ -1,7 +1,7 @@
 """Files: safetensors written atomically and validated on load (no pickle, no code execution).
 
 Every loader answers a damaged or foreign file with a ``ValueError`` that names the file and
-the field. The typed readers here (:func:`int_field`, :func:`dtype_field`, :func:`layout_field`,
+the field. The typed readers here (:func:`int_field`, :func:`dtype_field`, :func:`layout_rows`,
 :func:`json_field`, :func:`tensor_field`) do the checking, so that each loader stays short.
 
 Since format version 2 a file carries a ``checksum``: a SHA-256 over its metadata and tensors
@@ -26,8 +26,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
-
-from swag.core.layout import ParamLayout
 
 FORMAT = "swag-toolkit"
 VERSION = 2  # 2: with a checksum; 1: without (still read)
@@ -234,8 +232,14 @@ def dtype_field(meta: Mapping[str, Any], key: str, where: PathLike) -> torch.dty
     return dtype
 
 
-def layout_field(meta: Mapping[str, Any], key: str, where: PathLike) -> ParamLayout:
-    """``meta[key]``, a :class:`ParamLayout` as ``to_json`` writes it, checked row by row."""
+def layout_rows(
+    meta: Mapping[str, Any], key: str, where: PathLike
+) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[torch.dtype, ...]]:
+    """``meta[key]``, a layout as ``ParamLayout.to_json`` writes it, checked row by row.
+
+    Returns its names, shapes and dtypes; :meth:`swag.ParamLayout.from_metadata` builds the
+    layout from them.
+    """
     rows = json_field(meta, key, where)
     fix = "expected a non-empty list of [name, shape, dtype] with distinct names"
     if not isinstance(rows, list) or not rows:
@@ -255,7 +259,7 @@ def layout_field(meta: Mapping[str, Any], key: str, where: PathLike) -> ParamLay
         names.append(row[0])
         shapes.append(tuple(row[1]))
         dtypes.append(dtype)
-    return ParamLayout(tuple(names), tuple(shapes), tuple(dtypes))
+    return tuple(names), tuple(shapes), tuple(dtypes)
 
 
 def check_shape(

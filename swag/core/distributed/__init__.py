@@ -29,7 +29,6 @@ from swag.core.distributed import _dcp
 from swag.core.distributed._shard import ShardPlan
 from swag.core.distributed.sharded import ShardedPosterior
 from swag.core.multiswag import MultiSWAG
-from swag.core.posterior import _KIND as SWAG_KIND
 from swag.core.posterior import SWAGPosterior
 from swag.persistence import _io
 
@@ -100,7 +99,9 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
         plan, group = obj.plan, obj.process_group
     else:
         flat = {"mean": obj.mean, "std": obj.std, "deviations": obj.deviations}
-        meta.update(kind=SWAG_KIND, n=obj.n, layout=obj.layout.to_json(), max_rank=obj.rank)
+        meta.update(
+            kind=SWAGPosterior.kind, n=obj.n, layout=obj.layout.to_json(), max_rank=obj.rank
+        )
         plan, group = (obj.plan, obj.group) if isinstance(obj, ShardedPosterior) else (None, None)
     meta.update(dtype=str(flat["std" if "std" in flat else "m2"].dtype).removeprefix("torch."))
     meta["deviation_dtype"] = str(flat["deviations"].dtype).removeprefix("torch.")
@@ -232,7 +233,7 @@ def load_posterior(
         ValueError: if the folder is damaged or foreign (naming the file and the field);
             RuntimeError: ``shard=True`` without a group.
     """
-    header = _dcp.read_header(path, SWAG_KIND)
+    header = _dcp.read_header(path, SWAGPosterior.kind)
     layout = header.layout
     if shard and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard=True needs an initialised process group; or pass shard=False")

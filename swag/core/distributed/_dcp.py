@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from swag.core.distributed._shard import ShardPlan
 from swag.core.layout import ParamLayout
-from swag.core.posterior import _KIND as SWAG_KIND
+from swag.core.posterior import SWAGPosterior
 from swag.persistence import _io
 
 META = "swag.json"
@@ -43,7 +43,7 @@ COUNT = "count"  # n, stored with the tensors as well, to match them to swag.jso
 FIELDS = ("layout", "n", "max_rank", "dtype", "deviation_dtype")
 STATS = {
     "collector": _io.COLLECTOR_STATISTICS,
-    SWAG_KIND: _io.POSTERIOR_STATISTICS,
+    SWAGPosterior.kind: _io.POSTERIOR_STATISTICS,
 }
 
 
@@ -218,7 +218,7 @@ def read_header(path: _io.PathLike, kind: str) -> Header:
         _io.require(meta, key, file)
     header = Header(
         meta,
-        _io.layout_field(meta, "layout", file),
+        ParamLayout.from_metadata(meta, "layout", file),
         _io.int_field(meta, "n", file, low=0 if kind == "collector" else 1),
         _io.int_field(meta, "max_rank", file),
         _io.dtype_field(meta, "dtype", file),

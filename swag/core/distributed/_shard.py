@@ -154,7 +154,12 @@ def shard_plan(
 
 
 def assemble(local: Tensor, plan: ShardPlan, group: dist.ProcessGroup | None) -> Tensor:
-    """The global ``(m, P)`` from every rank's ``(m, L_r)``, with one ``all_gather``."""
+    """The whole ``(..., P)`` from every rank's ``(..., L_r)``, with one ``all_gather``.
+
+    Every rank of ``group`` must call it.
+    """
+    lead = local.shape[:-1]
+    local = local.reshape(-1, plan.size)
     width = max(plan.of(r).size for r in range(plan.world))
     buf = local.new_zeros(local.shape[0], width)
     buf[:, : plan.size] = local
@@ -163,4 +168,4 @@ def assemble(local: Tensor, plan: ShardPlan, group: dist.ProcessGroup | None) ->
     out = local.new_empty(local.shape[0], plan.layout.size)
     for r, part in enumerate(parts):
         plan.of(r).put(part, out)
-    return out
+    return out.view(*lead, plan.layout.size)

@@ -72,7 +72,7 @@ class ShardedPosterior(Posterior):
         """
         raise TypeError(
             "a ShardedPosterior holds one rank's part; save it with "
-            "swag.core.distributed.save(posterior, directory) or swag.save(posterior.full(), path)"
+            "swag.distributed.save(posterior, directory) or swag.save(posterior.full(), path)"
         )
 
     @classmethod
@@ -152,9 +152,7 @@ class ShardedPosterior(Posterior):
 
     def assemble(self, local: Tensor) -> Tensor:
         """Every rank's ``(..., L_r)`` as the whole ``(..., P)``, on every rank (one all_gather)."""
-        lead = local.shape[:-1]
-        full = assemble(local.reshape(-1, self.plan.size), self.plan, self.group)
-        return full.view(*lead, self.layout.size)
+        return assemble(local, self.plan, self.group)
 
     def full(self) -> SWAGPosterior:
         """The whole posterior on every rank (one all_gather of ``(K + 2) · P`` entries)."""

@@ -8,18 +8,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import swag
 from swag.core._checks import check_generator, check_positive
 from swag.core._random import generator_for
+from swag.core.collector import Collector
 from swag.core.layout import ParamLayout
+from swag.core.posterior import SWAGPosterior
 
-Source = swag.Collector | swag.SWAGPosterior
+Source = Collector | SWAGPosterior
 
 
-def _statistics(source: Source) -> swag.SWAGPosterior:
-    if isinstance(source, swag.Collector):
+def _statistics(source: Source) -> SWAGPosterior:
+    if isinstance(source, Collector):
         return source.posterior()
-    if isinstance(source, swag.SWAGPosterior):
+    if isinstance(source, SWAGPosterior):
         return source
     raise TypeError(
         f"source must be a swag.Collector or swag.SWAGPosterior, got {type(source).__name__}"
@@ -46,7 +47,7 @@ class Subspace:
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
-        >>> collector = swag.Collector(model, max_rank=4)
+        >>> collector = Collector(model, max_rank=4)
         >>> for _ in range(6):
         ...     _ = model.weight.data.add_(0.01 * torch.randn(2, 3))
         ...     collector.collect()

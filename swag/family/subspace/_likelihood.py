@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from swag.core._checks import check_callable, check_device, check_positive, check_reiterable
+from swag.evaluation._batches import move_to
 from swag.evaluation.bn import InputFn, default_input_fn
 from swag.family.subspace._basis import Subspace
 
@@ -26,17 +27,6 @@ def default_target_fn(batch: Any) -> Tensor:
     raise ValueError(
         "cannot find the target in a batch that is not an (input, target) tuple; pass target_fn="
     )
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with its tensors (also inside tuples, lists and dicts) moved to ``device``."""
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
 
 
 def check_class_target(logits: Tensor | None, target: object) -> None:
@@ -159,7 +149,7 @@ class SubspaceLikelihood:
         """``(input, target)`` per batch of ``loader``, moved to ``device``."""
         for batch in self.loader:
             target = self.target_fn(batch).to(self.device)
-            yield to_device(self.input_fn(batch), self.device), target
+            yield move_to(self.input_fn(batch), self.device), target
 
     def batch_log_lik(self, z: Tensor, inputs: Any, target: Tensor) -> Tensor:
         """Σ log p(y | x, θ(z)) over one batch, a scalar (differentiable in ``z``)."""

@@ -235,7 +235,7 @@ class SubspacePosterior(Posterior):
     ) -> SubspacePosterior:
         """Rebuild from :meth:`to_state`'s output; ``where`` names the source in errors."""
         path = where
-        layout = _io.layout_field(meta, "layout", path)
+        layout = ParamLayout.from_metadata(meta, "layout", path)
         kind = _io.require(meta, "subspace_kind", path)
         if kind not in SUBSPACE_KINDS:
             raise ValueError(
