@@ -48,7 +48,13 @@ from tqdm.auto import tqdm
 
 import swag
 from swag.data import load_uci_regression, standardize, train_test_split
-from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice, fit_vi
+from swag.family.subspace import (
+    Subspace,
+    SubspaceLikelihood,
+    SubspacePosterior,
+    elliptical_slice,
+    fit_vi,
+)
 
 METRICS = ("ll", "ll_mixture", "rmse", "coverage90")
 Metrics = dict[str, float]

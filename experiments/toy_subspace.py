@@ -33,7 +33,13 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 import swag
-from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice, fit_vi
+from swag.family.subspace import (
+    Subspace,
+    SubspaceLikelihood,
+    SubspacePosterior,
+    elliptical_slice,
+    fit_vi,
+)
 
 NOISE = 0.1
 

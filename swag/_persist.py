@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from swag import _io
-from swag._posterior_base import Posterior
-from swag.collector import Collector
-from swag.sharded import ShardedPosterior
+from swag.core._posterior_base import Posterior
+from swag.core.collector import Collector
+from swag.core.distributed.sharded import ShardedPosterior
+from swag.persistence import _io
 
 __all__ = ["load", "save"]
 
@@ -30,7 +30,7 @@ def save(obj: object, path: _io.PathLike) -> None:
         TypeError: for an object swag does not write to one file (a ``ShardedPosterior``:
             use :func:`swag.distributed.save`), naming what to use.
     """
-    from swag.snapshots import Snapshots
+    from swag.family.snapshots import Snapshots
 
     if isinstance(obj, ShardedPosterior):
         obj.to_state()  # raises, naming swag.distributed.save
@@ -71,7 +71,7 @@ def load(
             raise ValueError(f"{path} holds a {kind}: pass the model it is attached to, model=")
         if kind == "collector":
             return Collector.load(path, model, device=device)
-        from swag.snapshots import Snapshots
+        from swag.family.snapshots import Snapshots
 
         return Snapshots.load(path, model, device=device)
     cls = Posterior.kind_class(kind)

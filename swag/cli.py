@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 import swag
-from swag.averaging import _files as average_cli
 from swag.bench import BASELINES, FGE_SAM, METHODS, PRESETS, BenchConfig
+from swag.family.averaging import _files as average_cli
 
 __all__ = ["main"]
 

@@ -19,8 +19,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from swag._params import local_part
-from swag._shard import ShardPlan
+from swag.core._params import local_part
+from swag.core.distributed._shard import ShardPlan
 
 K = 4
 SEED = 7

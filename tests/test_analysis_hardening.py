@@ -19,9 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
-
-import swag
 from swag.averaging import greedy_soup
 from swag.landscape import Plane, evaluate_points, scan_line, scan_plane
 from swag.plots import loss_line, loss_plane
@@ -33,6 +30,9 @@ from swag.subspace import (
     fit_vi,
     gaussian_kl,
 )
+from torch import Tensor, nn
+
+import swag
 
 
 def data(n: int = 12, classes: int = 3) -> tuple[Tensor, Tensor]:
@@ -486,36 +486,43 @@ def test_gaussian_kl_matches_torch() -> None:
 # -- one-shot iterables -----------------------------------------------------------------------
 
 ONE_SHOT: dict[str, Callable[[], object]] = {
-    "swag.subspace.SubspaceLikelihood": lambda: SubspaceLikelihood(MODEL, SUB, once(BATCHES)),
-    "swag.landscape.evaluate_points": lambda: evaluate_points(
+    "swag.family.subspace.SubspaceLikelihood": lambda: SubspaceLikelihood(
+        MODEL, SUB, once(BATCHES)
+    ),
+    "swag.family.landscape.evaluate_points": lambda: evaluate_points(
         MODEL, LAYOUT, [SUB.shift, SUB.shift + 1], {"train": once(BATCHES)}
     ),
-    "swag.landscape.evaluate_points bn_loader": lambda: evaluate_points(
+    "swag.family.landscape.evaluate_points bn_loader": lambda: evaluate_points(
         MODEL, LAYOUT, [SUB.shift], LOADERS, bn_loader=once([X])
     ),
-    "swag.landscape.scan_line": lambda: scan_line(
+    "swag.family.landscape.scan_line": lambda: scan_line(
         MODEL, LAYOUT, SUB.shift, SUB.shift + 1, {"train": once(BATCHES)}
     ),
-    "swag.landscape.scan_line bn_loader": lambda: scan_line(
+    "swag.family.landscape.scan_line bn_loader": lambda: scan_line(
         MODEL, LAYOUT, SUB.shift, SUB.shift + 1, LOADERS, bn_loader=iter([X])
     ),
-    "swag.averaging.greedy_soup": lambda: greedy_soup(
+    "swag.family.averaging.greedy_soup": lambda: greedy_soup(
         [POST, POST], MODEL, lambda m: 0.0, bn_loader=once([X])
     ),
-    "swag.landscape.scan_plane": lambda: scan_plane(
+    "swag.family.landscape.scan_plane": lambda: scan_plane(
         MODEL, LAYOUT, PLANE, {"test": map(tuple, BATCHES)}, as_=A, bs=A
     ),
 }
 """Each public function that walks its batches more than once, given a one-shot iterable."""
 
 ELSEWHERE = {
-    "swag.predict.predict": "refuses on its second pass (ValueError); owned by the core",
-    "swag.bn.update_bn": "one pass only: a one-shot iterable is fine",
-    "swag.scale.fit_scale": "owned by the core's helper (reported: a one-shot val_loader)",
-    "swag.swap.SWAP.average": "one update_bn pass per call",
+    "swag.evaluation.predict.predict": "refuses on its second pass (ValueError); owned by the core",
+    "swag.evaluation.bn.update_bn": "one pass only: a one-shot iterable is fine",
+    "swag.evaluation.fit_scale.fit_scale": (
+        "owned by the core's helper (reported: a one-shot val_loader)"
+    ),
+    "swag.family.swap.SWAP.average": "one update_bn pass per call",
     "swag.integrations.transformers.predict": "wraps swag.predict",
 }
 """Batch-taking public functions outside the analysis modules, and why they are not here."""
+
+
+PARTS = {("swag", part) for part in ("core", "evaluation", "family", "persistence")}
 
 
 def batch_taking_functions() -> set[str]:
@@ -528,9 +535,9 @@ def batch_taking_functions() -> set[str]:
     for file in sorted(root.rglob("*.py")):
         parts = file.relative_to(root.parent).with_suffix("").parts
         # a private module of a public subpackage (swag/subspace/_vi.py) is what the
-        # subpackage exports; private top-level modules (swag/_checks.py) are helpers
+        # subpackage exports; private modules of a part (swag/core/_checks.py) are helpers
         package, last = parts[:-1], parts[-1]
-        private = any(p.startswith("_") for p in package) or len(package) < 2
+        private = any(p.startswith("_") for p in package) or len(package) < 2 or package in PARTS
         if last.startswith("_") and last != "__init__" and private:
             continue
         module = ".".join(package if last.startswith("_") else parts)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import swag
-import swag._step
+import swag.core._step
 from swag import Collector
 from swag import distributed as sd
 from tests.reference import last_deviations, random_walk, two_pass_moments
@@ -392,7 +392,7 @@ def test_each_collector_compiles_its_own_cache(monkeypatch: pytest.MonkeyPatch) 
     def eager(fn: Any, **kw: Any) -> Any:
         return real(fn, **{**kw, "backend": "eager"})
 
-    monkeypatch.setattr(swag._step.torch, "compile", eager)
+    monkeypatch.setattr(swag.core._step.torch, "compile", eager)
     g = torch.Generator().manual_seed(0)
     collectors = []
     for width in range(1, 10):  # one more shape than the limit

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from swag.snapshots import Snapshots
 from torch import nn
 
 import swag
-from swag.snapshots import Snapshots
 
 
 def _collector(model: nn.Module) -> nn.Module:
@@ -33,15 +33,15 @@ def _lawa_collector(model: nn.Module) -> nn.Module:
 
 
 HOLDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "swag.collector.Collector": _collector,
-    "swag.averaging._rules._LawaBound": _lawa_collector,
-    "swag.snapshots.Snapshots": _snapshots,
+    "swag.core.collector.Collector": _collector,
+    "swag.core._averaging_rules._LawaBound": _lawa_collector,
+    "swag.family.snapshots.Snapshots": _snapshots,
 }
 WITHOUT_BUFFERS = {
-    "swag.lowp.Quantizer",
-    "swag._checked_state.CheckedState",  # the base: abstract
-    "swag.averaging._rules.BoundRule",  # the rules' base: abstract
-    "swag.averaging._rules._LerpBound",  # no buffer: its state is the collector's mean and m2
+    "swag.family.lowp.Quantizer",
+    "swag.persistence._checked_state.CheckedState",  # the base: abstract
+    "swag.core._averaging_rules.BoundRule",  # the rules' base: abstract
+    "swag.core._averaging_rules._LerpBound",  # no buffer: its state is the collector's mean and m2
 }  # the base: abstract
 
 

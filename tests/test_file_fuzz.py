@@ -24,8 +24,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from swag import Collector, MultiSWAG, PointPosterior, SWAGPosterior, _io
+from swag import Collector, MultiSWAG, PointPosterior, SWAGPosterior
 from swag import distributed as sd
+from swag.persistence import _io
 from tests.reference import random_walk
 
 SEED = 10
@@ -336,8 +337,8 @@ DCP_CASES = 40  # positions per file and damage; every one costs a DCP load (~5 
 
 
 def test_dcp_swag_json_edits_are_refused_naming_the_field(tmp_path: Path) -> None:
-    from swag._dcp import checksum, digest
-    from swag._shard import ShardPlan
+    from swag.core.distributed._dcp import checksum, digest
+    from swag.core.distributed._shard import ShardPlan
 
     garbage: list[object] = [*GARBAGE, -1, 1.5, True, None, [], {}, 10**30, 3]
     for kind, folder in dcp_kinds(tmp_path):

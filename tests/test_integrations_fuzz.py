@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag import _io
 from swag.integrations import _state
 from swag.integrations.transformers import _read_identity
+from swag.persistence import _io
 from tests.reference import random_walk
 
 SEED = 4

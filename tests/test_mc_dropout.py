@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from swag import metrics
-from swag.point import PointPosterior
-from swag.predict import predict
+from swag.core.point import PointPosterior
+from swag.evaluation.predict import predict
 
 SEED_HIGH = 2**63 - 1  # predict draws one seed from the generator first (documented)
 D, T = 8, 3  # model width and sequence length of the attention cases

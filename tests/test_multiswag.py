@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from swag import Collector, SWAGPosterior, _io
-from swag.multiswag import MultiSWAG, _iter_samples
-from swag.point import PointPosterior
-from swag.posterior import Posterior
+from swag import Collector, SWAGPosterior
+from swag.core.multiswag import MultiSWAG, iter_samples
+from swag.core.point import PointPosterior
+from swag.core.posterior import Posterior
+from swag.persistence import _io
 from tests.reference import random_walk
 
 
@@ -118,7 +119,7 @@ def test_mean_is_the_average_of_component_means() -> None:
 def test_iter_samples_is_lazy_and_in_allocation_order() -> None:
     comps: list[Posterior] = [swag_run(0), PointPosterior.from_model(net(7)), swag_run(2)]
     mix = MultiSWAG(comps)
-    draws = _iter_samples(mix, 5, scale=0.5, generator=torch.Generator().manual_seed(3))
+    draws = iter_samples(mix, 5, scale=0.5, generator=torch.Generator().manual_seed(3))
     first = next(draws)  # nothing else drawn yet: a generator, O(P) at a time
     rest = list(draws)
     g = torch.Generator().manual_seed(3)
@@ -135,7 +136,7 @@ def test_nested_mixtures_allocate_recursively() -> None:
     assert owners(nested.sample((8,)), members) == [0, 0, 1, 1, 2, 2, 2, 2]  # exact: no choice
     for seed in range(10):  # 5 = 2·2 + 1: the nested mixture gets 2 or 3, split 1+1 or 1+2/2+1
         drawn = owners(nested.sample((5,), generator=torch.Generator().manual_seed(seed)), members)
-        lazily = _iter_samples(nested, 5, generator=torch.Generator().manual_seed(seed))
+        lazily = iter_samples(nested, 5, generator=torch.Generator().manual_seed(seed))
         assert owners(torch.stack(list(lazily)), members) == drawn
         assert drawn == sorted(drawn) and drawn.count(2) in (2, 3) and 0 in drawn and 1 in drawn
 

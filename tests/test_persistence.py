@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file as st_load
 
 import swag
-from swag import _io
+from swag.persistence import _io
 from tests.kinds import KINDS, collector_and_model, fixture_objects, make_model, snapshots_and_model
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from swag import Collector, _io
-from swag.point import PointPosterior
+from swag import Collector
+from swag.core.point import PointPosterior
+from swag.persistence import _io
 from tests.reference import flat_params
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 import swag
-from swag import _random
-from swag._posterior_base import State
+from swag.core import _random
+from swag.core._posterior_base import State
 from tests.kinds import KINDS, make_model, swag_posterior
 
 

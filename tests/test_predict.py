@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from swag import Collector, SWAGPosterior, update_bn
-from swag.multiswag import MultiSWAG
-from swag.point import PointPosterior
-from swag.predict import predict
+from swag.core.multiswag import MultiSWAG
+from swag.core.point import PointPosterior
+from swag.evaluation.predict import predict
 from tests.reference import random_walk
 
 SEED_HIGH = 2**63 - 1  # predict draws one seed from the generator first (documented)

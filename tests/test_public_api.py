@@ -13,6 +13,7 @@ from types import ModuleType
 import pytest
 
 import swag
+from swag import _aliases
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Public modules whose import needs an optional extra.
@@ -56,8 +57,10 @@ def resolve(target: str) -> object:
     """The object a dotted path names: a module, or an attribute of the longest module prefix."""
     parts = target.split(".")
     for cut in range(len(parts), 0, -1):
+        name = ".".join(parts[:cut])
+        moved = _aliases.DEPRECATED.get(name, name)  # ::: swag.predict, a module's old path
         try:
-            obj: object = load(".".join(parts[:cut]))
+            obj: object = load(moved)
         except ModuleNotFoundError:
             continue
         for attr in parts[cut:]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from swag import Collector, MultiSWAG, ParamLayout, SWAGPosterior, fit_scale, metrics, predict
-from swag.posterior import Posterior
+from swag.core.posterior import Posterior
 
 TOL_LOG = 0.5
 

@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import swag
 from swag.subspace import (
     Subspace,
     SubspaceLikelihood,
@@ -18,6 +15,9 @@ from swag.subspace import (
     elliptical_slice,
     fit_vi,
 )
+from torch import nn
+
+import swag
 
 
 def collected(seed: int = 0, k: int = 6, steps: int = 9) -> tuple[nn.Module, swag.Collector]:
@@ -304,7 +304,7 @@ def test_save_load_round_trip_and_damaged_files(tmp_path: Path) -> None:
     # a file whose Cholesky factor is not lower triangular is refused with the reason
     vi = posts[1]
     assert vi.scale_tril is not None
-    swag._io.save_file(
+    swag.persistence._io.save_file(
         tmp_path / "bad.safetensors",
         "subspace_posterior",
         {

@@ -16,12 +16,17 @@ from typing import TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from swag import MultiSWAG, PointPosterior, Posterior, fit_scale, metrics, predict
 from swag.bench._config import BenchConfig
 from swag.bench._progress import Progress
 from swag.bench._train import Kind, Run
-from swag.conformal import SplitConformal
-from swag.temperature import apply_temperature, fit_temperature
+from swag.core._posterior_base import Posterior
+from swag.core.multiswag import MultiSWAG
+from swag.core.point import PointPosterior
+from swag.evaluation import metrics
+from swag.evaluation.conformal import SplitConformal
+from swag.evaluation.fit_scale import fit_scale
+from swag.evaluation.predict import predict
+from swag.evaluation.temperature import apply_temperature, fit_temperature
 
 T = TypeVar("T")
 

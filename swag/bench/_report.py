@@ -17,9 +17,9 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from swag import metrics, plots
 from swag.bench._aggregate import COLUMNS, paired_table, stats, table
 from swag.bench._evaluate import EvalData
+from swag.evaluation import metrics, plots
 
 IN, OOD = "Fashion-MNIST test", "MNIST"
 TITLES = {

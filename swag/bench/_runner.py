@@ -27,8 +27,8 @@ from swag.bench._outdir import prepare
 from swag.bench._progress import Progress
 from swag.bench._report import write_figures, write_report
 from swag.bench._train import KINDS, Kind, Run, train
-from swag.corruptions import CORRUPTIONS, ROTATIONS, corrupted_sets
 from swag.data import load_fashion_mnist, load_mnist_subset, synthetic_shift
+from swag.evaluation.corruptions import CORRUPTIONS, ROTATIONS, corrupted_sets
 
 _WHAT: dict[Kind, str] = {
     "sgd": "SGD",

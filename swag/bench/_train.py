@@ -15,12 +15,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from swag import Collector
 from swag.bench._config import BenchConfig
 from swag.bench._progress import Progress
-from swag.optim import SAM
-from swag.schedules import CollectEvery, Cyclic, SWAGDecay
-from swag.snapshots import Snapshots
+from swag.core.collector import Collector
+from swag.family.optim import SAM
+from swag.family.schedules import CollectEvery, Cyclic, SWAGDecay
+from swag.family.snapshots import Snapshots
 
 Kind = Literal["sgd", "swag", "fge", "sam", "swag_sam", "ivon"]
 KINDS: tuple[Kind, ...] = ("sgd", "swag", "fge", "sam", "swag_sam", "ivon")

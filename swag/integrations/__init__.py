@@ -13,11 +13,3 @@ from __future__ import annotations
 from swag.integrations._sampler import ResumableSampler
 
 __all__ = ["ResumableSampler"]
-
-
-def _missing_extra(package: str, extra: str) -> ImportError:
-    """The ImportError raised when ``package`` is absent: it names the extra that installs it."""
-    return ImportError(
-        f"swag.integrations.{extra} needs the {package!r} package, which is not installed: "
-        f"pip install 'swag-toolkit[{extra}]'"
-    )

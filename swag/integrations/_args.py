@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from swag._checks import check_bool, check_callable, check_count, check_device
+from swag.core._checks import check_bool, check_callable, check_count, check_device
 
 
 def check_rank_and_start(max_rank: object, start: object, unit: str) -> None:
@@ -103,3 +103,11 @@ def init_doc(cls: type) -> str:
         "TypeError, a wrong value ValueError, naming the argument)."
     )
     return f"{summary}\n\n{args}".rstrip()
+
+
+def missing_extra(package: str, extra: str) -> ImportError:
+    """The ImportError raised when ``package`` is absent: it names the extra that installs it."""
+    return ImportError(
+        f"swag.integrations.{extra} needs the {package!r} package, which is not installed: "
+        f"pip install 'swag-toolkit[{extra}]'"
+    )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-from swag.bn import has_batchnorm as has_batchnorm  # the one test; re-exported here
-from swag.integrations import _missing_extra
-from swag.integrations._args import check_rank_and_start
+from swag.evaluation.bn import has_batchnorm as has_batchnorm  # the one test; re-exported here
+from swag.integrations._args import check_rank_and_start, missing_extra
 
 try:
     from lightning.pytorch.strategies import (
@@ -15,7 +14,7 @@ try:
         SingleDeviceStrategy,
     )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise _missing_extra("lightning", "lightning") from exc
+    raise missing_extra("lightning", "lightning") from exc
 
 EPOCH = "epoch"
 

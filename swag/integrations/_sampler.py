@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.utils.data import Sampler
 
-from swag._checks import check_count
+from swag.core._checks import check_count
 
 
 class ResumableSampler(Sampler[int]):

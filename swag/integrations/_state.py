@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import swag
-from swag import _io
-from swag.sharded import ShardedPosterior
+from swag.core.collector import Collector
+from swag.core.distributed._shard import assemble
+from swag.core.layout import ParamLayout
+from swag.persistence import _io
 
 FORMAT = "swag-collector-state"
 VERSION = 1
@@ -30,7 +31,7 @@ def _dtype_name(t: Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def collector_state(collector: swag.Collector) -> dict[str, Any]:
+def collector_state(collector: Collector) -> dict[str, Any]:
     """The whole statistics (new tensors) and what they fit: layout, K, dtypes, n.
 
     Sharded, every rank of the collector's group must call it (one ``all_gather`` of
@@ -51,7 +52,7 @@ def collector_state(collector: swag.Collector) -> dict[str, Any]:
         return {"meta": _sealed(meta, tensors), "tensors": tensors}
     # One all_gather of the (K + 3, L) rows; the ring is cast up and back exactly.
     rows = torch.cat([c.shift[None], c.shifted_mean[None], c.m2[None], c.deviations.to(c.m2.dtype)])
-    whole = assemble(c, rows)
+    whole = assemble(rows, c.plan, c.process_group)
     tensors = {
         "shift": whole[0],
         "shifted_mean": whole[1],
@@ -89,7 +90,7 @@ def state_problem(state: object) -> str | None:
         if not isinstance(meta.get(key), str):
             return f"the field {key!r} must be a string, got {meta.get(key)!r}"
     try:
-        swag.ParamLayout.from_json(meta["layout"])
+        ParamLayout.from_json(meta["layout"])
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
         return f"the field 'layout' is not a parameter layout: {meta['layout'][:80]!r}"
     if not isinstance(tensors, dict) or sorted(tensors) != sorted(_STATS):
@@ -118,18 +119,7 @@ def state_problem(state: object) -> str | None:
     return None
 
 
-def assemble(collector: swag.Collector, local: Tensor) -> Tensor:
-    """Every rank's ``(..., L_r)`` part of a sharded collector's vectors, whole ``(..., P)``.
-
-    One ``all_gather`` over the collector's group; every rank must call it.
-    """
-    c = collector
-    assert c.plan is not None
-    part = ShardedPosterior(c.mean, c.m2, c.deviations, c.plan, c.n, c.process_group)
-    return part.assemble(local)
-
-
-def load_collector_state(collector: swag.Collector, state: dict[str, Any], where: str) -> None:
+def load_collector_state(collector: Collector, state: dict[str, Any], where: str) -> None:
     """Put :func:`collector_state`'s output into ``collector`` (this rank's part when sharded).
 
     Raises:
@@ -149,7 +139,7 @@ def load_collector_state(collector: swag.Collector, state: dict[str, Any], where
     n = _io.int_field(meta, "n", where)
     if not isinstance(tensors, dict) or set(tensors) != set(_STATS):
         raise ValueError(f"{where}: the SWAG state must hold the tensors {list(_STATS)}")
-    problem = c.layout.mismatch(_io.layout_field(meta, "layout", where))
+    problem = c.layout.mismatch(ParamLayout.from_metadata(meta, "layout", where))
     problem = f"parameter layout differs: {problem}" if problem else None
     for key, value in mine.items():
         if problem is None and meta[key] != value:

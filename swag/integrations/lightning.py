@@ -22,20 +22,23 @@ from torch import nn
 from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
-import swag
-from swag.bn import default_input_fn
-from swag.integrations import _missing_extra, _state
-from swag.integrations._args import check_common, check_lightning_extras, init_doc
+from swag.core.collector import Collector
+from swag.core.distributed._shard import assemble
+from swag.core.distributed.sharded import ShardedPosterior
+from swag.core.layout import ParamSelector
+from swag.core.point import PointPosterior
+from swag.core.posterior import SWAGPosterior
+from swag.evaluation.bn import default_input_fn, update_bn
+from swag.family.schedules import CollectEvery
+from swag.integrations import _state
+from swag.integrations._args import check_common, check_lightning_extras, init_doc, missing_extra
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
-from swag.layout import ParamSelector
-from swag.schedules import CollectEvery
-from swag.sharded import ShardedPosterior
 
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities.types import LRSchedulerConfig
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise _missing_extra("lightning", "lightning") from exc
+    raise missing_extra("lightning", "lightning") from exc
 
 __all__ = ["SWAGCallback", "check_strategy"]
 
@@ -121,7 +124,7 @@ class SWAGCallback(pl.Callback):
         self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
         self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn
         self.bn_batches, self.shard, self.dtype, self.device = bn_batches, shard, dtype, device
-        self._collector: swag.Collector | None = None
+        self._collector: Collector | None = None
         self._module: pl.LightningModule | None = None
         self._pending: dict[str, Any] | None = None
         self._swalr: SWALR | None = None
@@ -143,7 +146,7 @@ class SWAGCallback(pl.Callback):
     # -- results ---------------------------------------------------------------------------
 
     @property
-    def collector(self) -> swag.Collector:
+    def collector(self) -> Collector:
         """The :class:`swag.Collector` (built at the start of fit)."""
         if self._collector is None:
             raise RuntimeError("no collector yet: pass the callback to a Trainer and call fit()")
@@ -154,7 +157,7 @@ class SWAGCallback(pl.Callback):
         """How many iterates were collected so far."""
         return 0 if self._collector is None else self._collector.n
 
-    def posterior(self, *, strip_prefix: str | None = None) -> swag.SWAGPosterior:
+    def posterior(self, *, strip_prefix: str | None = None) -> SWAGPosterior:
         """The SWAG posterior of the collected iterates, for :func:`swag.predict`.
 
         Its parameter names are the LightningModule's (``net.0.weight`` for a module kept as
@@ -203,8 +206,8 @@ class SWAGCallback(pl.Callback):
                 "mean into it in place with callback.sharded_posterior().apply_(model) on every "
                 "rank (then refresh BatchNorm with swag.update_bn if it has any)"
             )
-        mean = c.mean if c.plan is None else _state.assemble(c, c.mean)
-        return swag.PointPosterior(mean, c.layout).to_model(module)
+        mean = c.mean if c.plan is None else assemble(c.mean, c.plan, c.process_group)
+        return PointPosterior(mean, c.layout).to_model(module)
 
     # -- Lightning hooks -------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class SWAGCallback(pl.Callback):
         self._fitting = True
         self._swalr = self._swalr_state = self._user_schedulers = None
         try:
-            self._collector = swag.Collector(
+            self._collector = Collector(
                 pl_module,
                 self.max_rank,
                 params=self.params,
@@ -334,7 +337,7 @@ class SWAGCallback(pl.Callback):
             raise RuntimeError("bn_update=True needs the trainer's train dataloader at fit end")
         swa = self._build_swa_model()
         try:
-            swag.update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
+            update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
         except TypeError as exc:  # e.g. forward() got an unexpected keyword argument 'y'
             raise TypeError(f"{exc}; {_INPUT_HINT}") from exc
         self._swa = swa

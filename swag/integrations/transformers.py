@@ -20,17 +20,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import swag
-from swag import _io
-from swag._checks import check_count
-from swag.integrations import _missing_extra
-from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
-from swag.layout import ParamSelector
+from swag.core._checks import check_count
+from swag.core._posterior_base import Posterior
+from swag.core.collector import Collector
+from swag.core.layout import ParamLayout, ParamSelector
+from swag.core.posterior import SWAGPosterior
+from swag.evaluation.predict import predict as swag_predict
+from swag.integrations._args import (
+    check_common,
+    check_path,
+    check_rank_and_start,
+    init_doc,
+    missing_extra,
+)
+from swag.persistence import _io
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise _missing_extra("transformers", "transformers") from exc
+    raise missing_extra("transformers", "transformers") from exc
 
 __all__ = ["FILENAME", "IDENTITY", "SWAGCallback", "logits", "model_inputs", "predict"]
 
@@ -97,18 +105,18 @@ class SWAGCallback(TrainerCallback):
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.dtype, self.device = params, dtype, device
         self.resume_from = resume_from
-        self._collector: swag.Collector | None = None
+        self._collector: Collector | None = None
         self._model: nn.Module | None = None
         self._start_step = 0
 
     @property
-    def collector(self) -> swag.Collector:
+    def collector(self) -> Collector:
         """The :class:`swag.Collector` (built when training begins)."""
         if self._collector is None:
             raise RuntimeError("no collector yet: pass the callback to a Trainer and call train()")
         return self._collector
 
-    def posterior(self) -> swag.SWAGPosterior:
+    def posterior(self) -> SWAGPosterior:
         """The SWAG posterior of the collected iterates; use it with :func:`predict`."""
         return self.collector.posterior()
 
@@ -145,7 +153,7 @@ class SWAGCallback(TrainerCallback):
         self._start_step = (
             self.start if isinstance(self.start, int) else int(self.start * state.max_steps)
         )
-        fresh = swag.Collector(
+        fresh = Collector(
             model, self.max_rank, params=self.params, dtype=self.dtype, device=self.device
         )
         self._collector = fresh
@@ -178,7 +186,7 @@ class SWAGCallback(TrainerCallback):
         (folder / IDENTITY).write_text(json.dumps(identity, indent=1))
 
     def _resume(
-        self, args: TrainingArguments, state: TrainerState, model: nn.Module, fresh: swag.Collector
+        self, args: TrainingArguments, state: TrainerState, model: nn.Module, fresh: Collector
     ) -> None:
         step = state.global_step
         folder = Path(self.resume_from) if self.resume_from else _checkpoint(args, step)
@@ -191,7 +199,7 @@ class SWAGCallback(TrainerCallback):
                 "pass SWAGCallback(resume_from=<the checkpoint folder>)"
             )
         _check_identity(folder, step, model, fresh.layout)
-        loaded = swag.Collector.load(file, model, device=fresh.m2.device)
+        loaded = Collector.load(file, model, device=fresh.m2.device)
         problem = fresh.layout.mismatch(loaded.layout)
         if problem is None and loaded.max_rank != fresh.max_rank:
             problem = f"max_rank is {loaded.max_rank} there but {fresh.max_rank} here"
@@ -208,7 +216,7 @@ class SWAGCallback(TrainerCallback):
 SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
 
 
-def _weights_digest(model: nn.Module, layout: swag.ParamLayout) -> str:
+def _weights_digest(model: nn.Module, layout: ParamLayout) -> str:
     """SHA-256 over ``model``'s parameters covered by ``layout`` (names, dtypes, shapes, bytes)."""
     pieces = layout.resolve(model)
     return _io.checksum({n: p.cpu() for n, p in zip(layout.names, pieces, strict=True)}, {})
@@ -255,7 +263,7 @@ def _read_identity(path: Path) -> dict[str, Any]:
 _HEX = "0123456789abcdef"
 
 
-def _check_identity(folder: Path, step: int, model: nn.Module, layout: swag.ParamLayout) -> None:
+def _check_identity(folder: Path, step: int, model: nn.Module, layout: ParamLayout) -> None:
     """Refuse the collector in ``folder`` unless it was saved with the checkpoint resumed now.
 
     The Trainer has loaded the resumed checkpoint's weights before ``on_train_begin``: they must
@@ -309,9 +317,7 @@ def logits(output: Any) -> Tensor:
     return out
 
 
-def predict(
-    posterior: swag.Posterior, model: nn.Module, loader: Iterable[Any], **kwargs: Any
-) -> Tensor:
+def predict(posterior: Posterior, model: nn.Module, loader: Iterable[Any], **kwargs: Any) -> Tensor:
     """:func:`swag.predict` on a Hugging Face model's dict batches.
 
     Labels are dropped from each batch (:func:`model_inputs`) and the logits taken from the
@@ -320,5 +326,5 @@ def predict(
     """
     kwargs.setdefault("input_fn", model_inputs)
     kwargs.setdefault("output_fn", logits)
-    out: Tensor = swag.predict(posterior, model, loader, **kwargs)
+    out: Tensor = swag_predict(posterior, model, loader, **kwargs)
     return out
