@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from swag.lowp import QuantizedOptimizer
-from swag.optim import SAM
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from swag.bench import batches
 from swag.data import load_fashion_mnist
+from swag.family.lowp import QuantizedOptimizer
+from swag.family.optim import SAM
 
 SCHEMA = "swag-experiment/1"
 Runs = Sequence[Mapping[str, Mapping[str, float]]]

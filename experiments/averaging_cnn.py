@@ -41,12 +41,12 @@ from typing import Any
 
 import _common
 import torch
-from swag.schedules import SWAGDecay
 from torch import Tensor, nn
 from tqdm import tqdm
 
 import swag
 from swag.bench import PRESETS, BenchConfig, small_cnn
+from swag.family.schedules import SWAGDecay
 
 DECAYS = (0.99, 0.995, 0.998, 0.999, 0.9995)
 WINDOWS = (2, 5, 10)  # LAWA: epoch-end checkpoints
@@ -110,7 +110,7 @@ class Scorer:
         return out
 
 
-def mean_only(model: nn.Module, rule: swag.averaging.AveragingRule | None) -> swag.Collector:
+def mean_only(model: nn.Module, rule: swag.family.averaging.AveragingRule | None) -> swag.Collector:
     """A collector of the mean (``rule`` None: the equal average); LAWA needs its variance."""
     return swag.Collector(model, 0, average=rule, variance=isinstance(rule, swag.LAWA))
 

@@ -7,11 +7,11 @@ import functools
 from collections.abc import Callable
 
 import torch
-from swag.snapshots import Snapshots
-from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice, fit_vi
 from torch import nn
 
 import swag
+from swag.snapshots import Snapshots
+from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice, fit_vi
 
 
 class Net(nn.Module):

@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import Tensor, nn
+
+import swag
 from swag.averaging import greedy_soup
 from swag.landscape import Plane, evaluate_points, scan_line, scan_plane
 from swag.plots import loss_line, loss_plane
@@ -30,9 +33,6 @@ from swag.subspace import (
     fit_vi,
     gaussian_kl,
 )
-from torch import Tensor, nn
-
-import swag
 
 
 def data(n: int = 12, classes: int = 3) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+import swag
 from swag.averaging import (
     EMA,
     LAWA,
@@ -15,10 +19,6 @@ from swag.averaging import (
     gamma_to_sigma_rel,
     sigma_rel_to_gamma,
 )
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-import swag
 
 N = 12  # iterates per run
 K = 4  # deviations kept

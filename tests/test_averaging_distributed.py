@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from swag.averaging import AveragingRule
 from torch import nn
 
 import swag
+from swag.averaging import AveragingRule
 
 ROOT = Path(__file__).parents[1]
 RULES: dict[str, AveragingRule] = {

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
-from swag.averaging._files import weights_for
 from torch import nn
 
 from swag import cli
+from swag.averaging._files import weights_for
 
 
 def _states() -> list[dict[str, torch.Tensor]]:

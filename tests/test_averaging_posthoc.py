@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from swag.averaging import PostHocEMA, PowerEMA
 from torch import nn
 
 import swag
+from swag.averaging import PostHocEMA, PowerEMA
 
 TARGETS = (0.03, 0.05, 0.08, 0.12, 0.2)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from swag.averaging import greedy_soup
 from torch import nn
 
 import swag
+from swag.averaging import greedy_soup
 
 
 def _points(count: int, seed: int) -> tuple[nn.Module, list[swag.PointPosterior]]:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from swag.landscape import Plane
 from torch import Tensor, nn
 
 import swag
 from swag.core.distributed._shard import ShardPlan
 from swag.core.distributed.sharded import ShardedPosterior
+from swag.landscape import Plane
 from tests.kinds import KINDS, Net, make_model, swag_posterior
 
 DOCS = Path(__file__).parents[1] / "docs" / "guarantees.md"

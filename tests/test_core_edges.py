@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.utils.prune as prune
-from swag.bn import has_batchnorm, update_bn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from swag import Collector, ParamLayout, SWAGPosterior, fit_scale, predict
+from swag.bn import has_batchnorm, update_bn
 from swag.core.point import PointPosterior
 from swag.persistence import _io
 from tests.reference import two_pass_moments

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
+
 from swag.corruptions import CORRUPTIONS, ROTATIONS, SEVERITY_PARAMS, corrupt, corrupted_sets
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from swag.snapshots import Snapshots
 from torch import nn
 
 import swag
+from swag.snapshots import Snapshots
 
 
 def _collector(model: nn.Module) -> nn.Module:

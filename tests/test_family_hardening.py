@@ -22,14 +22,14 @@ from typing import Any
 
 import pytest
 import torch
-from swag.optim import SAM, frozen_bn
-from swag.schedules import CollectEvery, Cyclic, SWAGDecay, cyclic_schedule, swag_schedule
-from swag.snapshots import Snapshots, multi_swa
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, SequentialLR
 from torch.optim.swa_utils import SWALR
 
 import swag
+from swag.optim import SAM, frozen_bn
+from swag.schedules import CollectEvery, Cyclic, SWAGDecay, cyclic_schedule, swag_schedule
+from swag.snapshots import Snapshots, multi_swa
 
 NAN, INF = math.nan, math.inf
 

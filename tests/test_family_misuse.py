@@ -21,6 +21,9 @@ from unittest import mock
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from swag import lowp, optim, schedules, snapshots, swap
 from swag.lowp import (
     BlockFloat,
     QuantizedOptimizer,
@@ -33,9 +36,6 @@ from swag.optim import SAM, frozen_bn
 from swag.schedules import CollectEvery, Cyclic, SWAGDecay, cyclic_schedule, swag_schedule
 from swag.snapshots import Snapshots, multi_swa
 from swag.swap import SWAP
-from torch import nn
-
-from swag import lowp, optim, schedules, snapshots, swap
 
 NAN = math.nan
 MODULES = (lowp, swap, snapshots, optim, schedules)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
-from swag.landscape import Plane, evaluate_points, scan_line, scan_plane
-from swag.plots import loss_line, loss_plane
 from torch import nn
 
 import swag
+from swag.landscape import Plane, evaluate_points, scan_line, scan_plane
+from swag.plots import loss_line, loss_plane
 
 
 def data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:

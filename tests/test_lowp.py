@@ -7,6 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import Tensor, nn
+
+import swag
+from swag.bench import small_cnn
 from swag.lowp import (
     BlockFloat,
     QuantizedOptimizer,
@@ -15,10 +19,6 @@ from swag.lowp import (
     quantize_model,
     representable,
 )
-from torch import Tensor, nn
-
-import swag
-from swag.bench import small_cnn
 
 NEAREST = BlockFloat(rounding="nearest")
 

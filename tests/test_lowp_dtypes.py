@@ -15,8 +15,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from swag.lowp import BlockFloat, QuantizedOptimizer, quantize, quantize_model, representable
 from torch import nn
+
+from swag.lowp import BlockFloat, QuantizedOptimizer, quantize, quantize_model, representable
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 WORD_LENGTHS = [2, 4, 8, 9, 12, 16, 24]

@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
+from torch import Tensor, nn
+
 from swag.optim import SAM, frozen_bn
 from swag.schedules import cyclic_schedule
-from torch import Tensor, nn
 
 # float64 throughout: the hand computation and SAM differ only in the order of a few sums, so
 # 1e-12 relative is tens of ulps of slack.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from matplotlib.figure import Figure
+
 from swag.metrics import auroc, ece, reliability_curve
 from swag.plots import compare_methods, ood_histogram, reliability_diagram
 

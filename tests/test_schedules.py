@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
-from swag.schedules import CollectEvery, Cyclic, SWAGDecay, cyclic_schedule, swag_schedule
 from torch import nn
 from torch.optim.swa_utils import SWALR
+
+from swag.schedules import CollectEvery, Cyclic, SWAGDecay, cyclic_schedule, swag_schedule
 
 # Rates are compared with rel=1e-12: LambdaLR computes base * factor in float64, the references
 # below the same formula rearranged, so only a few ulps of rounding separate them.

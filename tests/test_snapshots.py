@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from swag.optim import SAM
-from swag.schedules import cyclic_schedule, swag_schedule
-from swag.snapshots import Snapshots, multi_swa
 from torch import Tensor, nn
 
 import swag
+from swag.optim import SAM
+from swag.schedules import cyclic_schedule, swag_schedule
+from swag.snapshots import Snapshots, multi_swa
 
 
 def flat(model: nn.Module) -> Tensor:

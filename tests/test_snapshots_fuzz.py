@@ -10,9 +10,9 @@ import random
 from pathlib import Path
 
 import torch
-from swag.snapshots import Snapshots
 from torch import nn
 
+from swag.snapshots import Snapshots
 from tests.test_file_fuzz import _sealed, _split, edits, put, tensor_edits
 
 SEED = 11

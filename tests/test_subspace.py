@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import swag
 from swag.subspace import (
     Subspace,
     SubspaceLikelihood,
@@ -15,9 +18,6 @@ from swag.subspace import (
     elliptical_slice,
     fit_vi,
 )
-from torch import nn
-
-import swag
 
 
 def collected(seed: int = 0, k: int = 6, steps: int = 9) -> tuple[nn.Module, swag.Collector]:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from swag.subspace import Subspace, SubspacePosterior
 from torch import Tensor, nn
 
 import swag
+from swag.subspace import Subspace, SubspacePosterior
 from tests.test_file_fuzz import _sealed, _split, edits, put, tensor_edits
 
 SEED = 11

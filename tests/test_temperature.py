@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp
-from swag.metrics import nll
 
 from swag.evaluation.temperature import apply_temperature, fit_temperature
+from swag.metrics import nll
 
 
 def sample_labels(logits: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
+
 from swag.metrics import (
     PROB_FLOOR,
     accuracy,

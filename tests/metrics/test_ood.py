@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
 from swag.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr
 
 

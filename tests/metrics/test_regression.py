@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 import torch
 from sklearn.metrics import root_mean_squared_error
+
 from swag.metrics import gaussian_mixture_nll, gaussian_nll, interval_coverage, rmse
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
 from swag.metrics import classwise_ece, ece, energy, max_logit, ood_summary
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+
 from swag.metrics import augrc, aurc, risk_coverage_curve, selective_accuracy
 
 

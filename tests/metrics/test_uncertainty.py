@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+
 from swag.metrics import expected_entropy, max_probability, mutual_information, predictive_entropy
 
 
