@@ -148,9 +148,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     }
     for name, (posterior, n) in methods.items():
         probs = swag.predict(
-            posterior, run.model, test, num_samples=n, bn_loader=bn,
+            posterior,
+            run.model,
+            test,
+            num_samples=n,
             generator=torch.Generator().manual_seed(args.seed),
-        )  # fmt: skip
+            options=swag.PredictOptions(bn=swag.BNRefresh(bn)),
+        )
         scores[name] = nll_acc(probs, ty)
     result = {
         "parameters": post.layout.size,

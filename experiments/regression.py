@@ -240,9 +240,9 @@ def score(
             [x],
             num_samples=num_samples,
             scale=scale,
-            output="gaussian",
-            reduce=reduce,
             generator=torch.Generator().manual_seed(seed),
+            head=swag.GaussianRegression(),
+            options=swag.PredictOptions(reduce=reduce),
         )
         return mean * y_std + y_mean, var * y_std**2
 

@@ -174,9 +174,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             [grid],
             num_samples=n,
             scale=scale,
-            output="gaussian",
-            noise_var=NOISE**2,
             generator=torch.Generator().manual_seed(args.seed),
+            head=swag.GaussianRegression(noise_var=NOISE**2),
         )
         mean, var = mean.reshape(-1), var.reshape(-1)
         sd = var.sqrt()

@@ -15,7 +15,13 @@ from swag.layout import ParamLayout
 from swag.multiswag import MultiSWAG
 from swag.point import PointPosterior
 from swag.posterior import SWAGPosterior
-from swag.predict import predict
+from swag.predict import (
+    BNRefresh,
+    Classification,
+    GaussianRegression,
+    PredictOptions,
+    predict,
+)
 from swag.scale import fit_scale
 from swag.temperature import apply_temperature, fit_temperature
 
@@ -24,14 +30,18 @@ __version__ = "0.1.0"
 __all__ = [
     "EMA",
     "LAWA",
+    "BNRefresh",
+    "Classification",
     "Collector",
     "Density",
+    "GaussianRegression",
     "MultiSWAG",
     "ParamLayout",
     "PointPosterior",
     "PostHocEMA",
     "Posterior",
     "PowerEMA",
+    "PredictOptions",
     "SWAGPosterior",
     "__version__",
     "apply_temperature",

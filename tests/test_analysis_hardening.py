@@ -296,9 +296,15 @@ MISUSE: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         "target",
     ),
     "eval bn_batches": (
-        lambda: evaluate_points(MODEL, LAYOUT, [SUB.shift], LOADERS, bn_batches=0),
+        lambda: evaluate_points(
+            MODEL,
+            LAYOUT,
+            [SUB.shift],
+            LOADERS,
+            options=swag.PredictOptions(bn=swag.BNRefresh([X], batches=0)),
+        ),
         ValueError,
-        "bn_batches",
+        "BNRefresh.batches",
     ),
     "eval target_fn": (
         lambda: evaluate_points(MODEL, LAYOUT, [SUB.shift], LOADERS, target_fn="y"),  # type: ignore[arg-type]
@@ -491,13 +497,22 @@ ONE_SHOT: dict[str, Callable[[], object]] = {
         MODEL, LAYOUT, [SUB.shift, SUB.shift + 1], {"train": once(BATCHES)}
     ),
     "swag.landscape.evaluate_points bn_loader": lambda: evaluate_points(
-        MODEL, LAYOUT, [SUB.shift], LOADERS, bn_loader=once([X])
+        MODEL,
+        LAYOUT,
+        [SUB.shift],
+        LOADERS,
+        options=swag.PredictOptions(bn=swag.BNRefresh(once([X]))),
     ),
     "swag.landscape.scan_line": lambda: scan_line(
         MODEL, LAYOUT, SUB.shift, SUB.shift + 1, {"train": once(BATCHES)}
     ),
     "swag.landscape.scan_line bn_loader": lambda: scan_line(
-        MODEL, LAYOUT, SUB.shift, SUB.shift + 1, LOADERS, bn_loader=iter([X])
+        MODEL,
+        LAYOUT,
+        SUB.shift,
+        SUB.shift + 1,
+        LOADERS,
+        options=swag.PredictOptions(bn=swag.BNRefresh(iter([X]))),
     ),
     "swag.averaging.greedy_soup": lambda: greedy_soup(
         [POST, POST], MODEL, lambda m: 0.0, bn_loader=once([X])

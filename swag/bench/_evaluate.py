@@ -6,6 +6,7 @@ predicts. ``swag bench --skip NAME`` drops rows; a new method is one more entry.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,7 +17,17 @@ from typing import TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from swag import MultiSWAG, PointPosterior, Posterior, fit_scale, metrics, predict
+from swag import (
+    BNRefresh,
+    Classification,
+    MultiSWAG,
+    PointPosterior,
+    Posterior,
+    PredictOptions,
+    fit_scale,
+    metrics,
+    predict,
+)
 from swag.bench._config import BenchConfig
 from swag.bench._progress import Progress
 from swag.bench._train import Kind, Run
@@ -138,6 +149,9 @@ def method_predictions(
     model = next(r for kind in runs.values() for r in kind).model
     inputs = loader(data.stacked, cfg.eval_batch_size)
     bn = loader(data.bn_x, cfg.batch_size)
+    options = PredictOptions(
+        bn=BNRefresh(bn, cfg.bn_batches), device=device, progress=progress.bars
+    )  # every prediction and scale fit of the bench evaluates networks the same way
     posteriors: list[Posterior] = [r.collector.posterior() for r in swag if r.collector]
     points: list[Posterior] = [PointPosterior.from_model(r.model) for r in sgd]
     out = Predictions()
@@ -161,9 +175,8 @@ def method_predictions(
     ) -> Tensor:
         probs: Tensor = predict(
             post, model, inputs, num_samples=samples, scale=scale,
-            bn_loader=bn, bn_batches=cfg.bn_batches, mc_dropout=mc_dropout, reduce=False,
-            generator=torch.Generator().manual_seed(seed), device=device, progress=progress.bars,
-            output_fn=keep,
+            generator=torch.Generator().manual_seed(seed), head=Classification(output_fn=keep),
+            options=dataclasses.replace(options, mc_dropout=mc_dropout, reduce=False),
         )  # fmt: skip
         return probs.cpu()
 
@@ -174,11 +187,11 @@ def method_predictions(
                 zip(loader(x, cfg.eval_batch_size), loader(y, cfg.eval_batch_size), strict=True)
             )
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RuntimeWarning)
+                warnings.simplefilter("always", RuntimeWarning)  # an edge of the bounds
+                warnings.simplefilter("always", UserWarning)  # draws uneven over the members
                 out.fitted[key] = fit_scale(
-                    post, model, val, num_samples=cfg.fit_samples, bn_loader=bn,
-                    bn_batches=cfg.bn_batches, tol=cfg.fit_tol, device=device,
-                    generator=torch.Generator().manual_seed(seed + 1), progress=progress.bars,
+                    post, model, val, num_samples=cfg.fit_samples, options=options,
+                    tol=cfg.fit_tol, generator=torch.Generator().manual_seed(seed + 1),
                 )  # fmt: skip
             out.notes += [f"{key}: {w.message}" for w in caught]
         return out.fitted[key]

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 import swag
 from swag import _io
 from swag._checks import check_count
+from swag._options import legacy_keywords
 from swag.integrations import _missing_extra
 from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
 from swag.layout import ParamSelector
@@ -309,16 +311,36 @@ def logits(output: Any) -> Tensor:
     return out
 
 
+@legacy_keywords(
+    "bn_loader", "bn_batches", "input_fn", "output_fn", "device", "reduce", "progress",
+    "mc_dropout", "diagonal",
+)  # fmt: skip
 def predict(
-    posterior: swag.Posterior, model: nn.Module, loader: Iterable[Any], **kwargs: Any
+    posterior: swag.Posterior,
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    num_samples: int | None = None,
+    scale: float | None = None,
+    generator: torch.Generator | None = None,
+    head: swag.Classification | None = None,
+    options: swag.PredictOptions | None = None,
 ) -> Tensor:
     """:func:`swag.predict` on a Hugging Face model's dict batches.
 
-    Labels are dropped from each batch (:func:`model_inputs`) and the logits taken from the
-    output (:func:`logits`); every other keyword argument goes to :func:`swag.predict`.
-    Returns the averaged class probabilities ``(N, ..., C)``.
+    The same arguments, with two defaults for Hugging Face models: labels are dropped from
+    each batch (``options.input_fn`` defaults to :func:`model_inputs`) and the logits are taken
+    from the output (``head.output_fn`` defaults to :func:`logits`); everything else is passed
+    to :func:`swag.predict` unchanged. Returns the averaged class probabilities ``(N, ..., C)``.
     """
-    kwargs.setdefault("input_fn", model_inputs)
-    kwargs.setdefault("output_fn", logits)
-    out: Tensor = swag.predict(posterior, model, loader, **kwargs)
+    head = head or swag.Classification()
+    options = options or swag.PredictOptions()
+    if isinstance(head, swag.Classification) and head.output_fn is None:
+        head = swag.Classification(output_fn=logits)
+    if isinstance(options, swag.PredictOptions) and options.input_fn is None:
+        options = dataclasses.replace(options, input_fn=model_inputs)
+    out: Tensor = swag.predict(
+        posterior, model, loader, num_samples=num_samples, scale=scale, generator=generator,
+        head=head, options=options,
+    )  # fmt: skip
     return out
