@@ -219,15 +219,18 @@ def _translate(
             fields["bn"] = BNRefresh(loader, old.get("bn_batches"))
         kwargs["options"] = PredictOptions(**fields)
     if head_keys & set(old):
-        output = old.get("output", "probs")
-        if output == "probs" and old.get("noise_var") is None:
-            kwargs["head"] = Classification(old.get("output_fn"))
-        elif output in ("probs", "gaussian"):
-            if output == "probs":
-                raise ValueError("noise_var is for output='gaussian' only")
-            kwargs["head"] = GaussianRegression(old.get("noise_var"), old.get("output_fn"))
-        else:
+        output, noise, output_fn = (
+            old.get("output", "probs"),
+            old.get("noise_var"),
+            old.get("output_fn"),
+        )
+        if output not in ("probs", "gaussian"):
             raise ValueError(f"output must be 'probs' or 'gaussian', got {output!r}")
+        if output == "probs" and noise is not None:
+            raise ValueError("noise_var is for output='gaussian' only")
+        kwargs["head"] = (
+            Classification(output_fn) if output == "probs" else GaussianRegression(noise, output_fn)
+        )
     if "diagonal" in old:
         check_bool(old["diagonal"], "diagonal")
         if old["diagonal"]:
