@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.optim.swa_utils import update_bn
 
+import swag
 from benchmarks import peers
 from benchmarks.models import MODELS, make_iterates
 from benchmarks.suites import (
@@ -55,7 +56,12 @@ def predict_rows(name: str, cfg: Config) -> list[Row]:
         def run() -> None:
             g = torch.Generator(cfg.device).manual_seed(0)
             predict(
-                post, model, loader, num_samples=s, generator=g, bn_loader=refresh if bn else False
+                post,
+                model,
+                loader,
+                num_samples=s,
+                generator=g,
+                options=swag.PredictOptions(bn=swag.BNRefresh(refresh) if bn else False),
             )
 
         return run

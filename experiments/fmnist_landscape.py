@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "test": chunks(tx, ty, 500),
     }
     bn = [xb for xb, _ in chunks(x, y, cfg.batch_size)[: cfg.bn_batches]]
-    common = {"bn_loader": bn, "progress": True}
+    common = {"options": swag.PredictOptions(bn=swag.BNRefresh(bn), progress=True)}
     ts = torch.linspace(-1.0, 2.0, args.line_points)
     line = scan_line(run.model, post.layout, sgd, post.mean, loaders, ts=ts, **common)
     # with n = K iterates the first deviation is 0, so only K − 1 directions exist
@@ -153,9 +153,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     }
     for name, (posterior, n) in methods.items():
         probs = swag.predict(
-            posterior, run.model, test, num_samples=n, bn_loader=bn,
+            posterior,
+            run.model,
+            test,
+            num_samples=n,
             generator=torch.Generator().manual_seed(args.seed),
-        )  # fmt: skip
+            options=swag.PredictOptions(bn=swag.BNRefresh(bn)),
+        )
         scores[name] = nll_acc(probs, ty)
     result = {
         "parameters": post.layout.size,

@@ -237,9 +237,15 @@ def score(
 
     def predict(reduce: bool) -> tuple[Tensor, Tensor]:
         mean, var = swag.predict(
-            posterior, model, [x], num_samples=num_samples, scale=scale, output="gaussian",
-            reduce=reduce, generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
+            posterior,
+            model,
+            [x],
+            num_samples=num_samples,
+            scale=scale,
+            generator=torch.Generator().manual_seed(seed),
+            head=swag.GaussianRegression(),
+            options=swag.PredictOptions(reduce=reduce),
+        )
         return mean * y_std + y_mean, var * y_std**2
 
     mean, var = predict(reduce=True)

@@ -31,7 +31,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import _common
 import torch
@@ -143,8 +143,11 @@ def run_seed(args: argparse.Namespace, seed: int, data: _common.Images) -> dict[
     bn = [xb for xb, _ in batches(x, y, args.batch_size, torch.Generator().manual_seed(0))][:20]
     g = torch.Generator().manual_seed(seed)
 
-    def score(post: swag.Posterior, model: nn.Module, **kw: Any) -> dict[str, float]:
-        probs = swag.predict(post, model, test, generator=g, **kw)
+    def score(
+        post: swag.Posterior, model: nn.Module, bn: swag.BNRefresh | Literal[False], **kw: Any
+    ) -> dict[str, float]:
+        options = swag.PredictOptions(bn=bn)
+        probs = swag.predict(post, model, test, generator=g, options=options, **kw)
         return {"accuracy": swag.metrics.accuracy(probs, ty), "nll": swag.metrics.nll(probs, ty)}
 
     def with_state(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
@@ -157,26 +160,27 @@ def run_seed(args: argparse.Namespace, seed: int, data: _common.Images) -> dict[
     paper = args.protocol == "paper"
     model, col, state, cost["float"] = fit(args, x, y, seed, low=False, average=paper)
     sgd_model = with_state(model, state)
-    res["float SGD"] = score(swag.PointPosterior.from_model(sgd_model), sgd_model, bn_loader=False)
+    refresh = swag.BNRefresh(bn)
+    res["float SGD"] = score(swag.PointPosterior.from_model(sgd_model), sgd_model, bn=False)
     if not paper:
         model, col, _, _ = fit(args, x, y, seed, low=False, average=True)
     assert col is not None
-    res["float SWA"] = score(swag.PointPosterior(col.mean, col.layout), model, bn_loader=bn)
+    res["float SWA"] = score(swag.PointPosterior(col.mean, col.layout), model, bn=refresh)
     model, col, state, cost["8-bit"] = fit(args, x, y, seed, low=True, average=paper)
     sgd_model = with_state(model, state)
     point = swag.PointPosterior.from_model(sgd_model)
-    res["8-bit SGD"] = score(point, sgd_model, bn_loader=False)  # the hooks travel with the copy
+    res["8-bit SGD"] = score(point, sgd_model, bn=False)  # the hooks travel with the copy
     plain = small_cnn(args.width)
     plain.load_state_dict(state)
-    res["8-bit SGD (float activations)"] = score(point, plain, bn_loader=False)
+    res["8-bit SGD (float activations)"] = score(point, plain, bn=False)
     if not paper:
         model, col, _, _ = fit(args, x, y, seed, low=True, average=True)
     assert col is not None
     plain = small_cnn(args.width)
     plain.load_state_dict(model.state_dict())
     post = col.posterior()
-    res["8-bit SWALP"] = score(swag.PointPosterior(col.mean, col.layout), plain, bn_loader=bn)
-    res["8-bit SWAG"] = score(post, plain, bn_loader=bn, num_samples=args.samples, scale=0.5)
+    res["8-bit SWALP"] = score(swag.PointPosterior(col.mean, col.layout), plain, bn=refresh)
+    res["8-bit SWAG"] = score(post, plain, bn=refresh, num_samples=args.samples, scale=0.5)
     return {
         "seed": seed,
         "results": res,

@@ -130,7 +130,9 @@ def run_seed(args: argparse.Namespace, seed: int, data: _common.Images) -> dict[
     g = torch.Generator().manual_seed(seed)
 
     def accuracy(post: swag.Posterior, model: nn.Module, **kw: Any) -> float:
-        probs = swag.predict(post, model, test, bn_loader=bn, generator=g, **kw)
+        probs = swag.predict(
+            post, model, test, generator=g, **kw, options=swag.PredictOptions(bn=swag.BNRefresh(bn))
+        )
         return swag.metrics.accuracy(probs, ty)
 
     res: dict[str, Any] = {}

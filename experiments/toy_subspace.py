@@ -180,9 +180,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     summary = {}
     for ax, (name, (posterior, n, scale)) in zip(axes, methods.items(), strict=True):
         mean, var = swag.predict(
-            posterior, model, [grid], num_samples=n, scale=scale, output="gaussian",
-            noise_var=NOISE**2, generator=torch.Generator().manual_seed(args.seed),
-        )  # fmt: skip
+            posterior,
+            model,
+            [grid],
+            num_samples=n,
+            scale=scale,
+            generator=torch.Generator().manual_seed(args.seed),
+            head=swag.GaussianRegression(noise_var=NOISE**2),
+        )
         mean, var = mean.reshape(-1), var.reshape(-1)
         sd = var.sqrt()
         ax.fill_between(grid.squeeze(-1), mean - 2 * sd, mean + 2 * sd, color="tab:blue", alpha=0.3)

@@ -22,7 +22,13 @@ from swag.core.posterior import SWAGPosterior
 from swag.evaluation import metrics
 from swag.evaluation.bn import update_bn
 from swag.evaluation.fit_scale import fit_scale
-from swag.evaluation.predict import predict
+from swag.evaluation.predict import (
+    BNRefresh,
+    Classification,
+    GaussianRegression,
+    PredictOptions,
+    predict,
+)
 from swag.evaluation.temperature import apply_temperature, fit_temperature
 from swag.family import subspace as subspace  # registers the subspace posterior's kind
 from swag.family.averaging import EMA, LAWA, PostHocEMA, PowerEMA
@@ -34,14 +40,18 @@ __version__ = "0.1.0"
 __all__ = [
     "EMA",
     "LAWA",
+    "BNRefresh",
+    "Classification",
     "Collector",
     "Density",
+    "GaussianRegression",
     "MultiSWAG",
     "ParamLayout",
     "PointPosterior",
     "PostHocEMA",
     "Posterior",
     "PowerEMA",
+    "PredictOptions",
     "SWAGPosterior",
     "__version__",
     "apply_temperature",

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+import swag
 from swag.core._params import local_part
 from swag.core.distributed._shard import ShardPlan
 
@@ -56,7 +57,6 @@ def run(rank: int, world: int, out: str, checkpoint: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    import swag
     from swag import distributed as sd
 
     res: dict[str, Tensor] = {}
@@ -103,10 +103,20 @@ def run(rank: int, world: int, out: str, checkpoint: str) -> None:
             p, make_model(), xs, num_samples=3, generator=gen()
         )
         res[f"ddp_predict_bn_{name}"] = swag.predict(
-            p, bn_model, xs, num_samples=3, bn_loader=xs, generator=gen()
+            p,
+            bn_model,
+            xs,
+            num_samples=3,
+            generator=gen(),
+            options=swag.PredictOptions(bn=swag.BNRefresh(xs)),
         )
         res[f"ddp_predict_dropout_{name}"] = swag.predict(
-            p, drop_model, xs, num_samples=3, mc_dropout=True, generator=gen()
+            p,
+            drop_model,
+            xs,
+            num_samples=3,
+            generator=gen(),
+            options=swag.PredictOptions(mc_dropout=True),
         )
         with warnings.catch_warnings():  # 4 examples: the optimum may sit at a bound
             warnings.simplefilter("ignore", RuntimeWarning)

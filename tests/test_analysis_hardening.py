@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 import swag
-from swag.averaging import greedy_soup
-from swag.landscape import Plane, evaluate_points, scan_line, scan_plane
-from swag.plots import loss_line, loss_plane
-from swag.subspace import (
+from swag.evaluation.plots import loss_line, loss_plane
+from swag.family.averaging import greedy_soup
+from swag.family.landscape import Plane, evaluate_points, scan_line, scan_plane
+from swag.family.subspace import (
     Subspace,
     SubspaceLikelihood,
     SubspacePosterior,
@@ -296,9 +296,15 @@ MISUSE: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         "target",
     ),
     "eval bn_batches": (
-        lambda: evaluate_points(MODEL, LAYOUT, [SUB.shift], LOADERS, bn_batches=0),
+        lambda: evaluate_points(
+            MODEL,
+            LAYOUT,
+            [SUB.shift],
+            LOADERS,
+            options=swag.PredictOptions(bn=swag.BNRefresh([X], batches=0)),
+        ),
         ValueError,
-        "bn_batches",
+        "BNRefresh.batches",
     ),
     "eval target_fn": (
         lambda: evaluate_points(MODEL, LAYOUT, [SUB.shift], LOADERS, target_fn="y"),  # type: ignore[arg-type]
@@ -444,8 +450,8 @@ DATA_ONLY = {"ESSResult", "VIResult", "LineScan", "PlaneScan", "Loaders", "Targe
 
 
 def test_the_misuse_table_covers_every_public_function() -> None:
-    import swag.landscape as landscape
-    import swag.subspace as subspace
+    import swag.family.landscape as landscape
+    import swag.family.subspace as subspace
 
     assert set(subspace.__all__) == PUBLIC["swag.subspace"]
     assert set(landscape.__all__) == PUBLIC["swag.landscape"]
@@ -492,14 +498,23 @@ ONE_SHOT: dict[str, Callable[[], object]] = {
     "swag.family.landscape.evaluate_points": lambda: evaluate_points(
         MODEL, LAYOUT, [SUB.shift, SUB.shift + 1], {"train": once(BATCHES)}
     ),
-    "swag.family.landscape.evaluate_points bn_loader": lambda: evaluate_points(
-        MODEL, LAYOUT, [SUB.shift], LOADERS, bn_loader=once([X])
+    "swag.landscape.evaluate_points bn_loader": lambda: evaluate_points(
+        MODEL,
+        LAYOUT,
+        [SUB.shift],
+        LOADERS,
+        options=swag.PredictOptions(bn=swag.BNRefresh(once([X]))),
     ),
     "swag.family.landscape.scan_line": lambda: scan_line(
         MODEL, LAYOUT, SUB.shift, SUB.shift + 1, {"train": once(BATCHES)}
     ),
-    "swag.family.landscape.scan_line bn_loader": lambda: scan_line(
-        MODEL, LAYOUT, SUB.shift, SUB.shift + 1, LOADERS, bn_loader=iter([X])
+    "swag.landscape.scan_line bn_loader": lambda: scan_line(
+        MODEL,
+        LAYOUT,
+        SUB.shift,
+        SUB.shift + 1,
+        LOADERS,
+        options=swag.PredictOptions(bn=swag.BNRefresh(iter([X]))),
     ),
     "swag.family.averaging.greedy_soup": lambda: greedy_soup(
         [POST, POST], MODEL, lambda m: 0.0, bn_loader=once([X])
@@ -769,7 +784,7 @@ def test_scan_plane_memory_is_o_p() -> None:
 def test_every_legend_in_the_plots_has_an_explicit_loc() -> None:
     # loc="best" (the default) measures overlaps and warns "slow" under load; with
     # filterwarnings=error that made tests/test_bench.py flaky
-    import swag.plots
+    import swag.evaluation.plots
 
     tree = ast.parse(Path(swag.plots.__file__).read_text())
     calls = [

@@ -76,8 +76,14 @@ def cell_predict(post: swag.Posterior, mp: pytest.MonkeyPatch) -> str:
 def cell_predict_bn(post: swag.Posterior, mp: pytest.MonkeyPatch) -> str:
     seen = _spy(post, mp)
     model = make_model(batchnorm=True)
-    got = swag.predict(post, model, [X], num_samples=3, bn_loader=BN_DATA,
-                       generator=torch.Generator().manual_seed(3))  # fmt: skip
+    got = swag.predict(
+        post,
+        model,
+        [X],
+        num_samples=4,
+        generator=torch.Generator().manual_seed(3),
+        options=swag.PredictOptions(bn=swag.BNRefresh(BN_DATA)),
+    )
     refs = []
     for theta in seen:  # torch's own update_bn on a fresh copy holding θ
         net = copy.deepcopy(model)
@@ -94,9 +100,15 @@ def cell_predict_dropout(post: swag.Posterior, mp: pytest.MonkeyPatch) -> str:
     model = make_model(dropout=True)
     acts: list[tuple[Tensor, Tensor]] = []
     model.drop.register_forward_hook(lambda m, i, o: acts.append((i[0].detach(), o.detach())))
-    got = swag.predict(post, model, [X], num_samples=3, mc_dropout=True,
-                       generator=torch.Generator().manual_seed(3))  # fmt: skip
-    assert len(acts) == len(seen) == 3
+    got = swag.predict(
+        post,
+        model,
+        [X],
+        num_samples=4,
+        generator=torch.Generator().manual_seed(3),
+        options=swag.PredictOptions(mc_dropout=True),
+    )
+    assert len(acts) == len(seen) == 4
     for before, after in acts:  # a real mask: each unit dropped (0) or kept and scaled 1/(1-p)
         kept = after != 0
         torch.testing.assert_close(after[kept], before[kept] / 0.7, rtol=1e-6, atol=1e-7)

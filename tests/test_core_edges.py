@@ -22,9 +22,10 @@ import torch.nn.utils.prune as prune
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
+import swag
 from swag import Collector, ParamLayout, SWAGPosterior, fit_scale, predict
-from swag.bn import has_batchnorm, update_bn
 from swag.core.point import PointPosterior
+from swag.evaluation.bn import has_batchnorm, update_bn
 from swag.persistence import _io
 from tests.reference import two_pass_moments
 
@@ -162,7 +163,7 @@ def test_predict_asks_for_bn_loader_with_tracked_instance_norm() -> None:
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.InstanceNorm2d(3, track_running_stats=True))
     model.append(nn.Flatten())
     post = PointPosterior.from_model(model)
-    with pytest.raises(ValueError, match="bn_loader"):
+    with pytest.raises(ValueError, match="BNRefresh"):
         predict(post, model, [torch.randn(2, 2, 5, 5)])
 
 
@@ -187,7 +188,7 @@ def test_gaussian_head_with_broadcasting_shapes_refused(
     model = Head(*shapes)
     post = PointPosterior.from_model(model)
     with pytest.raises(ValueError, match=r"shape \(8,\).*shape \(8, 1\)|\(8, 1\).*\(8,\)"):
-        predict(post, model, [torch.randn(8, 3)], output="gaussian")
+        predict(post, model, [torch.randn(8, 3)], head=swag.GaussianRegression())
 
 
 # -- 5. loaders without len() ----------------------------------------------------------------
@@ -231,8 +232,8 @@ def test_bn_loader_without_len_is_accepted() -> None:
     post = PointPosterior.from_model(model)
     x, y = torch.randn(12, 3, generator=g), torch.zeros(12, dtype=torch.long)
     stream = DataLoader(Stream(x, y), batch_size=6)
-    got = predict(post, model, [x], bn_loader=stream)
-    want = predict(post, model, [x], bn_loader=list(stream))
+    got = predict(post, model, [x], options=swag.PredictOptions(bn=swag.BNRefresh(stream)))
+    want = predict(post, model, [x], options=swag.PredictOptions(bn=swag.BNRefresh(list(stream))))
     torch.testing.assert_close(got, want)
 
 

@@ -199,7 +199,14 @@ def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> 
     # swag.predict averages the LightningModule's predictions unchanged; at scale 0 every draw is
     # the SWA mean, so the average is the BN-refreshed SWA model's softmax
     x = loader().dataset.tensors[0]  # type: ignore[attr-defined]
-    probs = swag.predict(post, net, [x], num_samples=2, scale=0.0, bn_loader=loader())
+    probs = swag.predict(
+        post,
+        net,
+        [x],
+        num_samples=2,
+        scale=0.0,
+        options=swag.PredictOptions(bn=swag.BNRefresh(loader())),
+    )
     torch.testing.assert_close(probs, torch.softmax(swa.eval()(x), -1), rtol=1e-5, atol=1e-6)
 
 

@@ -75,9 +75,15 @@ def test_batchnorm_is_refreshed_and_required() -> None:
     layout = swag.ParamLayout.from_model(model)
     x, y = data()
     theta = swag.PointPosterior.from_model(model).mean * 1.5
-    with pytest.raises(ValueError, match="bn_loader"):
+    with pytest.raises(ValueError, match="BNRefresh"):
         evaluate_points(model, layout, [theta], {"test": [(x, y)]})
-    out = evaluate_points(model, layout, [theta], {"test": [(x, y)]}, bn_loader=[x])
+    out = evaluate_points(
+        model,
+        layout,
+        [theta],
+        {"test": [(x, y)]},
+        options=swag.PredictOptions(bn=swag.BNRefresh([x])),
+    )
     ref = swag.PointPosterior(theta, layout).to_model(model)
     swag.update_bn([x], ref)
     ref.eval()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import swag
 from swag import metrics
 from swag.core.point import PointPosterior
 from swag.evaluation.predict import predict
@@ -144,9 +145,13 @@ def test_every_dropout_module_is_stochastic_and_batchnorm_stays_frozen(body: str
     model[1].register_forward_hook(lambda m, *_: seen.append((m.training, m.running_mean.clone())))
     point = PointPosterior.from_model(model)
     probs = predict(
-        point, model, batches(), num_samples=6, mc_dropout=True, bn_loader=False, reduce=False,
+        point,
+        model,
+        batches(),
+        num_samples=6,
         generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+        options=swag.PredictOptions(bn=False, reduce=False, mc_dropout=True),
+    )
     assert probs.shape == (6, 20, 3)
     assert (probs[0] - probs[1]).abs().max() > 1e-4, "two MC passes must differ"
     assert probs.std(0).max() > 1e-4, "spread over passes must be > 0"
@@ -177,9 +182,13 @@ def test_mc_pass_equals_torchs_own_train_mode_forward_of_the_dropout_module(body
     model = net(body)
     xs = batches()
     got = predict(
-        PointPosterior.from_model(model), model, xs, num_samples=2, mc_dropout=True,
-        bn_loader=False, reduce=False, generator=torch.Generator().manual_seed(3),
-    )  # fmt: skip
+        PointPosterior.from_model(model),
+        model,
+        xs,
+        num_samples=2,
+        generator=torch.Generator().manual_seed(3),
+        options=swag.PredictOptions(bn=False, reduce=False, mc_dropout=True),
+    )
     ref = copy.deepcopy(model).eval()
     ref[3].train()
     seed = int(torch.randint(SEED_HIGH, (), generator=torch.Generator().manual_seed(3)))
@@ -223,15 +232,20 @@ def test_a_float_rate_that_cannot_be_switched_on_alone_is_refused_by_name() -> N
         model = nn.Sequential(nn.Linear(4, 24), nn.Dropout(0.1), module)
         with pytest.raises(ValueError, match=pattern):
             predict(
-                PointPosterior.from_model(model), model, batches(), mc_dropout=True,
-                bn_loader=False,
-            )  # fmt: skip
+                PointPosterior.from_model(model),
+                model,
+                batches(),
+                options=swag.PredictOptions(bn=False, mc_dropout=True),
+            )
     for module in (WithBatchNorm(0.0), WithLayerDrop(0.2, 0.0)):  # nothing hidden, or safe
         model = nn.Sequential(nn.Linear(4, 24), nn.Dropout(0.1), module).eval()
         predict(
-            PointPosterior.from_model(model), model, batches(), num_samples=2, mc_dropout=True,
-            bn_loader=False,
-        )  # fmt: skip
+            PointPosterior.from_model(model),
+            model,
+            batches(),
+            num_samples=2,
+            options=swag.PredictOptions(bn=False, mc_dropout=True),
+        )
 
 
 class ChildNextToBatchNorm(nn.Module):
@@ -265,9 +279,12 @@ def test_an_owner_with_running_statistics_stays_in_eval_and_its_dropout_is_live(
 
     owner.register_forward_hook(record)
     probs = predict(
-        PointPosterior.from_model(model), model, batches(), num_samples=3, mc_dropout=True,
-        bn_loader=False, reduce=False,
-    )  # fmt: skip
+        PointPosterior.from_model(model),
+        model,
+        batches(),
+        num_samples=3,
+        options=swag.PredictOptions(bn=False, reduce=False, mc_dropout=True),
+    )
     assert (probs[0] - probs[1]).abs().max() > 1e-4, "its Dropout child is live"
     assert len(seen) == 6
     for owner_training, norm_training, state in seen:
@@ -292,9 +309,12 @@ class RateAndModule(nn.Module):
 def test_a_float_rate_that_built_a_dropout_child_is_not_refused() -> None:
     model = nn.Sequential(nn.Linear(4, 24), RateAndModule(0.3), nn.Linear(24, 3))
     probs = predict(
-        PointPosterior.from_model(model), model, batches(), num_samples=2, mc_dropout=True,
-        reduce=False,
-    )  # fmt: skip
+        PointPosterior.from_model(model),
+        model,
+        batches(),
+        num_samples=2,
+        options=swag.PredictOptions(reduce=False, mc_dropout=True),
+    )
     assert (probs[0] - probs[1]).abs().max() > 1e-4
 
 
@@ -309,7 +329,12 @@ def test_a_float_rate_that_built_a_dropout_child_is_not_refused() -> None:
 )
 def test_a_model_without_live_dropout_is_refused(model: nn.Module) -> None:
     with pytest.raises(ValueError, match="no Dropout layer with rate > 0"):
-        predict(PointPosterior.from_model(model), model, batches(), mc_dropout=True)
+        predict(
+            PointPosterior.from_model(model),
+            model,
+            batches(),
+            options=swag.PredictOptions(mc_dropout=True),
+        )
 
 
 # Hugging Face models (an optional extra), built from configs with random weights. Their
@@ -359,9 +384,14 @@ def test_hugging_face_attention_dropout_is_live_and_equals_its_own_train_mode(ar
     model, batch = _hf_model(arch, 0.5)
     model.eval()
     got = predict(
-        PointPosterior.from_model(model), model, [batch], num_samples=3, mc_dropout=True,
-        reduce=False, output_fn=lambda out: out.logits, generator=torch.Generator().manual_seed(4),
-    )  # fmt: skip
+        PointPosterior.from_model(model),
+        model,
+        [batch],
+        num_samples=3,
+        generator=torch.Generator().manual_seed(4),
+        head=swag.Classification(output_fn=lambda out: out.logits),
+        options=swag.PredictOptions(reduce=False, mc_dropout=True),
+    )
     assert (got[0] - got[1]).abs().max() > 1e-3, "two MC passes must differ"
     ref = copy.deepcopy(model).train()  # only attention dropout has a rate > 0
     seed = int(torch.randint(SEED_HIGH, (), generator=torch.Generator().manual_seed(4)))
@@ -377,4 +407,9 @@ def test_hugging_face_attention_dropout_is_live_and_equals_its_own_train_mode(ar
 def test_a_hugging_face_model_without_dropout_is_refused(arch: str) -> None:
     model, batch = _hf_model(arch, 0.0)
     with pytest.raises(ValueError, match="no Dropout layer with rate > 0"):
-        predict(PointPosterior.from_model(model), model, [batch], mc_dropout=True)
+        predict(
+            PointPosterior.from_model(model),
+            model,
+            [batch],
+            options=swag.PredictOptions(mc_dropout=True),
+        )

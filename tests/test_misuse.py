@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+import swag
 from swag import (
     MultiSWAG,
     PointPosterior,
@@ -117,7 +118,9 @@ KINDS: dict[str, list[tuple[str, Callable[[], Any]]]] = {
         ("negative", lambda: -1),
         ("nan", lambda: NAN),
     ],
-    "output": [("wrong value", lambda: "logits"), ("wrong type", lambda: 3)],
+    "head": [("wrong type", lambda: "probs")],
+    "options": [("wrong type", lambda: {"reduce": False})],
+    "bn": [("wrong type", lambda: batches()), ("true", lambda: True)],
     "noise_var": [("wrong type", lambda: "1"), ("negative", lambda: -1.0), ("nan", lambda: NAN)],
     "bounds": [
         ("wrong type", lambda: "ab"),
@@ -217,29 +220,26 @@ def _predict_kwargs() -> dict[str, Any]:
         "loader": batches(),
         "num_samples": 2,
         "scale": 0.5,
-        "diagonal": False,
-        "bn_loader": batches(),
-        "bn_batches": 1,
-        "input_fn": None,
-        "output_fn": None,
-        "device": "cpu",
         "generator": torch.Generator().manual_seed(0),
-        "reduce": True,
-        "progress": False,
-        "mc_dropout": True,
-        "output": "probs",
+        "head": swag.Classification(),
+        "options": swag.PredictOptions(
+            bn=swag.BNRefresh(batches(), 1), device="cpu", mc_dropout=True
+        ),
     }
 
 
 def _predict_gaussian_kwargs() -> dict[str, Any]:
-    model = nn.Linear(4, 1)
+    return {"noise_var": 0.1, "output_fn": lambda out: out.squeeze(-1)}
+
+
+def _options_kwargs() -> dict[str, Any]:
     return {
-        "posterior": PointPosterior.from_model(model),
-        "model": model,
-        "loader": batches(),
-        "output": "gaussian",
-        "noise_var": 0.1,
-        "output_fn": lambda out: out.squeeze(-1),
+        "bn": swag.BNRefresh(batches(), 1),
+        "mc_dropout": True,
+        "input_fn": None,
+        "device": "cpu",
+        "reduce": True,
+        "progress": False,
     }
 
 
@@ -282,20 +282,37 @@ FUNCTIONS = [
             "loader": "loader",
             "num_samples": "count",
             "scale": "scale",
-            "diagonal": "bool",
-            "bn_loader": "loader",
-            "bn_batches": "count",
-            "input_fn": "callable",
-            "output_fn": "callable",
-            "device": "device",
             "generator": "generator",
-            "reduce": "bool",
-            "progress": "bool",
-            "mc_dropout": "bool",
-            "output": "output",
+            "head": "head",
+            "options": "options",
         },
     ),
-    Fn("predict(gaussian)", predict, _predict_gaussian_kwargs, {"noise_var": "noise_var"}),
+    Fn(
+        "GaussianRegression",
+        swag.GaussianRegression,
+        _predict_gaussian_kwargs,
+        {"noise_var": "noise_var", "output_fn": "callable"},
+    ),
+    Fn("Classification", swag.Classification, lambda: {}, {"output_fn": "callable"}),
+    Fn(
+        "BNRefresh",
+        swag.BNRefresh,
+        lambda: {"loader": batches(), "batches": 1},
+        {"loader": "loader", "batches": "count"},
+    ),
+    Fn(
+        "PredictOptions",
+        swag.PredictOptions,
+        _options_kwargs,
+        {
+            "bn": "bn",
+            "mc_dropout": "bool",
+            "input_fn": "callable",
+            "device": "device",
+            "reduce": "bool",
+            "progress": "bool",
+        },
+    ),
     Fn(
         "update_bn",
         update_bn,
@@ -522,8 +539,8 @@ def test_nan_in_the_loader_is_refused_not_averaged_into_the_result() -> None:
     regression = nn.Linear(4, 1)
     with pytest.raises(ValueError, match=r"predictions contain NaN.*loader"):
         predict(
-            PointPosterior.from_model(regression), regression, nan_batches, output="gaussian",
-            noise_var=0.1, output_fn=lambda out: out.squeeze(-1),
+            PointPosterior.from_model(regression), regression, nan_batches,
+            head=swag.GaussianRegression(noise_var=0.1, output_fn=lambda out: out.squeeze(-1)),
         )  # fmt: skip
     bn_model = net(bn=True)
     before = {k: v.clone() for k, v in bn_model.state_dict().items()}

@@ -164,7 +164,7 @@ def test_every_consumer_takes_a_generator_from_another_device(
     post, model = KINDS[kind](), make_model()
     xs = [torch.randn(5, 4, generator=torch.Generator().manual_seed(0))]
     seen = _foreign(monkeypatch)
-    runs = [swag.predict(post, model, xs, num_samples=3, generator=torch.Generator().manual_seed(1))
+    runs = [swag.predict(post, model, xs, num_samples=4, generator=torch.Generator().manual_seed(1))
             for _ in range(2)]  # fmt: skip
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
     assert seen and all(d == post.mean.device for d in seen)

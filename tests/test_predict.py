@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+import swag
 from swag import Collector, SWAGPosterior, update_bn
 from swag.core.multiswag import MultiSWAG
 from swag.core.point import PointPosterior
@@ -68,7 +69,9 @@ def test_point_posterior_equals_one_forward_pass_exactly(device: torch.device) -
     with torch.no_grad():
         expected = torch.cat([model(x).softmax(-1) for x in xs])
     point = PointPosterior.from_model(model)
-    got = predict(point, mlp(1), xs, num_samples=5, device=device)  # other weights: overwritten
+    got = predict(
+        point, mlp(1), xs, num_samples=5, options=swag.PredictOptions(device=device)
+    )  # other weights: overwritten
     assert got.dtype == torch.float32 and got.shape == (30, 3)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -77,11 +80,23 @@ def test_matches_brute_force_loop_with_batchnorm() -> None:
     model = mlp(bn=True)
     post = swag_posterior(model)
     xs, bn = data(), data(4, seed=1)
-    got = predict(post, model, xs, num_samples=4, bn_loader=bn, generator=gen(3))
+    got = predict(
+        post,
+        model,
+        xs,
+        num_samples=4,
+        generator=gen(3),
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn)),
+    )
     expected = brute_force(post, model, xs, 4, 3, bn)
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
     per_sample = predict(
-        post, model, xs, num_samples=4, bn_loader=bn, generator=gen(3), reduce=False
+        post,
+        model,
+        xs,
+        num_samples=4,
+        generator=gen(3),
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn), reduce=False),
     )
     assert per_sample.shape == (4, 30, 3)
     torch.testing.assert_close(per_sample.double().mean(0), expected, rtol=1e-6, atol=1e-7)
@@ -99,6 +114,7 @@ def test_multiswag_of_identical_components_equals_the_component() -> None:
     )
 
 
+@pytest.mark.filterwarnings("ignore:num_samples=.* not a multiple:UserWarning")
 def test_multiswag_samples_follow_the_stratified_allocation() -> None:
     members = [PointPosterior.from_model(mlp(seed)) for seed in range(3)]
     xs = data()
@@ -109,7 +125,12 @@ def test_multiswag_samples_follow_the_stratified_allocation() -> None:
         torch.randint(SEED_HIGH, (), generator=g)
         counts = MultiSWAG(members).allocation(5, generator=g)
         per_sample = predict(
-            MultiSWAG(members), mlp(), xs, num_samples=5, reduce=False, generator=gen(seed)
+            MultiSWAG(members),
+            mlp(),
+            xs,
+            num_samples=5,
+            generator=gen(seed),
+            options=swag.PredictOptions(reduce=False),
         )
         owners = [i for i, n in enumerate(counts) for _ in range(n)]
         for got, owner in zip(per_sample, owners, strict=True):
@@ -127,9 +148,30 @@ def test_seeded_reproducibility_without_touching_global_rng() -> None:
     xs = data()
     bn = DataLoader(TensorDataset(torch.cat(data(4, seed=2))), batch_size=8, shuffle=True)
     state = torch.get_rng_state()
-    a = predict(post, model, xs, num_samples=3, bn_loader=bn, bn_batches=2, generator=gen(7))
-    b = predict(post, model, xs, num_samples=3, bn_loader=bn, bn_batches=2, generator=gen(7))
-    c = predict(post, model, xs, num_samples=3, bn_loader=bn, bn_batches=2, generator=gen(8))
+    a = predict(
+        post,
+        model,
+        xs,
+        num_samples=3,
+        generator=gen(7),
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2)),
+    )
+    b = predict(
+        post,
+        model,
+        xs,
+        num_samples=3,
+        generator=gen(7),
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2)),
+    )
+    c = predict(
+        post,
+        model,
+        xs,
+        num_samples=3,
+        generator=gen(8),
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2)),
+    )
     assert torch.equal(torch.get_rng_state(), state), "the global RNG must be left alone"
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-4
@@ -148,7 +190,14 @@ def test_bn_is_refreshed_for_every_sample_and_the_model_is_untouched() -> None:
 
     model[1].register_forward_pre_hook(record)  # deep-copied into the working copy
     xs, bn = data(1), data(3, seed=1)
-    predict(post, model, xs, num_samples=3, bn_loader=bn, generator=gen(0))
+    predict(
+        post,
+        model,
+        xs,
+        num_samples=3,
+        generator=gen(0),
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn)),
+    )
     assert len(seen) == 3
     g = gen(0)
     torch.randint(SEED_HIGH, (), generator=g)
@@ -165,13 +214,13 @@ def test_bn_is_refreshed_for_every_sample_and_the_model_is_untouched() -> None:
 def test_batchnorm_needs_bn_loader_or_explicit_opt_out() -> None:
     model = mlp(bn=True)
     point = PointPosterior.from_model(model)
-    with pytest.raises(ValueError, match="pass bn_loader=train_loader"):
+    with pytest.raises(ValueError, match=r"bn=swag.BNRefresh\(train_loader\)"):
         predict(point, model, data(), num_samples=1)
     update_bn(data(2, seed=5), model)  # statistics that belong to these weights
     model.eval()
     with torch.no_grad():
         expected = torch.cat([model(x).softmax(-1) for x in data()])
-    got = predict(point, model, data(), num_samples=1, bn_loader=False)
+    got = predict(point, model, data(), num_samples=1, options=swag.PredictOptions(bn=False))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -194,8 +243,10 @@ def test_regression_mixture_variance(style: str) -> None:
     model = GaussianNet(style)
     post = swag_posterior(model)
     noise = 0.3 if style == "noise" else None
-    kw: dict[str, Any] = {"num_samples": 6, "output": "gaussian", "noise_var": noise}
-    means, variances = predict(post, model, data(), generator=gen(2), reduce=False, **kw)
+    kw: dict[str, Any] = {"num_samples": 6, "head": swag.GaussianRegression(noise_var=noise)}
+    means, variances = predict(
+        post, model, data(), generator=gen(2), **kw, options=swag.PredictOptions(reduce=False)
+    )
     assert means.shape == variances.shape == (6, 30)
     mu, var = predict(post, model, data(), generator=gen(2), **kw)
     m, v = means.double().numpy(), variances.double().numpy()
@@ -209,8 +260,11 @@ def test_regression_mixture_variance(style: str) -> None:
 def test_regression_rejects_ambiguous_outputs() -> None:
     point = PointPosterior.from_model(mlp(out=3))
     with pytest.raises(ValueError, match="must return \\(mean, variance\\)"):
-        predict(point, mlp(out=3), data(), num_samples=1, output="gaussian")
-    with pytest.raises(ValueError, match="noise_var is for output='gaussian' only"):
+        predict(point, mlp(out=3), data(), num_samples=1, head=swag.GaussianRegression())
+    with (
+        pytest.warns(DeprecationWarning, match="noise_var"),
+        pytest.raises(ValueError, match="noise_var is for output='gaussian' only"),
+    ):
         predict(point, mlp(out=3), data(), num_samples=1, noise_var=1.0)  # type: ignore[call-overload]
 
 
@@ -227,7 +281,13 @@ def test_dict_batches_and_output_fn() -> None:
     model = DictNet()
     point = PointPosterior.from_model(model)
     batches = [{"pixels": x, "mask": torch.ones_like(x)} for x in data()]
-    got = predict(point, model, batches, num_samples=1, output_fn=lambda out: out["logits"])
+    got = predict(
+        point,
+        model,
+        batches,
+        num_samples=1,
+        head=swag.Classification(output_fn=lambda out: out["logits"]),
+    )
     plain = predict(PointPosterior.from_model(model.net), model.net, data(), num_samples=1)
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
     with pytest.raises(TypeError, match="output_fn="):
@@ -259,7 +319,10 @@ def test_loader_checks() -> None:
 def test_mc_dropout_is_stochastic_reproducible_and_leaves_global_rng_alone() -> None:
     model = mlp(dropout=0.5)
     point = PointPosterior.from_model(model)
-    kw: dict[str, Any] = {"num_samples": 4, "mc_dropout": True, "reduce": False}
+    kw: dict[str, Any] = {
+        "num_samples": 4,
+        "options": swag.PredictOptions(mc_dropout=True, reduce=False),
+    }
     state = torch.get_rng_state()
     a = predict(point, model, data(), generator=gen(0), **kw)
     b = predict(point, model, data(), generator=gen(0), **kw)
@@ -268,10 +331,12 @@ def test_mc_dropout_is_stochastic_reproducible_and_leaves_global_rng_alone() -> 
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-3
     assert (a[0] - a[1]).abs().max() > 1e-3, "passes must differ: dropout is active"
-    deterministic = predict(point, model, data(), num_samples=2, reduce=False)
+    deterministic = predict(
+        point, model, data(), num_samples=2, options=swag.PredictOptions(reduce=False)
+    )
     torch.testing.assert_close(deterministic[0], deterministic[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="no Dropout layer"):
-        predict(point, mlp(), data(), mc_dropout=True)
+        predict(point, mlp(), data(), options=swag.PredictOptions(mc_dropout=True))
 
 
 def test_mc_dropout_keeps_batchnorm_in_eval_mode() -> None:
@@ -280,7 +345,13 @@ def test_mc_dropout_keeps_batchnorm_in_eval_mode() -> None:
     model[1].register_forward_pre_hook(lambda m, _: modes.append(m.training))
     model[2].register_forward_pre_hook(lambda m, _: modes.append(m.training))
     point = PointPosterior.from_model(model)
-    predict(point, model, data(1), num_samples=2, bn_loader=data(1), mc_dropout=True, progress=True)
+    predict(
+        point,
+        model,
+        data(1),
+        num_samples=2,
+        options=swag.PredictOptions(bn=swag.BNRefresh(data(1)), progress=True, mc_dropout=True),
+    )
     # per sample: refresh (BN train, dropout train), then eval pass (BN eval, dropout train)
     assert modes == [True, True, False, True] * 2
 
@@ -300,7 +371,12 @@ def test_default_num_samples_is_one_pass_per_distinct_network(
         ),
         "swag": lambda: swag_posterior(model),
     }[kind]()
-    per_sample = predict(posterior, model, data(n=1), reduce=False, mc_dropout=mc_dropout)
+    per_sample = predict(
+        posterior,
+        model,
+        data(n=1),
+        options=swag.PredictOptions(reduce=False, mc_dropout=mc_dropout),
+    )
     assert per_sample.shape == (expected, 10, 3)
 
 
@@ -316,7 +392,7 @@ def test_outputs_that_are_not_logits_of_two_or_more_classes() -> None:
 def test_nested_deep_ensemble_weighs_members_as_the_mixture_does() -> None:
     members = [PointPosterior.from_model(mlp(seed)) for seed in range(3)]
     nested = MultiSWAG([members[0], MultiSWAG(members[1:])])  # weights 1/2, 1/4, 1/4
-    per_sample = predict(nested, mlp(), data(), reduce=False)
+    per_sample = predict(nested, mlp(), data(), options=swag.PredictOptions(reduce=False))
     assert per_sample.shape[0] == 4  # 2 · lcm(1, 2): the smallest exact allocation
     singles = [predict(m, mlp(), data()) for m in members]
     expected = singles[0] / 2 + (singles[1] + singles[2]) / 4
@@ -327,6 +403,8 @@ def test_noise_var_must_broadcast_per_batch() -> None:
     model = mlp(out=1)
     point = PointPosterior.from_model(model)
     with pytest.raises(ValueError, match="noise_var of shape \\(30,\\) does not broadcast"):
-        predict(point, model, data(), output="gaussian", noise_var=torch.ones(30))
-    mean, var = predict(point, model, data(), output="gaussian", noise_var=torch.tensor([0.5]))
+        predict(point, model, data(), head=swag.GaussianRegression(noise_var=torch.ones(30)))
+    mean, var = predict(
+        point, model, data(), head=swag.GaussianRegression(noise_var=torch.tensor([0.5]))
+    )
     assert torch.equal(var, torch.full_like(mean, 0.5))

@@ -108,3 +108,17 @@ def test_every_export_is_documented(name: str) -> None:
     assert not undocumented, (
         f"{name} exports these without docs (add to docs/api.md): {undocumented}"
     )
+
+
+def test_predicts_option_objects_are_exported() -> None:
+    """predict's head and options (issue 20 item 1) are part of the package face."""
+    from swag.evaluation.predict import (
+        BNRefresh,
+        Classification,
+        GaussianRegression,
+        PredictOptions,
+    )
+
+    for cls in (BNRefresh, Classification, GaussianRegression, PredictOptions):
+        assert cls.__name__ in swag.__all__ and getattr(swag, cls.__name__) is cls
+    assert len(inspect.signature(swag.predict).parameters) <= 8

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import swag
 from swag import Collector, MultiSWAG, ParamLayout, SWAGPosterior, fit_scale, metrics, predict
 from swag.core.posterior import Posterior
 
@@ -61,9 +62,14 @@ def test_recovers_the_scale_the_labels_were_drawn_with(kind: str) -> None:
 
 def bma_nll(post: Posterior, model: nn.Module, val: list, bn: list, scale: float) -> float:
     probs = predict(
-        post, model, val, num_samples=6, scale=scale, bn_loader=bn,
+        post,
+        model,
+        val,
+        num_samples=6,
+        scale=scale,
         generator=torch.Generator().manual_seed(3),
-    )  # fmt: skip
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn)),
+    )
     return metrics.nll(probs, torch.cat([b[1] for b in val]))
 
 
@@ -87,9 +93,15 @@ def test_agrees_with_a_brute_force_grid_with_batchnorm() -> None:
     val = [(x[400:500], y[400:500]), (x[500:], y[500:])]
     bn = [x[:200], x[200:400]]
     fitted = fit_scale(
-        post, model, val, num_samples=6, bn_loader=bn, bounds=(0.05, 20.0), tol=0.02,
+        post,
+        model,
+        val,
+        num_samples=6,
+        bounds=(0.05, 20.0),
+        tol=0.02,
         generator=torch.Generator().manual_seed(3),
-    )  # fmt: skip
+        options=swag.PredictOptions(bn=swag.BNRefresh(bn)),
+    )
     grid = [math.exp(u) for u in torch.linspace(math.log(0.05), math.log(20.0), 41).tolist()]
     values = [bma_nll(post, model, val, bn, s) for s in grid]
     best = min(range(len(grid)), key=values.__getitem__)

@@ -184,7 +184,9 @@ def test_fge_of_a_batchnorm_model_refreshes_each_member() -> None:
             model[0].bias.add_(shift)
         snaps.collect()
         thetas.append(flat(model).clone())
-    probs = swag.predict(snaps.posterior(), model, [x], bn_loader=[x])
+    probs = swag.predict(
+        snaps.posterior(), model, [x], options=swag.PredictOptions(bn=swag.BNRefresh([x]))
+    )
     expected = torch.zeros(len(x), 3)
     for theta in thetas:
         work = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))

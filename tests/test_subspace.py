@@ -245,7 +245,12 @@ def test_predict_on_a_subspace_posterior_averages_chain_states() -> None:
     model, x, (ess_post, vi_post) = classification_posteriors()
     assert isinstance(ess_post, swag.Posterior)
     per_sample = swag.predict(
-        ess_post, model, [x], num_samples=8, reduce=False, generator=torch.Generator()
+        ess_post,
+        model,
+        [x],
+        num_samples=8,
+        generator=torch.Generator(),
+        options=swag.PredictOptions(reduce=False),
     )
     assert per_sample.shape == (8, 30, 3)
     # every sampled network is one of the chain's states, and the BMA is their average

@@ -6,6 +6,7 @@ predicts. ``swag bench --skip NAME`` drops rows; a new method is one more entry.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from swag.core.point import PointPosterior
 from swag.evaluation import metrics
 from swag.evaluation.conformal import SplitConformal
 from swag.evaluation.fit_scale import fit_scale
-from swag.evaluation.predict import predict
+from swag.evaluation.predict import BNRefresh, Classification, PredictOptions, predict
 from swag.evaluation.temperature import apply_temperature, fit_temperature
 
 T = TypeVar("T")
@@ -143,6 +144,9 @@ def method_predictions(
     model = next(r for kind in runs.values() for r in kind).model
     inputs = loader(data.stacked, cfg.eval_batch_size)
     bn = loader(data.bn_x, cfg.batch_size)
+    options = PredictOptions(
+        bn=BNRefresh(bn, cfg.bn_batches), device=device, progress=progress.bars
+    )  # every prediction and scale fit of the bench evaluates networks the same way
     posteriors: list[Posterior] = [r.collector.posterior() for r in swag if r.collector]
     points: list[Posterior] = [PointPosterior.from_model(r.model) for r in sgd]
     out = Predictions()
@@ -166,9 +170,8 @@ def method_predictions(
     ) -> Tensor:
         probs: Tensor = predict(
             post, model, inputs, num_samples=samples, scale=scale,
-            bn_loader=bn, bn_batches=cfg.bn_batches, mc_dropout=mc_dropout, reduce=False,
-            generator=torch.Generator().manual_seed(seed), device=device, progress=progress.bars,
-            output_fn=keep,
+            generator=torch.Generator().manual_seed(seed), head=Classification(output_fn=keep),
+            options=dataclasses.replace(options, mc_dropout=mc_dropout, reduce=False),
         )  # fmt: skip
         return probs.cpu()
 
@@ -179,11 +182,11 @@ def method_predictions(
                 zip(loader(x, cfg.eval_batch_size), loader(y, cfg.eval_batch_size), strict=True)
             )
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RuntimeWarning)
+                warnings.simplefilter("always", RuntimeWarning)  # an edge of the bounds
+                warnings.simplefilter("always", UserWarning)  # draws uneven over the members
                 out.fitted[key] = fit_scale(
-                    post, model, val, num_samples=cfg.fit_samples, bn_loader=bn,
-                    bn_batches=cfg.bn_batches, tol=cfg.fit_tol, device=device,
-                    generator=torch.Generator().manual_seed(seed + 1), progress=progress.bars,
+                    post, model, val, num_samples=cfg.fit_samples, options=options,
+                    tol=cfg.fit_tol, generator=torch.Generator().manual_seed(seed + 1),
                 )  # fmt: skip
             out.notes += [f"{key}: {w.message}" for w in caught]
         return out.fitted[key]

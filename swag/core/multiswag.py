@@ -151,6 +151,22 @@ class MultiSWAG(Posterior):
         """
         return MultiSWAG([c.diagonal() for c in self.components])
 
+    def swa(self) -> MultiSWAG:
+        """The mixture of the members' SWA means (MultiSWA): each member's ``swa()``.
+
+        A point member (a :class:`~swag.PointPosterior`) stays as it is.
+
+        Raises:
+            TypeError: if a member is neither a point nor has an ``swa()`` view.
+        """
+        members = []
+        for i, c in enumerate(self.components):
+            view = getattr(c, "swa", None)
+            if view is None and c.scalable:
+                raise TypeError(f"component {i} ({type(c).__name__}) has no swa() view of its mean")
+            members.append(c if view is None else view())
+        return MultiSWAG(members)
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> MultiSWAG:

@@ -15,6 +15,7 @@ from swag.core._checks import check_bool, check_scale
 from swag.core._gaussian import draw, lowrank_coef
 from swag.core._posterior_base import Density, Posterior, State
 from swag.core.layout import ParamLayout
+from swag.core.point import PointPosterior
 from swag.persistence import _io
 
 __all__ = ["Posterior", "SWAGPosterior", "SampleShape"]
@@ -62,6 +63,14 @@ class SWAGPosterior(Density, Posterior):
     def diagonal(self) -> SWAGPosterior:
         """SWAG-Diag: the same posterior without its low-rank term, default scale 1.0."""
         return dataclasses.replace(self, diagonal_only=True)
+
+    def swa(self) -> PointPosterior:
+        """The SWA solution θ̄ alone, as a point posterior (it shares ``mean``, no copy).
+
+        ``swag.predict(posterior.swa(), model, loader, options=...)`` is SWA prediction in one
+        call: one pass of the network at θ̄, its BatchNorm refreshed on ``options.bn``.
+        """
+        return PointPosterior(self.mean, self.layout)
 
     @property
     def rank(self) -> int:

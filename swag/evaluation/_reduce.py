@@ -45,7 +45,7 @@ def _probs(logits: Tensor, check: bool) -> Tensor:
             "and predict applies softmax to them again. Return logits (drop the final Softmax) "
             "or pass output_fn=torch.log",
             UserWarning,
-            stacklevel=5,
+            stacklevel=7,
         )
     return _float(logits).softmax(-1)
 

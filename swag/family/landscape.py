@@ -2,14 +2,16 @@
 
 The evaluations behind :func:`swag.plots.loss_line` and :func:`swag.plots.loss_plane`. Every
 grid point is a flat weight vector written into one working copy of the model (the model
-itself is never modified); its BatchNorm statistics are recomputed on ``bn_loader`` first when
+itself is never modified); its BatchNorm statistics are recomputed on ``options.bn`` first when
 it has BatchNorm (:func:`swag.update_bn`), then each loader is evaluated in eval mode, batch by
-batch. Cost: one pass over every loader (plus the BN refresh) per point.
+batch: :func:`swag.predict`'s loop, with the same :class:`~swag.PredictOptions`. Cost: one
+pass over every loader (plus the BN refresh) per point.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,24 +20,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from swag.core._checks import (
-    check_bool,
-    check_callable,
-    check_count,
-    check_device,
-    check_reiterable,
-    check_scale,
-)
+from swag.core._checks import check_callable, check_reiterable, check_scale
 from swag.core.layout import ParamLayout
 from swag.core.posterior import SWAGPosterior
-from swag.evaluation._batches import move_to
-from swag.evaluation.bn import InputFn, default_input_fn, has_batchnorm, update_bn
+from swag.evaluation._loop import Evaluator
+from swag.evaluation._options import BNRefresh, PredictOptions, legacy_keywords
 from swag.family.subspace import Subspace
-from swag.family.subspace._likelihood import (
-    TargetFn,
-    check_class_target,
-    default_target_fn,
-)
+from swag.family.subspace._likelihood import TargetFn, check_class_target, default_target_fn
 
 __all__ = [
     "LineScan",
@@ -228,20 +219,21 @@ class PlaneScan:
     metrics: dict[str, Tensor]
 
 
+@legacy_keywords("bn_loader", "bn_batches", "input_fn", "device", "progress")
 def evaluate_points(
     model: nn.Module,
     layout: ParamLayout,
     thetas: Sequence[Tensor],
     loaders: Loaders,
     *,
-    bn_loader: Iterable[Any] | None = None,
-    bn_batches: int | None = None,
-    input_fn: InputFn | None = None,
+    options: PredictOptions | None = None,
     target_fn: TargetFn | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Cross-entropy loss and error rate of each weight vector on each loader.
+
+    Each point runs :func:`swag.predict`'s loop: its weights written into one working copy,
+    BatchNorm refreshed on ``options.bn``, each loader walked in eval mode with
+    ``options.input_fn`` (dict batches are keyword arguments, ``model(**batch)``).
 
     Args:
         model: a classifier returning logits ``(B, C)``.
@@ -250,13 +242,11 @@ def evaluate_points(
         loaders: named loaders of ``(x, y)`` batches, e.g. ``{"train": ..., "test": ...}``;
             each is walked once per point, so it must be re-iterable (a list or a
             ``DataLoader``, not a generator).
-        bn_loader: training batches for the BatchNorm refresh; required for a model with BN
-            (re-iterable too).
-        bn_batches: refresh on the first ``bn_batches`` batches only.
-        input_fn: batch → model input (default: the first item).
+        options: :class:`~swag.PredictOptions` as for :func:`swag.predict`: ``bn``
+            (:class:`~swag.BNRefresh` of re-iterable training batches, required for a model
+            with BatchNorm), ``input_fn``, ``device`` (default: the model's device),
+            ``progress`` (a bar over points), ``mc_dropout``; ``reduce`` must be True.
         target_fn: batch → integer class targets ``(B,)`` (default: the second item).
-        device: where to evaluate (default: the model's device).
-        progress: show a progress bar over points.
 
     Returns:
         ``{f"{name}_loss": (N,), f"{name}_error": (N,)}``: mean cross-entropy (nats) and the
@@ -265,8 +255,9 @@ def evaluate_points(
 
     Raises:
         TypeError: for a one-shot iterator as a loader, or arguments of the wrong type.
-        ValueError: for a BatchNorm model without ``bn_loader``, a ``theta`` of another shape,
-            targets that are not integer ``(B,)`` class indices, or a loader with no example.
+        ValueError: for a BatchNorm model without ``options.bn``, a ``theta`` of another
+            shape, targets that are not integer ``(B,)`` class indices, or a loader with no
+            example.
     """
     given: object = thetas
     if isinstance(given, (Tensor, str)) or not isinstance(given, Sequence):
@@ -274,10 +265,8 @@ def evaluate_points(
             f"thetas must be a sequence of (P,) weight vectors, got {type(thetas).__name__}"
         )
     return _evaluate(
-        model, layout, iter(thetas), len(thetas), loaders, bn_loader=bn_loader,
-        bn_batches=bn_batches, input_fn=input_fn, target_fn=target_fn, device=device,
-        progress=progress,
-    )  # fmt: skip
+        model, layout, iter(thetas), len(thetas), loaders, options=options, target_fn=target_fn
+    )
 
 
 def _evaluate(
@@ -287,12 +276,8 @@ def _evaluate(
     count: int,
     loaders: Loaders,
     *,
-    bn_loader: Iterable[Any] | None,
-    bn_batches: int | None,
-    input_fn: InputFn | None,
+    options: PredictOptions | None,
     target_fn: TargetFn | None,
-    device: torch.device | str | None,
-    progress: bool,
 ) -> dict[str, Tensor]:
     """:func:`evaluate_points` over ``count`` points drawn one at a time from ``thetas``."""
     if not isinstance(model, nn.Module):
@@ -308,38 +293,33 @@ def _evaluate(
         if not isinstance(name, str):
             raise TypeError(f"loaders must be keyed by strings, got the key {name!r}")
         check_reiterable(loader, f"loaders[{name!r}]")
-    if bn_loader is not None:
-        check_reiterable(bn_loader, "bn_loader")
-    check_count(bn_batches, "bn_batches", optional=True)
-    check_callable(input_fn, "input_fn")
+    options = options or PredictOptions()
+    if not isinstance(options, PredictOptions):
+        raise TypeError(f"options must be a swag.PredictOptions, got {type(options).__name__}")
+    if isinstance(options.bn, BNRefresh):
+        check_reiterable(options.bn.loader, "BNRefresh.loader")
+    if not options.reduce:
+        raise ValueError("evaluate_points scores each point: options.reduce must be True")
     check_callable(target_fn, "target_fn")
-    check_device(device)
-    check_bool(progress, "progress")
     layout.resolve(model)
-    work = copy.deepcopy(model)
-    if device is not None:
-        work.to(device)
-    dev = next(work.parameters()).device
-    if has_batchnorm(work) and bn_loader is None:
-        raise ValueError("the model has BatchNorm: pass bn_loader= (training batches)")
-    to_input, to_target = input_fn or default_input_fn, target_fn or default_target_fn
+    if options.device is None:
+        options = dataclasses.replace(options, device=next(model.parameters()).device)
+    evaluator = Evaluator(model, options)
+    dev = next(evaluator.work.parameters()).device
+    to_target = target_fn or default_target_fn
     out = {
         f"{n}_{m}": torch.zeros(count, dtype=torch.float64)
         for n in loaders
         for m in ("loss", "error")
     }
-    points = tqdm(thetas, total=count, desc="loss surface", disable=not progress)
+    points = tqdm(thetas, total=count, desc="loss surface", disable=not options.progress)
     for i, theta in enumerate(points):
-        layout.scatter(theta.to(dev), work)
-        if bn_loader is not None:
-            update_bn(bn_loader, work, num_batches=bn_batches, input_fn=input_fn, device=dev)
-        work.eval()
+        evaluator.load(functools.partial(layout.scatter, theta.to(dev)))
         with torch.no_grad():
             for name, loader in loaders.items():
                 loss, wrong, examples, broken = 0.0, 0, 0, False
-                for batch in loader:
-                    inputs, target = move_to(to_input(batch), dev), to_target(batch).to(dev)
-                    logits = work(inputs)
+                for batch, logits in evaluator.outputs(loader):
+                    target = to_target(batch).to(logits.device)
                     check_class_target(logits, target)
                     broken = broken or bool((logits.isnan() | logits.isposinf()).any())
                     loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
@@ -382,6 +362,7 @@ def _grid(values: object, name: str, dtype: torch.dtype) -> Tensor:
     return t
 
 
+@legacy_keywords("bn_loader", "bn_batches", "input_fn", "device", "progress")
 def scan_line(
     model: nn.Module,
     layout: ParamLayout,
@@ -403,6 +384,7 @@ def scan_line(
     return LineScan(t, _evaluate(model, layout, thetas, len(t), loaders, **_options(kwargs)))
 
 
+@legacy_keywords("bn_loader", "bn_batches", "input_fn", "device", "progress")
 def scan_plane(
     model: nn.Module,
     layout: ParamLayout,
@@ -426,7 +408,7 @@ def scan_plane(
     return PlaneScan(plane, a, b, {k: v.view(len(b), len(a)) for k, v in flat.items()})
 
 
-_OPTIONS = ("bn_loader", "bn_batches", "input_fn", "target_fn", "device", "progress")
+_OPTIONS = ("options", "target_fn")
 
 
 def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -434,4 +416,4 @@ def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(kwargs) - set(_OPTIONS))
     if unknown:
         raise TypeError(f"unexpected keyword arguments {unknown}; accepted: {list(_OPTIONS)}")
-    return {name: kwargs.get(name, False if name == "progress" else None) for name in _OPTIONS}
+    return {name: kwargs.get(name) for name in _OPTIONS}

@@ -36,7 +36,8 @@ class Snapshots(CheckedState):
     ``collect()`` copies the covered parameters into the next row (``P`` elements, no
     allocation); call it where a :class:`~swag.schedules.Cyclic` schedule's ``collect`` says,
     as you would :meth:`swag.Collector.collect`. Only parameters are stored: a BatchNorm model's
-    running statistics are recomputed per member by :func:`swag.predict` (``bn_loader=``).
+    running statistics are recomputed per member by :func:`swag.predict`
+    (``options=PredictOptions(bn=BNRefresh(...))``).
 
     Memory: ``max_snapshots · P`` elements, allocated at creation. An ``nn.Module``: ``.to()``
     and ``state_dict()`` (buffer and count) work as for :class:`~swag.Collector`: device moves

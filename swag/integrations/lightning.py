@@ -339,7 +339,8 @@ class SWAGCallback(pl.Callback):
         try:
             update_bn(loader, swa, num_batches=self.bn_batches, input_fn=self.input_fn)
         except TypeError as exc:  # e.g. forward() got an unexpected keyword argument 'y'
-            raise TypeError(f"{exc}; {_INPUT_HINT}") from exc
+            raw = exc.__cause__ if isinstance(exc.__cause__, TypeError) else exc  # not update_bn's
+            raise TypeError(f"{raw}; {_INPUT_HINT}") from exc
         self._swa = swa
 
     def _check_bn_input(self, module: pl.LightningModule, batch: Any) -> None:

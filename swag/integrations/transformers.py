@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from swag.core._posterior_base import Posterior
 from swag.core.collector import Collector
 from swag.core.layout import ParamLayout, ParamSelector
 from swag.core.posterior import SWAGPosterior
+from swag.evaluation._options import legacy_keywords
+from swag.evaluation.predict import Classification, PredictOptions
 from swag.evaluation.predict import predict as swag_predict
 from swag.integrations._args import (
     check_common,
@@ -317,14 +320,36 @@ def logits(output: Any) -> Tensor:
     return out
 
 
-def predict(posterior: Posterior, model: nn.Module, loader: Iterable[Any], **kwargs: Any) -> Tensor:
+@legacy_keywords(
+    "bn_loader", "bn_batches", "input_fn", "output_fn", "device", "reduce", "progress",
+    "mc_dropout", "diagonal",
+)  # fmt: skip
+def predict(
+    posterior: Posterior,
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    num_samples: int | None = None,
+    scale: float | None = None,
+    generator: torch.Generator | None = None,
+    head: Classification | None = None,
+    options: PredictOptions | None = None,
+) -> Tensor:
     """:func:`swag.predict` on a Hugging Face model's dict batches.
 
-    Labels are dropped from each batch (:func:`model_inputs`) and the logits taken from the
-    output (:func:`logits`); every other keyword argument goes to :func:`swag.predict`.
-    Returns the averaged class probabilities ``(N, ..., C)``.
+    The same arguments, with two defaults for Hugging Face models: labels are dropped from
+    each batch (``options.input_fn`` defaults to :func:`model_inputs`) and the logits are taken
+    from the output (``head.output_fn`` defaults to :func:`logits`); everything else is passed
+    to :func:`swag.predict` unchanged. Returns the averaged class probabilities ``(N, ..., C)``.
     """
-    kwargs.setdefault("input_fn", model_inputs)
-    kwargs.setdefault("output_fn", logits)
-    out: Tensor = swag_predict(posterior, model, loader, **kwargs)
+    head = head or Classification()
+    options = options or PredictOptions()
+    if isinstance(head, Classification) and head.output_fn is None:
+        head = Classification(output_fn=logits)
+    if isinstance(options, PredictOptions) and options.input_fn is None:
+        options = dataclasses.replace(options, input_fn=model_inputs)
+    out: Tensor = swag_predict(
+        posterior, model, loader, num_samples=num_samples, scale=scale, generator=generator,
+        head=head, options=options,
+    )  # fmt: skip
     return out
