@@ -36,11 +36,12 @@ Y = torch.randint(0, 3, (32,), generator=_G)
 BATCH = 8  # 4 batches per epoch
 
 # Lightning 2.6 calls torch's deprecated pytree LeafSpec, and advises worker processes and a
-# log interval that a 4-batch CPU fit does not need; transformers may say it found no GPU.
+# log interval that a 4-batch CPU fit does not need.
 _IGNORED = (
     (".*LeafSpec.* is deprecated", FutureWarning),
     ("The '(train|val)_dataloader' does not have many workers", UserWarning),
     ("The number of training batches", UserWarning),
+    ("Checkpoint directory .* exists and is not empty", UserWarning),  # resuming into it
 )
 
 
@@ -72,12 +73,24 @@ def _quiet() -> Iterator[None]:
 
 
 def lightning_run(
-    *, epochs: int = 2, accumulate: int = 1, start: float = 0.25, every: int = 1, **kw: Any
+    *,
+    epochs: int = 2,
+    accumulate: int = 1,
+    start: float = 0.25,
+    every: int = 1,
+    root: Path | None = None,
+    stop: int | None = None,
+    ckpt: Path | None = None,
+    state: Any = None,
+    **kw: Any,
 ) -> Run:
     """Lightning ``fit`` for ``epochs`` epochs of 4 batches, ``accumulate_grad_batches``.
 
     ``kw`` goes to ``SWAGCallback`` (``max_rank`` 3 unless given); ``start`` is a fraction of
-    the optimiser steps, so the phase begins after step ``int(start · steps)``.
+    the optimiser steps, so the phase begins after step ``int(start · steps)``. With ``root``
+    a checkpoint is written at each epoch's end (``root/checkpoints``); ``stop`` ends fit after
+    that many epochs, ``ckpt`` resumes from a checkpoint, ``state`` is given to the callback's
+    ``load_callback_state`` first.
     """
     import lightning.pytorch as pl
 
@@ -106,8 +119,14 @@ def lightning_run(
             if trainer.global_step > (self.iterates[-1][0] if self.iterates else 0):
                 self.iterates.append((trainer.global_step, _flat(module)))
 
+    class StopAfter(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+            trainer.should_stop = stop is not None and trainer.current_epoch + 1 >= stop
+
     kw.setdefault("max_rank", 3)
     callback = SWAGCallback(start=start, collect_every=every, bn_update=False, **kw)
+    if state is not None:
+        callback.load_callback_state(state)
     recorder = Recorder()
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=BATCH)
     with _quiet():
@@ -118,13 +137,15 @@ def lightning_run(
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            enable_checkpointing=False,
+            enable_checkpointing=root is not None,
+            default_root_dir=root,
             accumulate_grad_batches=accumulate,
-            callbacks=[callback, recorder],
+            callbacks=[callback, recorder, StopAfter()],
         )
-        trainer.fit(Lit(), data)
+        trainer.fit(Lit(), data, ckpt_path=ckpt)
     steps = epochs * (len(X) // BATCH) // accumulate
-    assert trainer.global_step == steps == len(recorder.iterates)
+    if stop is None and ckpt is None:
+        assert trainer.global_step == steps == len(recorder.iterates)
     return Run(callback, recorder.iterates, int(start * steps))
 
 
@@ -148,12 +169,16 @@ def transformers_run(
     start: int = 2,
     every: int = 1,
     folder: Path | None = None,
+    stop: int | None = None,
+    resume: Path | None = None,
+    state: Any = None,
     **kw: Any,
 ) -> Run:
     """``transformers.Trainer.train`` for ``steps`` optimiser steps (plain SGD, constant rate).
 
-    ``kw`` goes to ``SWAGCallback`` (``max_rank`` 3 unless given). Without ``folder`` nothing
-    is checkpointed.
+    ``kw`` goes to ``SWAGCallback`` (``max_rank`` 3 unless given). With ``folder`` a
+    checkpoint is written every 4 steps; ``stop`` ends training after that step, ``resume``
+    resumes from a checkpoint folder, ``state`` is given to ``load_callback_state`` first.
     """
     import transformers
 
@@ -165,9 +190,12 @@ def transformers_run(
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.iterates.append((state.global_step, _flat(kw["model"])))
+            control.should_training_stop = stop is not None and state.global_step >= stop
 
     kw.setdefault("max_rank", 3)
     callback = SWAGCallback(start=start, collect_every=every, **kw)
+    if state is not None:
+        callback.load_callback_state(state)
     recorder = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         args = transformers.TrainingArguments(
@@ -178,7 +206,8 @@ def transformers_run(
             learning_rate=0.1,
             optim="sgd",
             lr_scheduler_type="constant",
-            save_strategy="no",
+            save_strategy="no" if folder is None else "steps",
+            save_steps=4,
             logging_strategy="no",
             report_to="none",
             disable_tqdm=True,
@@ -190,8 +219,9 @@ def transformers_run(
             model=HFNet(), args=args, train_dataset=data, callbacks=[callback, recorder]
         )
         with _quiet():
-            trainer.train()
-    assert trainer.state.global_step == steps == len(recorder.iterates)
+            trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    if stop is None and resume is None:
+        assert trainer.state.global_step == steps == len(recorder.iterates)
     return Run(callback, recorder.iterates, start)
 
 

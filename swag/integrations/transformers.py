@@ -23,7 +23,7 @@ from torch import Tensor, nn
 import swag
 from swag import _io
 from swag._checks import check_count
-from swag.integrations import _missing_extra
+from swag.integrations import _missing_extra, _state
 from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
 from swag.layout import ParamSelector
 
@@ -35,7 +35,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["FILENAME", "IDENTITY", "SWAGCallback", "logits", "model_inputs", "predict"]
 
 FILENAME = "swag_collector.safetensors"
-"""The collector's file inside each Trainer checkpoint folder (``checkpoint-<step>/``)."""
+"""The callback's state (``swag.save(callback, ...)``) inside each Trainer checkpoint folder
+(``checkpoint-<step>/``); read it with ``swag.load``. Files written by earlier releases held the
+collector alone (``swag.Collector.load``); resuming still reads them."""
 
 IDENTITY = "swag_collector.json"
 """Beside :data:`FILENAME`: the step, and SHA-256 digests of the covered weights and of the
@@ -100,6 +102,7 @@ class SWAGCallback(TrainerCallback):
         self._collector: swag.Collector | None = None
         self._model: nn.Module | None = None
         self._start_step = 0
+        self._pending: _state.CallbackState | None = None
 
     @property
     def collector(self) -> swag.Collector:
@@ -107,6 +110,27 @@ class SWAGCallback(TrainerCallback):
         if self._collector is None:
             raise RuntimeError("no collector yet: pass the callback to a Trainer and call train()")
         return self._collector
+
+    def callback_state(self) -> _state.CallbackState:
+        """What this callback needs to resume (statistics and where collection began), for
+        ``swag.save(callback, path)``; the callback writes it beside every checkpoint itself.
+
+        Raises:
+            RuntimeError: before training has begun (there is no collector yet).
+        """
+        collector = _state.collector_state(self.collector)
+        return _state.CallbackState("transformers", collector, {"start_step": self._start_step})
+
+    def load_callback_state(self, state: _state.CallbackState) -> None:
+        """Resume from ``state`` (``swag.load`` of a file ``swag.save(callback, path)`` wrote)
+        at the next ``Trainer.train(resume_from_checkpoint=...)`` of the same step, instead of
+        the file beside that checkpoint.
+
+        Raises:
+            TypeError: if ``state`` is not a ``CallbackState``.
+            ValueError: if it is another framework's, or damaged (naming what is wrong).
+        """
+        self._pending = _state.check_callback_state(state, "transformers")
 
     def posterior(self) -> swag.SWAGPosterior:
         """The SWAG posterior of the collected iterates; use it with :func:`predict`."""
@@ -149,8 +173,16 @@ class SWAGCallback(TrainerCallback):
             model, self.max_rank, params=self.params, dtype=self.dtype, device=self.device
         )
         self._collector = fresh
-        if state.global_step > 0:  # resuming from a checkpoint
+        if self._pending is not None:  # given with load_callback_state
+            self._load(self._pending, "the callback state given to load_callback_state")
+            self._pending = None
+        elif state.global_step > 0:  # resuming from a checkpoint
             self._resume(args, state, model, fresh)
+
+    def _load(self, state: _state.CallbackState, where: str) -> None:
+        """Put ``state`` into the collector, and take its start step."""
+        _state.load_collector_state(self.collector, state.collector, where)
+        self._start_step = state.fields["start_step"]
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -167,7 +199,7 @@ class SWAGCallback(TrainerCallback):
         folder = _checkpoint(args, state.global_step)
         if not folder.is_dir():
             raise RuntimeError(f"the Trainer saved a checkpoint, but {folder} is not a folder")
-        self.collector.save(folder / FILENAME)
+        swag.save(self, folder / FILENAME)
         identity = {
             "format": _IDENTITY_FORMAT,
             "version": 1,
@@ -191,6 +223,12 @@ class SWAGCallback(TrainerCallback):
                 "pass SWAGCallback(resume_from=<the checkpoint folder>)"
             )
         _check_identity(folder, step, model, fresh.layout)
+        if _io.read_kind(file) == _state.KIND:
+            saved = swag.load(file, device=fresh.m2.device)
+            assert isinstance(saved, _state.CallbackState)
+            self._load(_state.check_callback_state(saved, "transformers"), str(file))
+            return
+        # a file of an older swag: the collector alone
         loaded = swag.Collector.load(file, model, device=fresh.m2.device)
         problem = fresh.layout.mismatch(loaded.layout)
         if problem is None and loaded.max_rank != fresh.max_rank:
