@@ -23,6 +23,7 @@ from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
 import swag
+from swag.averaging._rules import AveragingRule
 from swag.bn import default_input_fn
 from swag.integrations import _missing_extra, _state
 from swag.integrations._args import check_common, check_lightning_extras, init_doc
@@ -94,6 +95,11 @@ class SWAGCallback(pl.Callback):
         shard: under ``ddp``, keep only this rank's 1/W of the statistics.
         dtype: the statistics' dtype (float32 default).
         device: where the statistics live (default: the parameters' device).
+        average: how the collected iterates are weighted, passed to :class:`swag.Collector`:
+            ``None`` (the equal SWA average), ``swag.EMA``, ``swag.PowerEMA`` or ``swag.LAWA``;
+            ``posterior()`` and ``swa_model()`` then follow its weights. One collect per
+            ``collect_every`` optimiser steps, so with ``accumulate_grad_batches`` the rule
+            sees one iterate per optimiser step, never per micro-batch.
     """
 
     def __init__(
@@ -112,15 +118,17 @@ class SWAGCallback(pl.Callback):
         shard: bool = False,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        average: AveragingRule | None = None,
     ) -> None:
         super().__init__()
         check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
         check_lightning_extras(bn_update, input_fn, bn_batches, shard)
-        check_common(params, dtype, device)
+        check_common(params, dtype, device, average)
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
         self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn
         self.bn_batches, self.shard, self.dtype, self.device = bn_batches, shard, dtype, device
+        self.average = average
         self._collector: swag.Collector | None = None
         self._module: pl.LightningModule | None = None
         self._pending: dict[str, Any] | None = None
@@ -227,6 +235,7 @@ class SWAGCallback(pl.Callback):
                 shard=self.shard,
                 dtype=self.dtype,
                 device=self.device,
+                average=self.average,
             )
         except ValueError as exc:
             raise ValueError(f"SWAGCallback cannot cover this model: {exc}") from None

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 import swag
 from swag import _io
 from swag._checks import check_count
+from swag.averaging._rules import AveragingRule
 from swag.integrations import _missing_extra, _state
 from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
 from swag.layout import ParamSelector
@@ -79,6 +80,11 @@ class SWAGCallback(TrainerCallback):
         device: where the statistics live (default: the parameters' device).
         resume_from: the checkpoint folder to read the collector from when the Trainer resumes
             (default: ``<output_dir>/checkpoint-<step>``, where the Trainer writes them).
+        average: how the collected iterates are weighted, passed to :class:`swag.Collector`:
+            ``None`` (the equal SWA average), ``swag.EMA``, ``swag.PowerEMA`` or ``swag.LAWA``;
+            ``posterior()`` and ``swa_model()`` then follow its weights. The callback collects
+            after optimiser steps, so with ``gradient_accumulation_steps`` the rule sees one
+            iterate per optimiser step, never per micro-batch.
     """
 
     def __init__(
@@ -91,14 +97,15 @@ class SWAGCallback(TrainerCallback):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         resume_from: str | os.PathLike[str] | None = None,
+        average: AveragingRule | None = None,
     ) -> None:
         check_rank_and_start(max_rank, start, "step")
         check_count(collect_every, "collect_every")
-        check_common(params, dtype, device)
+        check_common(params, dtype, device, average)
         check_path(resume_from, "resume_from")
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.dtype, self.device = params, dtype, device
-        self.resume_from = resume_from
+        self.resume_from, self.average = resume_from, average
         self._collector: swag.Collector | None = None
         self._model: nn.Module | None = None
         self._start_step = 0
@@ -170,7 +177,12 @@ class SWAGCallback(TrainerCallback):
             self.start if isinstance(self.start, int) else int(self.start * state.max_steps)
         )
         fresh = swag.Collector(
-            model, self.max_rank, params=self.params, dtype=self.dtype, device=self.device
+            model,
+            self.max_rank,
+            params=self.params,
+            dtype=self.dtype,
+            device=self.device,
+            average=self.average,
         )
         self._collector = fresh
         if self._pending is not None:  # given with load_callback_state
@@ -228,9 +240,11 @@ class SWAGCallback(TrainerCallback):
             assert isinstance(saved, _state.CallbackState)
             self._load(_state.check_callback_state(saved, "transformers"), str(file))
             return
-        # a file of an older swag: the collector alone
+        # a file of an older swag: the collector alone, which holds no averaging rule
         loaded = swag.Collector.load(file, model, device=fresh.m2.device)
         problem = fresh.layout.mismatch(loaded.layout)
+        if problem is None and self.average is not None:
+            problem = f"it was collected with average=none, this callback has {self.average!r}"
         if problem is None and loaded.max_rank != fresh.max_rank:
             problem = f"max_rank is {loaded.max_rank} there but {fresh.max_rank} here"
         if problem is None and loaded.m2.dtype != fresh.m2.dtype:
