@@ -8,6 +8,7 @@ run bit for bit, and a damaged or crafted file is refused naming the file and th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -36,6 +37,13 @@ def assert_same_state(a: CallbackState, b: CallbackState) -> None:
     for name, t in a.collector["tensors"].items():
         u = b.collector["tensors"][name]
         assert t.dtype == u.dtype and torch.equal(t, u), name
+
+
+@functools.cache
+def uninterrupted_hf_run() -> swag.SWAGPosterior:
+    """The posterior of 12 steps of training without a stop (shared by the resume tests)."""
+    posterior: swag.SWAGPosterior = transformers_run(steps=12).callback.posterior()
+    return posterior
 
 
 @pytest.mark.parametrize("run", [lightning_run, transformers_run], ids=["lightning", "hf"])
@@ -70,29 +78,29 @@ def test_lightning_resumed_from_the_saved_state_equals_uninterrupted(tmp_path: P
 
 
 def test_transformers_resumed_from_the_saved_state_equals_uninterrupted(tmp_path: Path) -> None:
-    whole = transformers_run(steps=12)
+    whole = uninterrupted_hf_run()
     part = transformers_run(steps=12, folder=tmp_path, stop=4)
     swag.save(part.callback, tmp_path / "cb.safetensors")
     checkpoint = tmp_path / "checkpoint-4"
     (checkpoint / "swag_collector.safetensors").unlink()  # only our file carries the state
     state = swag.load(tmp_path / "cb.safetensors")
     resumed = transformers_run(steps=12, folder=tmp_path, resume=checkpoint, state=state)
-    assert resumed.callback.collector.n == whole.callback.collector.n == 10  # steps 3..12
-    assert_same_posterior(resumed.callback.posterior(), whole.callback.posterior())
+    assert resumed.callback.collector.n == whole.n == 10  # steps 3..12
+    assert_same_posterior(resumed.callback.posterior(), whole)
 
 
 def test_the_file_beside_a_trainer_checkpoint_is_the_callback_state(tmp_path: Path) -> None:
-    whole = transformers_run(steps=12)
+    whole = uninterrupted_hf_run()
     transformers_run(steps=12, folder=tmp_path, stop=4)
     file = tmp_path / "checkpoint-4" / "swag_collector.safetensors"
     assert _io.read_kind(file) == KIND
     resumed = transformers_run(steps=12, folder=tmp_path, resume=tmp_path / "checkpoint-4")
-    assert_same_posterior(resumed.callback.posterior(), whole.callback.posterior())
+    assert_same_posterior(resumed.callback.posterior(), whole)
 
 
 def test_a_checkpoint_written_by_the_last_release_still_resumes(tmp_path: Path) -> None:
     """Before this change the file beside a Trainer checkpoint held the collector alone."""
-    whole = transformers_run(steps=12)
+    whole = uninterrupted_hf_run()
     transformers_run(steps=12, folder=tmp_path, stop=4)
     folder = tmp_path / "checkpoint-4"
     file, identity = folder / "swag_collector.safetensors", folder / "swag_collector.json"
@@ -104,7 +112,7 @@ def test_a_checkpoint_written_by_the_last_release_still_resumes(tmp_path: Path) 
     identity.write_text(json.dumps(record))
     assert _io.read_kind(file) == "collector"
     resumed = transformers_run(steps=12, folder=tmp_path, resume=folder)
-    assert_same_posterior(resumed.callback.posterior(), whole.callback.posterior())
+    assert_same_posterior(resumed.callback.posterior(), whole)
 
 
 @pytest.fixture(scope="module")
