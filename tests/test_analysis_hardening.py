@@ -498,7 +498,7 @@ ONE_SHOT: dict[str, Callable[[], object]] = {
     "swag.family.landscape.evaluate_points": lambda: evaluate_points(
         MODEL, LAYOUT, [SUB.shift, SUB.shift + 1], {"train": once(BATCHES)}
     ),
-    "swag.landscape.evaluate_points bn_loader": lambda: evaluate_points(
+    "swag.family.landscape.evaluate_points bn_loader": lambda: evaluate_points(
         MODEL,
         LAYOUT,
         [SUB.shift],
@@ -508,7 +508,7 @@ ONE_SHOT: dict[str, Callable[[], object]] = {
     "swag.family.landscape.scan_line": lambda: scan_line(
         MODEL, LAYOUT, SUB.shift, SUB.shift + 1, {"train": once(BATCHES)}
     ),
-    "swag.landscape.scan_line bn_loader": lambda: scan_line(
+    "swag.family.landscape.scan_line bn_loader": lambda: scan_line(
         MODEL,
         LAYOUT,
         SUB.shift,

@@ -9,12 +9,14 @@ produces; ``SWAG_WRITE_DOCS=1`` rewrites it, and the test fails when it is stale
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ import swag
 from swag.core.distributed._shard import ShardPlan
 from swag.core.distributed.sharded import ShardedPosterior
 from swag.landscape import Plane
+from tests import callback_runs
 from tests.kinds import KINDS, Net, make_model, swag_posterior
 
 DOCS = Path(__file__).parents[1] / "docs" / "guarantees.md"
@@ -182,6 +185,56 @@ def cell_plane(post: swag.Posterior, mp: pytest.MonkeyPatch) -> str:
     return "dense covariance projected (pinv)"
 
 
+CALLBACKS = "callbacks' posterior()"
+# What a callback produces for a row, and how: (Lightning's, HF's) → the same of a plain
+# Collector fed the same iterates (tests/callback_runs.py); bit for bit, as both run the same
+# collect on the same parameters.
+PRODUCED: dict[str, Callable[[Any], swag.Posterior]] = {
+    "SWAG": lambda cb: cb.posterior(),
+    "SWAG-Diag": lambda cb: cb.posterior().diagonal(),
+    "point": lambda cb: swag.PointPosterior.from_model(cb.swa_model()),
+}
+REFERENCE: dict[str, Callable[[swag.Collector], swag.Posterior]] = {
+    "SWAG": lambda c: c.posterior(),
+    "SWAG-Diag": lambda c: c.posterior().diagonal(),
+    "point": lambda c: swag.PointPosterior(c.mean, c.layout),
+}
+# Rows no callback produces, and what builds them from what callbacks do produce.
+NOT_PRODUCED = {
+    "MultiSWAG of SWAG": "swag.MultiSWAG of several runs' posterior()",
+    "MultiSWAG of FGE points": "swag.Snapshots in your loop",
+    "MultiSWAG of SWAG + subspace": "swag.MultiSWAG of posterior() and a subspace posterior",
+    "subspace (ESS)": "swag.subspace.Subspace.pca(callback.collector)",
+    "subspace (VI)": "swag.subspace.Subspace.pca(callback.collector)",
+}
+
+
+@functools.cache
+def _callback_runs() -> tuple[Any, Any]:
+    """One Lightning and one HF run (max_rank 3), shared by the column's cells."""
+    return callback_runs.lightning_run(), callback_runs.transformers_run()
+
+
+def cell_callbacks(row: str) -> str:
+    if row in NOT_PRODUCED:
+        return f"not produced by a callback (use {NOT_PRODUCED[row]})"
+    pytest.importorskip("lightning", reason="lightning is not installed")
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    for run in _callback_runs():
+        plain = callback_runs.reference(run)
+        assert plain.n == run.callback.collector.n >= 2
+        got, ref = PRODUCED[row](run.callback), REFERENCE[row](plain)
+        assert type(got) is type(ref) and got.layout == ref.layout
+        for name, t in ref.to_state()[0].items():
+            assert torch.equal(got.to_state()[0][name], t), name
+        assert got.to_state()[1] == ref.to_state()[1]
+    how = {"point": "swa_model()", "SWAG-Diag": "posterior().diagonal()"}.get(row, "posterior()")
+    return (
+        f"✓ `{how}` of the Lightning and HF callbacks = a plain Collector's over the same "
+        "iterates, bit for bit"
+    )
+
+
 COLUMNS: dict[str, Callable[..., str]] = {
     "predict": cell_predict,
     "predict + BN refresh": cell_predict_bn,
@@ -191,6 +244,7 @@ COLUMNS: dict[str, Callable[..., str]] = {
     "save / load": cell_save_load,
     "to(dtype)": cell_to,
     "Plane.gaussian": cell_plane,
+    CALLBACKS: cell_callbacks,
 }
 
 # Cells refused on purpose, with the words their error must contain (what to use instead).
@@ -214,12 +268,18 @@ SHARDED = "sharded (one rank's part)"
 ELSEWHERE = {
     (SHARDED, c): "✓ = the unsharded posterior at W = 2, 3 (tests/test_distributed.py)"
     for c in ("predict", "predict + BN refresh", "predict + MC dropout", "fit_scale")
+} | {
+    (SHARDED, CALLBACKS): "✓ Lightning `shard=True` under DDP at W = 2: `sharded_posterior()` "
+    "assembled = the replicated run's posterior(), bit for bit "
+    "(tests/test_integrations_lightning.py)"
 }
 
 
 def _cell(row: str, col: str, mp: pytest.MonkeyPatch, tmp: Path) -> str:
     if (row, col) in ELSEWHERE:
         return ELSEWHERE[(row, col)]
+    if col == CALLBACKS:
+        return cell_callbacks(row)
     post = ROWS[row]()
     fn = COLUMNS[col]
     args = (post, mp, tmp) if col == "save / load" else (post, mp)

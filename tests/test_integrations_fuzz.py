@@ -166,10 +166,8 @@ def test_truncated_and_ill_typed_states_are_refused() -> None:
 
 
 def test_lightning_callback_fields_are_checked_before_anything_loads() -> None:
-    pytest.importorskip("lightning")
-    from swag.integrations.lightning import _callback_state_problem
-
-    good = {"collector": STATE, "steps": 3, "first_optimizer_steps": 0, "start": [1, 0]}
+    _callback_state_problem = _state.lightning_fields_problem
+    good = {"steps": 3, "first_optimizer_steps": 0, "start": [1, 0]}
     good["swalr"] = None
     assert _callback_state_problem(good) is None
     bad: list[tuple[str, object]] = [(k, None) for k in ("steps", "start")]
@@ -180,7 +178,7 @@ def test_lightning_callback_fields_are_checked_before_anything_loads() -> None:
     for key, value in bad:
         message = _callback_state_problem({**good, key: value})
         assert message is not None and key in message, (key, value, message)
-    for key in ("collector", "steps", "start", "swalr"):
+    for key in ("steps", "start", "swalr"):
         message = _callback_state_problem({k: v for k, v in good.items() if k != key})
         assert message is not None and key in message
     assert _callback_state_problem([good]) is not None

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+import swag
+
 lightning = pytest.importorskip("lightning")
 transformers = pytest.importorskip("transformers")
 
@@ -52,6 +54,9 @@ SHARED: list[tuple[str, object, type[Exception]]] = [
     ("dtype", torch.int64, ValueError),
     ("device", 1.5, TypeError),
     ("device", "not-a-device", ValueError),
+    ("average", "ema", TypeError),
+    ("average", 0.99, TypeError),
+    ("average", lambda avg, p, n: p, TypeError),
 ]
 LIGHTNING_ONLY: list[tuple[str, object, type[Exception]]] = [
     ("collect_every", "step", TypeError),
@@ -117,8 +122,22 @@ def test_good_arguments_are_accepted() -> None:
         shard=True,
         dtype=torch.float64,
         device="cpu",
+        average=swag.LAWA(4),
     )
-    swag_hf.SWAGCallback(0, start=0.0, params=lambda n, p: True, resume_from="out/checkpoint-4")
+    swag_hf.SWAGCallback(
+        0,
+        start=0.0,
+        params=lambda n, p: True,
+        resume_from="out/checkpoint-4",
+        average=swag.PowerEMA(sigma_rel=0.1),
+    )
+    for rule in (None, swag.EMA(0.99, warmup=True)):
+        assert swag_hf.SWAGCallback(average=rule).average == rule
+
+
+def test_post_hoc_ema_as_average_names_what_to_do() -> None:
+    with pytest.raises(TypeError, match="PostHocEMA keeps its own snapshots"):
+        swag_lightning.SWAGCallback(average=swag.PostHocEMA(torch.nn.Linear(2, 1)))
 
 
 @pytest.mark.parametrize("module", [swag_lightning, swag_hf])

@@ -125,9 +125,10 @@ def test_head_statistics_match_float64_and_predict_on_dict_batches(tmp_path: Pat
     np.testing.assert_allclose(post.mean.double(), x.mean(0), atol=1e-6)
     np.testing.assert_allclose(post.std.double(), x.std(0), atol=1e-6)
     np.testing.assert_allclose(post.deviations.double(), (x - running)[-3:], atol=1e-6)
-    for step in (4, 8, 12):  # the collector rides beside every Trainer checkpoint
-        saved = swag.Collector.load(tmp_path / f"checkpoint-{step}" / FILENAME, model)
-        assert saved.n == max(0, (step - 4) // 2)
+    for step in (4, 8, 12):  # the callback's state rides beside every Trainer checkpoint
+        saved = swag.load(tmp_path / f"checkpoint-{step}" / FILENAME)
+        assert isinstance(saved, swag.integrations.CallbackState)
+        assert saved.to_collector(model).n == max(0, (step - 4) // 2)
 
     loader = torch.utils.data.DataLoader(Tokens(16), batch_size=8)
     g = torch.Generator().manual_seed(0)
@@ -159,7 +160,7 @@ def test_resume_from_a_trainer_checkpoint_restores_the_collector(tmp_path: Path)
 def test_resume_without_the_collector_file_names_the_fix(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"max_rank": 2, "start": 2, "params": "classifier"}
     train(tmp_path, SWAGCallback(**kw), stop=4)
-    with pytest.raises(ValueError, match="max_rank is 2 there but 4 here"):
+    with pytest.raises(ValueError, match="max_rank is 2 in the checkpoint but 4 here"):
         train(tmp_path, SWAGCallback(**(kw | {"max_rank": 4})), resume=True)
     (tmp_path / "checkpoint-4" / FILENAME).unlink()
     with pytest.raises(FileNotFoundError, match="resume_from="):

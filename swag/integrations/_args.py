@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
+from swag.core._averaging_rules import AveragingRule
 from swag.core._checks import check_bool, check_callable, check_count, check_device
+from swag.family.averaging import PostHocEMA
 
 
 def check_rank_and_start(max_rank: object, start: object, unit: str) -> None:
@@ -68,11 +70,26 @@ def check_dtype(dtype: object) -> None:
         raise ValueError(f"dtype must be a floating-point dtype (e.g. torch.float32), got {dtype}")
 
 
-def check_common(params: object, dtype: object, device: object) -> None:
+def check_average(average: object) -> None:
+    """``average`` None or a rule of :mod:`swag.averaging` (``EMA``, ``PowerEMA``, ``LAWA``)."""
+    if average is not None and not isinstance(average, AveragingRule):
+        hint = (
+            "; PostHocEMA keeps its own snapshots: call its collect() in your loop"
+            if isinstance(average, PostHocEMA)
+            else ""
+        )
+        raise TypeError(
+            "average must be None or a rule from swag.averaging (swag.EMA, swag.PowerEMA, "
+            f"swag.LAWA), got {type(average).__name__} {average!r}{hint}"
+        )
+
+
+def check_common(params: object, dtype: object, device: object, average: object) -> None:
     """The arguments both callbacks pass on to :class:`swag.Collector`."""
     check_params(params)
     check_dtype(dtype)
     check_device(device)
+    check_average(average)
 
 
 def check_path(value: object, name: str) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
+from swag.core._averaging_rules import AveragingRule
 from swag.core.collector import Collector
 from swag.core.distributed._shard import assemble
 from swag.core.distributed.sharded import ShardedPosterior
@@ -97,6 +98,11 @@ class SWAGCallback(pl.Callback):
         shard: under ``ddp``, keep only this rank's 1/W of the statistics.
         dtype: the statistics' dtype (float32 default).
         device: where the statistics live (default: the parameters' device).
+        average: how the collected iterates are weighted, passed to :class:`swag.Collector`:
+            ``None`` (the equal SWA average), ``swag.EMA``, ``swag.PowerEMA`` or ``swag.LAWA``;
+            ``posterior()`` and ``swa_model()`` then follow its weights. One collect per
+            ``collect_every`` optimiser steps, so with ``accumulate_grad_batches`` the rule
+            sees one iterate per optimiser step, never per micro-batch.
     """
 
     def __init__(
@@ -115,15 +121,17 @@ class SWAGCallback(pl.Callback):
         shard: bool = False,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        average: AveragingRule | None = None,
     ) -> None:
         super().__init__()
         check_args(max_rank, start, collect_every, swa_lr, anneal_steps, anneal_strategy)
         check_lightning_extras(bn_update, input_fn, bn_batches, shard)
-        check_common(params, dtype, device)
+        check_common(params, dtype, device, average)
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.swa_lr, self.anneal_steps = params, swa_lr, anneal_steps
         self.anneal_strategy, self.bn_update, self.input_fn = anneal_strategy, bn_update, input_fn
         self.bn_batches, self.shard, self.dtype, self.device = bn_batches, shard, dtype, device
+        self.average = average
         self._collector: Collector | None = None
         self._module: pl.LightningModule | None = None
         self._pending: dict[str, Any] | None = None
@@ -230,6 +238,7 @@ class SWAGCallback(pl.Callback):
                 shard=self.shard,
                 dtype=self.dtype,
                 device=self.device,
+                average=self.average,
             )
         except ValueError as exc:
             raise ValueError(f"SWAGCallback cannot cover this model: {exc}") from None
@@ -386,6 +395,31 @@ class SWAGCallback(pl.Callback):
             "swalr": swalr,
         }
 
+    def callback_state(self) -> _state.CallbackState:
+        """What this callback needs to resume (statistics, schedule position, counters), for
+        ``swag.save(callback, path)``; sharded, every rank must call it (one ``all_gather``).
+
+        Raises:
+            RuntimeError: before fit has started (there is no collector yet).
+        """
+        self.collector  # noqa: B018 - raises, naming the fix, before fit
+        state = self.state_dict()
+        collector = state.pop("collector")
+        return _state.CallbackState("lightning", collector, state)
+
+    def load_callback_state(self, state: _state.CallbackState) -> None:
+        """Resume from ``state`` (``swag.load`` of a file ``swag.save(callback, path)`` wrote)
+        at the next ``Trainer.fit``, as from a Lightning checkpoint: pass the checkpoint of
+        the same step as ``ckpt_path`` for the model and optimiser. A state inside that
+        checkpoint is read after this one and wins.
+
+        Raises:
+            TypeError: if ``state`` is not a ``CallbackState``.
+            ValueError: if it is another framework's, or damaged (naming what is wrong).
+        """
+        state = _state.check_callback_state(state, "lightning")
+        self.load_state_dict({"collector": state.collector, **state.fields})
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
@@ -402,7 +436,9 @@ class SWAGCallback(pl.Callback):
             checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in self._user_schedulers]
 
     def _restore(self, state: dict[str, Any]) -> None:
-        problem = _callback_state_problem(state)
+        problem = _state.lightning_fields_problem(state)
+        if problem is None and "collector" not in state:
+            problem = "it lacks the field 'collector'"
         if problem is not None:
             raise ValueError(
                 f"the SWAGCallback state in the Lightning checkpoint is refused: {problem}"
@@ -460,30 +496,6 @@ class SWAGCallback(pl.Callback):
 
 
 SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
-
-
-def _count(value: object) -> bool:
-    """Whether ``value`` is an int >= 0 (not a bool)."""
-    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
-
-
-def _callback_state_problem(state: object) -> str | None:
-    """What is wrong with the callback's fields of a checkpoint (not the collector's), or None."""
-    if not isinstance(state, dict):
-        return f"it is a {type(state).__name__}, not a dict"
-    for key in ("collector", "steps", "start", "swalr"):
-        if key not in state:
-            return f"it lacks the field {key!r}"
-    for key in ("steps", "first_optimizer_steps"):
-        if not _count(state.get(key, 0)):
-            return f"the field {key!r} must be an int >= 0, got {state[key]!r}"
-    start = state["start"]
-    epoch_ok = isinstance(start, list | tuple) and len(start) == 2
-    if not (epoch_ok and (start[0] is None or _count(start[0])) and _count(start[1])):
-        return f"the field 'start' must be [epoch or None, step], got {start!r}"
-    if state["swalr"] is not None and not isinstance(state["swalr"], dict):
-        return f"the field 'swalr' must be a scheduler state dict or None, got {state['swalr']!r}"
-    return None
 
 
 def _rates(trainer: pl.Trainer) -> list[float]:

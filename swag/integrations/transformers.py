@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from swag.core._averaging_rules import AveragingRule
 from swag.core._checks import check_count
 from swag.core._posterior_base import Posterior
 from swag.core.collector import Collector
@@ -29,6 +30,7 @@ from swag.core.posterior import SWAGPosterior
 from swag.evaluation._options import legacy_keywords
 from swag.evaluation.predict import Classification, PredictOptions
 from swag.evaluation.predict import predict as swag_predict
+from swag.integrations import _state
 from swag.integrations._args import (
     check_common,
     check_path,
@@ -46,7 +48,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["FILENAME", "IDENTITY", "SWAGCallback", "logits", "model_inputs", "predict"]
 
 FILENAME = "swag_collector.safetensors"
-"""The collector's file inside each Trainer checkpoint folder (``checkpoint-<step>/``)."""
+"""The callback's state (``swag.save(callback, ...)``) inside each Trainer checkpoint folder
+(``checkpoint-<step>/``); read it with ``swag.load``. Files written by earlier releases held the
+collector alone (``swag.Collector.load``); resuming still reads them."""
 
 IDENTITY = "swag_collector.json"
 """Beside :data:`FILENAME`: the step, and SHA-256 digests of the covered weights and of the
@@ -88,6 +92,11 @@ class SWAGCallback(TrainerCallback):
         device: where the statistics live (default: the parameters' device).
         resume_from: the checkpoint folder to read the collector from when the Trainer resumes
             (default: ``<output_dir>/checkpoint-<step>``, where the Trainer writes them).
+        average: how the collected iterates are weighted, passed to :class:`swag.Collector`:
+            ``None`` (the equal SWA average), ``swag.EMA``, ``swag.PowerEMA`` or ``swag.LAWA``;
+            ``posterior()`` and ``swa_model()`` then follow its weights. The callback collects
+            after optimiser steps, so with ``gradient_accumulation_steps`` the rule sees one
+            iterate per optimiser step, never per micro-batch.
     """
 
     def __init__(
@@ -100,17 +109,19 @@ class SWAGCallback(TrainerCallback):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         resume_from: str | os.PathLike[str] | None = None,
+        average: AveragingRule | None = None,
     ) -> None:
         check_rank_and_start(max_rank, start, "step")
         check_count(collect_every, "collect_every")
-        check_common(params, dtype, device)
+        check_common(params, dtype, device, average)
         check_path(resume_from, "resume_from")
         self.max_rank, self.start, self.collect_every = max_rank, start, collect_every
         self.params, self.dtype, self.device = params, dtype, device
-        self.resume_from = resume_from
+        self.resume_from, self.average = resume_from, average
         self._collector: Collector | None = None
         self._model: nn.Module | None = None
         self._start_step = 0
+        self._pending: _state.CallbackState | None = None
 
     @property
     def collector(self) -> Collector:
@@ -118,6 +129,27 @@ class SWAGCallback(TrainerCallback):
         if self._collector is None:
             raise RuntimeError("no collector yet: pass the callback to a Trainer and call train()")
         return self._collector
+
+    def callback_state(self) -> _state.CallbackState:
+        """What this callback needs to resume (statistics and where collection began), for
+        ``swag.save(callback, path)``; the callback writes it beside every checkpoint itself.
+
+        Raises:
+            RuntimeError: before training has begun (there is no collector yet).
+        """
+        collector = _state.collector_state(self.collector)
+        return _state.CallbackState("transformers", collector, {"start_step": self._start_step})
+
+    def load_callback_state(self, state: _state.CallbackState) -> None:
+        """Resume from ``state`` (``swag.load`` of a file ``swag.save(callback, path)`` wrote)
+        at the next ``Trainer.train(resume_from_checkpoint=...)`` of the same step, instead of
+        the file beside that checkpoint.
+
+        Raises:
+            TypeError: if ``state`` is not a ``CallbackState``.
+            ValueError: if it is another framework's, or damaged (naming what is wrong).
+        """
+        self._pending = _state.check_callback_state(state, "transformers")
 
     def posterior(self) -> SWAGPosterior:
         """The SWAG posterior of the collected iterates; use it with :func:`predict`."""
@@ -157,11 +189,24 @@ class SWAGCallback(TrainerCallback):
             self.start if isinstance(self.start, int) else int(self.start * state.max_steps)
         )
         fresh = Collector(
-            model, self.max_rank, params=self.params, dtype=self.dtype, device=self.device
+            model,
+            self.max_rank,
+            params=self.params,
+            dtype=self.dtype,
+            device=self.device,
+            average=self.average,
         )
         self._collector = fresh
-        if state.global_step > 0:  # resuming from a checkpoint
+        if self._pending is not None:  # given with load_callback_state
+            self._load(self._pending, "the callback state given to load_callback_state")
+            self._pending = None
+        elif state.global_step > 0:  # resuming from a checkpoint
             self._resume(args, state, model, fresh)
+
+    def _load(self, state: _state.CallbackState, where: str) -> None:
+        """Put ``state`` into the collector, and take its start step."""
+        _state.load_collector_state(self.collector, state.collector, where)
+        self._start_step = state.fields["start_step"]
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -178,7 +223,7 @@ class SWAGCallback(TrainerCallback):
         folder = _checkpoint(args, state.global_step)
         if not folder.is_dir():
             raise RuntimeError(f"the Trainer saved a checkpoint, but {folder} is not a folder")
-        self.collector.save(folder / FILENAME)
+        _io.save_file(folder / FILENAME, _state.KIND, *self.callback_state().to_file())
         identity = {
             "format": _IDENTITY_FORMAT,
             "version": 1,
@@ -202,8 +247,16 @@ class SWAGCallback(TrainerCallback):
                 "pass SWAGCallback(resume_from=<the checkpoint folder>)"
             )
         _check_identity(folder, step, model, fresh.layout)
+        if _io.read_kind(file) == _state.KIND:
+            blob = _io.load_file(file, _state.KIND, fresh.m2.device)
+            saved = _state.CallbackState.from_file(*blob, file)
+            self._load(_state.check_callback_state(saved, "transformers"), str(file))
+            return
+        # a file of an older swag: the collector alone, which holds no averaging rule
         loaded = Collector.load(file, model, device=fresh.m2.device)
         problem = fresh.layout.mismatch(loaded.layout)
+        if problem is None and self.average is not None:
+            problem = f"it was collected with average=none, this callback has {self.average!r}"
         if problem is None and loaded.max_rank != fresh.max_rank:
             problem = f"max_rank is {loaded.max_rank} there but {fresh.max_rank} here"
         if problem is None and loaded.m2.dtype != fresh.m2.dtype:
