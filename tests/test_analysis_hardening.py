@@ -786,7 +786,7 @@ def test_every_legend_in_the_plots_has_an_explicit_loc() -> None:
     # filterwarnings=error that made tests/test_bench.py flaky
     import swag.evaluation.plots
 
-    tree = ast.parse(Path(swag.plots.__file__).read_text())
+    tree = ast.parse(Path(swag.evaluation.plots.__file__).read_text())
     calls = [
         node
         for node in ast.walk(tree)

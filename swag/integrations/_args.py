@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from swag.core._averaging_rules import AveragingRule
 from swag.core._checks import check_bool, check_callable, check_count, check_device
-from swag.family.averaging import PostHocEMA
+from swag.family.averaging import AveragingRule, PostHocEMA
 
 
 def check_rank_and_start(max_rank: object, start: object, unit: str) -> None:

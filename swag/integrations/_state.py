@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from swag.core._averaging_rules import AveragingRule
 from swag.core.collector import Collector
 from swag.core.distributed._shard import assemble
 from swag.core.layout import ParamLayout
+from swag.family.averaging import AveragingRule
 from swag.persistence import _io
 
 FORMAT = "swag-collector-state"

@@ -22,7 +22,6 @@ from torch import nn
 from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
-from swag.core._averaging_rules import AveragingRule
 from swag.core.collector import Collector
 from swag.core.distributed._shard import assemble
 from swag.core.distributed.sharded import ShardedPosterior
@@ -30,6 +29,7 @@ from swag.core.layout import ParamSelector
 from swag.core.point import PointPosterior
 from swag.core.posterior import SWAGPosterior
 from swag.evaluation.bn import default_input_fn, update_bn
+from swag.family.averaging import AveragingRule
 from swag.family.schedules import CollectEvery
 from swag.integrations import _state
 from swag.integrations._args import check_common, check_lightning_extras, init_doc, missing_extra

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from swag.core._averaging_rules import AveragingRule
 from swag.core._checks import check_count
 from swag.core._posterior_base import Posterior
 from swag.core.collector import Collector
@@ -30,6 +29,7 @@ from swag.core.posterior import SWAGPosterior
 from swag.evaluation._options import legacy_keywords
 from swag.evaluation.predict import Classification, PredictOptions
 from swag.evaluation.predict import predict as swag_predict
+from swag.family.averaging import AveragingRule
 from swag.integrations import _state
 from swag.integrations._args import (
     check_common,
