@@ -12,6 +12,7 @@ from torch import Tensor
 
 from swag import _io
 from swag._checks import check_generator
+from swag._initdoc import document_init
 from swag._posterior_base import Posterior, State
 from swag._random import generator_for
 
@@ -21,6 +22,7 @@ _KIND = "multiswag"
 _MAX_DEPTH = 32  # nested mixtures read (deeper would exhaust Python's recursion limit)
 
 
+@document_init
 class MultiSWAG(Posterior):
     """An equal-weight mixture of posteriors over the same parameters.
 

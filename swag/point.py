@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from swag import _io
+from swag._initdoc import document_init
 from swag._posterior_base import Posterior, State
 from swag.layout import ParamLayout, ParamSelector
 
@@ -17,6 +18,7 @@ __all__ = ["PointPosterior"]
 _KIND = "point_posterior"
 
 
+@document_init
 @dataclass(frozen=True, eq=False)
 class PointPosterior(Posterior):
     """A point mass at ``mean``: the SGD solution, or the SWA mean without its covariance.

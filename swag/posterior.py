@@ -14,6 +14,7 @@ from swag import _io
 from swag._checks import SampleShape as SampleShape
 from swag._checks import check_bool, check_scale
 from swag._gaussian import draw, lowrank_coef
+from swag._initdoc import document_init
 from swag._posterior_base import Density, Posterior, State
 from swag.layout import ParamLayout
 
@@ -22,6 +23,7 @@ __all__ = ["Posterior", "SWAGPosterior", "SampleShape"]
 _KIND = "swag_posterior"
 
 
+@document_init
 @dataclass(frozen=True, eq=False)
 class SWAGPosterior(Density, Posterior):
     """N(θ̄, scale · (diag σ² + D̂ᵀD̂ / (K − 1))), the SWAG posterior over the covered parameters.

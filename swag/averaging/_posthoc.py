@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from swag._initdoc import document_init
 from swag.averaging._rules import PowerEMA, sigma_rel_to_gamma
 from swag.layout import ParamSelector
 
@@ -28,6 +29,7 @@ def _gram(g1: np.ndarray, t1: np.ndarray, g2: np.ndarray, t2: np.ndarray) -> np.
     return out
 
 
+@document_init
 class PostHocEMA:
     """Two power-EMA profiles, snapshotted every ``every`` collects, for any σ_rel afterwards.
 

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
 import swag
+from swag._initdoc import document_init
 from swag.bn import default_input_fn
 from swag.integrations import _missing_extra, _state
 from swag.integrations._args import check_common, check_lightning_extras, init_doc
@@ -45,6 +46,7 @@ _INPUT_HINT = (
 )
 
 
+@document_init
 class SWAGCallback(pl.Callback):
     """Collects SWAG statistics of the LightningModule while ``Trainer.fit`` trains it.
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 import swag
 from swag import _io
 from swag._checks import check_count
+from swag._initdoc import document_init
 from swag.integrations import _missing_extra
 from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
 from swag.layout import ParamSelector
@@ -47,6 +48,7 @@ _IDENTITY_KEYS = ("format", "version", "step", "weights_sha256", "collector_sha2
 _LABEL_KEYS = ("labels", "label", "label_ids")
 
 
+@document_init
 class SWAGCallback(TrainerCallback):
     """Collects SWAG statistics of the model a ``transformers.Trainer`` trains.
 
