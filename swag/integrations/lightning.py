@@ -26,7 +26,7 @@ import swag
 from swag._initdoc import document_init
 from swag.bn import default_input_fn
 from swag.integrations import _missing_extra, _state
-from swag.integrations._args import check_common, check_lightning_extras, init_doc
+from swag.integrations._args import check_common, check_lightning_extras
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
 from swag.layout import ParamSelector
 from swag.schedules import CollectEvery
@@ -455,9 +455,6 @@ class SWAGCallback(pl.Callback):
         self._user_schedulers = list(trainer.lr_scheduler_configs)
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(swalr, interval="step")]
         self._swalr = swalr
-
-
-SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
 
 
 def _count(value: object) -> bool:

@@ -25,7 +25,7 @@ from swag import _io
 from swag._checks import check_count
 from swag._initdoc import document_init
 from swag.integrations import _missing_extra
-from swag.integrations._args import check_common, check_path, check_rank_and_start, init_doc
+from swag.integrations._args import check_common, check_path, check_rank_and_start
 from swag.layout import ParamSelector
 
 try:
@@ -205,9 +205,6 @@ class SWAGCallback(TrainerCallback):
                 "max_rank, params= and dtype of the run that saved it"
             )
         self._collector = loaded
-
-
-SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
 
 
 def _weights_digest(model: nn.Module, layout: swag.ParamLayout) -> str:
