@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -94,6 +95,10 @@ def allocations(fn: Callable[[], object], device: torch.device) -> tuple[int, in
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
+    # Kineto (the profiler's backend) writes "USDT ... profiler_start/stop" lines to stderr on
+    # every profile, hundreds per run, burying the tables; it reads its log level from the
+    # environment when it starts, at the first profile. 6 is above its highest level (USDT = 5).
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     del out

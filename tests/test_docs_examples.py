@@ -7,6 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # the transformers page builds its model from a config
 
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,21 @@ import torch.distributed as dist
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Pages whose ```python blocks cannot run in one pytest process, and why.
-NOT_RUNNABLE = {"scale.md": "its blocks are launched with torchrun on several ranks"}
+NOT_RUNNABLE = {
+    "scale.md": "its blocks are launched with torchrun on several ranks",
+    "reference.md": "its blocks are signatures, not programs (written by scripts/gen_api.py)",
+}
+
+
+# Recipe pages (docs/recipes/) are one program across their blocks, which share variables; each
+# saves its plots under `out`, which SWAG_WRITE_DOCS=1 copies to docs/img/recipes/ for the page.
+RECIPES = "recipes/"
+# Pages that need an optional package: skipped without it, naming the install.
+NEEDS = {
+    "lightning.md": ("lightning", "pip install 'swag-toolkit[lightning]'"),
+    "transformers.md": ("transformers", "pip install 'swag-toolkit[transformers]'"),
+    "recipes/lightning.md": ("lightning", "pip install 'swag-toolkit[lightning]'"),
+}
 
 
 def blocks(page: str) -> list[str]:
@@ -62,11 +77,15 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "fit_scale.md": nothing,
     "lightning.md": nothing,
     "transformers.md": nothing,
+    "recipes/plain_loop.md": prints("fresh process: bit-identical predictions"),
+    "recipes/lightning.md": prints("resumed run: bit-identical posterior"),
+    "recipes/ood.md": prints("FPR95"),
 }
 
 
 def test_every_page_with_python_is_run() -> None:
-    with_code = {p.name for p in DOCS.glob("*.md") if blocks(p.name)}
+    pages = (p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+    with_code = {page for page in pages if blocks(page)}
     assert with_code - set(NOT_RUNNABLE) == set(CHECKS)
 
 
@@ -85,14 +104,31 @@ def one_thread() -> Iterator[None]:
 @pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
 @pytest.mark.parametrize("page", sorted(CHECKS))
 def test_page_examples_run(page: str, capsys: pytest.CaptureFixture[str]) -> None:
-    if page in ("lightning.md", "transformers.md"):
-        pytest.importorskip(page.removesuffix(".md"))
+    if page in NEEDS:
+        module, install = NEEDS[page]
+        pytest.importorskip(module, reason=f"docs/{page} needs {module}: {install}")
     code = blocks(page)
     assert code, f"docs/{page} has no ```python block"
+    shared: dict[str, object] = {}
     try:
         for i, block in enumerate(code):
-            exec(compile(block, f"docs/{page} block {i}", "exec"), {})
+            namespace = shared if page.startswith(RECIPES) else {}
+            exec(compile(block, f"docs/{page} block {i}", "exec"), namespace)
     finally:
         if dist.is_initialized():  # the SWAP example's one-process group, if it failed midway
             dist.destroy_process_group()
     CHECKS[page](capsys.readouterr().out)
+    if page.startswith(RECIPES):
+        check_recipe_plots(page, Path(str(shared["out"])))
+
+
+def check_recipe_plots(page: str, out: Path) -> None:
+    """Every plot the recipe wrote is shown on its page, from docs/img/recipes/."""
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written, f"docs/{page} wrote no plot into out"
+    text = (DOCS / page).read_text()
+    for name in written:
+        assert f"](../img/recipes/{name})" in text, f"docs/{page} does not show {name}"
+        if os.environ.get("SWAG_WRITE_DOCS") == "1":
+            shutil.copyfile(out / name, DOCS / "img" / "recipes" / name)
+        assert (DOCS / "img" / "recipes" / name).is_file(), f"rerun with SWAG_WRITE_DOCS=1: {name}"

@@ -126,3 +126,28 @@ def test_plots_never_import_pyplot(tmp_path: Path) -> None:
     env = {"PATH": "", "MPLBACKEND": "", "HOME": str(tmp_path)}  # no DISPLAY
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).parents[1])
     assert (tmp_path / "x.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize("given_axes", [False, True])
+def test_reliability_diagram_labels_x_and_keeps_its_legend_off_the_bars(given_axes: bool) -> None:
+    # underconfident at low confidence (a tall bar in the upper left, where the legend used to
+    # be) and confident bins filling the lower right: no corner inside the axes is free
+    conf = torch.tensor([0.15] * 50 + [0.95] * 200)
+    probs = torch.stack([conf, 1.0 - conf], 1)
+    targets = torch.zeros(250, dtype=torch.long)
+    if given_axes:
+        fig = Figure(layout="constrained")
+        ax = fig.add_subplot()
+        reliability_diagram(probs, targets, n_bins=10, ax=ax)
+    else:
+        fig = reliability_diagram(probs, targets, n_bins=10)
+        ax = fig.axes[0]
+    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"
+    fig.canvas.draw()
+    legend = ax.get_legend()
+    assert legend is not None
+    box = legend.get_window_extent()
+    bars = [p.get_window_extent() for p in ax.patches]
+    assert max(b.y1 for b in bars) > ax.get_window_extent().y0 + 0.9 * ax.get_window_extent().height
+    assert not any(box.overlaps(b) for b in bars)
+    assert box.x0 >= ax.get_window_extent().x1  # outside the plotting area altogether

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from swag.core._initdoc import document_init
+
 __all__ = ["EMA", "LAWA", "AveragingRule", "BoundRule", "PowerEMA", "sigma_rel_to_gamma"]
 
 
@@ -94,6 +96,7 @@ class LerpRule(AveragingRule):
         return _LerpBound(self)
 
 
+@document_init
 @dataclass(frozen=True)
 class EMA(LerpRule):
     """Exponential moving average θ̄_n = β_n θ̄_{n−1} + (1 − β_n) θ_n, θ̄_1 = θ_1.
@@ -165,12 +168,18 @@ def gamma_to_sigma_rel(gamma: float) -> float:
     return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
 
 
+@document_init
 @dataclass(frozen=True)
 class PowerEMA(LerpRule):
     """EDM2's power-function EMA: β_n = (1 − 1/n)^(γ+1), so θ̄_n weights θ_i ∝ i^γ.
 
     Give exactly one of ``gamma`` (> 0) or ``sigma_rel`` (the averaging window's width relative
     to training time, in (0, 0.2887)); the length scales with training, so no warmup is needed.
+
+    Args:
+        gamma: γ > 0, the exponent of the weights i^γ (γ ≈ 6.94 is σ_rel = 0.10).
+        sigma_rel: the relative width σ_rel in (0, 0.2887) instead; converted to γ with
+            :func:`~swag.averaging.sigma_rel_to_gamma`.
     """
 
     gamma: float | None = None
@@ -219,12 +228,16 @@ class _LawaBound(BoundRule):
         return float(min(n, self.rule.window))
 
 
+@document_init
 @dataclass(frozen=True)
 class LAWA(AveragingRule):
     """Latest-weight averaging: the equal average of the last ``window`` collected iterates.
 
     Holds ``window · P`` more entries (the iterates in the window); each collect costs
     ``O(window · P)``, since mean and variance are recomputed from the window (no drift).
+
+    Args:
+        window: how many of the latest collected iterates are averaged, an int >= 1.
     """
 
     window: int

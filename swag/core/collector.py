@@ -22,6 +22,7 @@ from swag.core._guards import (
     overflowing,
     state_problem,
 )
+from swag.core._initdoc import document_init
 from swag.core._params import BoundParams, plan_chunks
 from swag.core._step import compiled_step
 from swag.core.distributed._shard import shard_plan
@@ -38,6 +39,7 @@ _WHOLE_MAX = 1 << 20
 _STATE = _io.COLLECTOR_STATISTICS
 
 
+@document_init
 class Collector(CheckedState):
     """Gathers SWA/SWAG statistics of a model's parameters, one ``collect()`` per iterate.
 

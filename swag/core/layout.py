@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from swag.core._initdoc import document_init
 from swag.core._params import BoundParams, unwrap
 from swag.persistence import _io
 
@@ -44,11 +45,19 @@ def _heads(name: str) -> set[str]:
     return {".".join(parts[: i + 1]) for i in range(len(parts))}
 
 
+@document_init
 @dataclass(frozen=True)
 class ParamLayout:
     """Names, shapes and dtypes of the covered parameters, in flat-vector order.
 
-    Parameter ``i`` occupies ``flat[offsets[i] : offsets[i] + numels[i]]``.
+    Parameter ``i`` occupies ``flat[offsets[i] : offsets[i] + numels[i]]``. Build one with
+    :meth:`from_model` rather than by hand.
+
+    Attributes:
+        names: the parameters' names in the model, in flat-vector order (wrapper prefixes
+            such as ``module.`` removed).
+        shapes: each parameter's shape, e.g. ``(out_features, in_features)``.
+        dtypes: each parameter's floating dtype.
     """
 
     names: tuple[str, ...]

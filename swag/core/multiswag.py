@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from swag.core._checks import check_generator
+from swag.core._initdoc import document_init
 from swag.core._posterior_base import Posterior, State
 from swag.core._random import generator_for
 from swag.persistence import _io
@@ -21,6 +22,7 @@ _KIND = "multiswag"
 _MAX_DEPTH = 32  # nested mixtures read (deeper would exhaust Python's recursion limit)
 
 
+@document_init
 class MultiSWAG(Posterior):
     """An equal-weight mixture of posteriors over the same parameters.
 

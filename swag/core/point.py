@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from swag.core._initdoc import document_init
 from swag.core._posterior_base import Posterior, State
 from swag.core.layout import ParamLayout, ParamSelector
 from swag.persistence import _io
@@ -17,6 +18,7 @@ __all__ = ["PointPosterior"]
 _KIND = "point_posterior"
 
 
+@document_init
 @dataclass(frozen=True, eq=False)
 class PointPosterior(Posterior):
     """A point mass at ``mean``: the SGD solution, or the SWA mean without its covariance.

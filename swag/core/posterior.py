@@ -13,6 +13,7 @@ from torch.distributions import LowRankMultivariateNormal
 from swag.core._checks import SampleShape as SampleShape
 from swag.core._checks import check_bool, check_scale
 from swag.core._gaussian import draw, lowrank_coef
+from swag.core._initdoc import document_init
 from swag.core._posterior_base import Density, Posterior, State
 from swag.core.layout import ParamLayout
 from swag.core.point import PointPosterior
@@ -23,6 +24,7 @@ __all__ = ["Posterior", "SWAGPosterior", "SampleShape"]
 _KIND = "swag_posterior"
 
 
+@document_init
 @dataclass(frozen=True, eq=False)
 class SWAGPosterior(Density, Posterior):
     """N(θ̄, scale · (diag σ² + D̂ᵀD̂ / (K − 1))), the SWAG posterior over the covered parameters.

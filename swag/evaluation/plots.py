@@ -33,7 +33,9 @@ def reliability_diagram(
 
     Bars show each bin's accuracy and, hatched, the gap to its mean confidence (above the bar for
     overconfidence); the title gives the ECE. On a new figure a histogram of the fraction of
-    predictions per bin sits underneath.
+    predictions per bin sits underneath. The legend sits outside the axes, to their right, so it
+    covers no bar: in a figure of your own, leave room for it (``layout="constrained"``, or
+    ``savefig(..., bbox_inches="tight")``).
 
     Args:
         probs: ``(N, C)`` class probabilities.
@@ -56,7 +58,7 @@ def reliability_diagram(
     full = counts > 0
 
     if ax is None:
-        fig = Figure(figsize=(5.0, 6.0), layout="constrained")
+        fig = Figure(figsize=(7.0, 6.0), layout="constrained")
         grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
         ax = fig.add_subplot(grid[0])
         hist = fig.add_subplot(grid[1], sharex=ax)
@@ -83,10 +85,12 @@ def reliability_diagram(
         label="gap to confidence",
     )
     ax.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="black", label="perfect calibration")
-    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel="accuracy")
+    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), xlabel="confidence", ylabel="accuracy")
     value = f"ECE = {ece(probs, targets, n_bins=n_bins):.4f} ({n_bins} bins)"
     ax.set_title(value if title is None else f"{title}: {value}")
-    ax.legend(loc="upper left")
+    # Outside the axes, to the right: inside, some bar can reach any corner (an underconfident
+    # bin rises into the upper left, confident bins fill the lower right).
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
     return fig
 
 

@@ -6,7 +6,6 @@ argument and what it accepts.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import os
@@ -105,20 +104,6 @@ def check_lightning_extras(
     check_callable(input_fn, "input_fn")
     check_count(bn_batches, "bn_batches", optional=True)
     check_bool(shard, "shard")
-
-
-def init_doc(cls: type) -> str:
-    """An ``__init__`` docstring for a callback: a summary and the class docstring's Args.
-
-    So that ``help(SWAGCallback.__init__)`` lists the arguments, with one source for them.
-    """
-    doc = inspect.cleandoc(cls.__doc__ or "")
-    args = doc[doc.index("Args:") :] if "Args:" in doc else ""
-    summary = (
-        f"Build a {cls.__name__}; every argument is checked here (a wrong type raises "
-        "TypeError, a wrong value ValueError, naming the argument)."
-    )
-    return f"{summary}\n\n{args}".rstrip()
 
 
 def missing_extra(package: str, extra: str) -> ImportError:

@@ -8,8 +8,10 @@ import torch
 from torch.utils.data import Sampler
 
 from swag.core._checks import check_count
+from swag.core._initdoc import document_init
 
 
+@document_init
 class ResumableSampler(Sampler[int]):
     """Shuffles ``data`` anew each epoch, as ``DataLoader(shuffle=True)``, but resumably.
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR
 from torch.utils.data import RandomSampler
 
+from swag.core._initdoc import document_init
 from swag.core.collector import Collector
 from swag.core.distributed._shard import assemble
 from swag.core.distributed.sharded import ShardedPosterior
@@ -32,7 +33,7 @@ from swag.evaluation.bn import default_input_fn, update_bn
 from swag.family.averaging import AveragingRule
 from swag.family.schedules import CollectEvery
 from swag.integrations import _state
-from swag.integrations._args import check_common, check_lightning_extras, init_doc, missing_extra
+from swag.integrations._args import check_common, check_lightning_extras, missing_extra
 from swag.integrations._lightning_checks import EPOCH, check_args, check_strategy, has_batchnorm
 
 try:
@@ -49,6 +50,7 @@ _INPUT_HINT = (
 )
 
 
+@document_init
 class SWAGCallback(pl.Callback):
     """Collects SWAG statistics of the LightningModule while ``Trainer.fit`` trains it.
 
@@ -493,9 +495,6 @@ class SWAGCallback(pl.Callback):
         self._user_schedulers = list(trainer.lr_scheduler_configs)
         trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(swalr, interval="step")]
         self._swalr = swalr
-
-
-SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
 
 
 def _rates(trainer: pl.Trainer) -> list[float]:

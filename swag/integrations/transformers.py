@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from swag.core._checks import check_count
+from swag.core._initdoc import document_init
 from swag.core._posterior_base import Posterior
 from swag.core.collector import Collector
 from swag.core.layout import ParamLayout, ParamSelector
@@ -35,7 +36,6 @@ from swag.integrations._args import (
     check_common,
     check_path,
     check_rank_and_start,
-    init_doc,
     missing_extra,
 )
 from swag.persistence import _io
@@ -62,6 +62,7 @@ _IDENTITY_KEYS = ("format", "version", "step", "weights_sha256", "collector_sha2
 _LABEL_KEYS = ("labels", "label", "label_ids")
 
 
+@document_init
 class SWAGCallback(TrainerCallback):
     """Collects SWAG statistics of the model a ``transformers.Trainer`` trains.
 
@@ -267,9 +268,6 @@ class SWAGCallback(TrainerCallback):
                 "max_rank, params= and dtype of the run that saved it"
             )
         self._collector = loaded
-
-
-SWAGCallback.__init__.__doc__ = init_doc(SWAGCallback)
 
 
 def _weights_digest(model: nn.Module, layout: ParamLayout) -> str:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from swag.core._averaging_rules import PowerEMA, sigma_rel_to_gamma
+from swag.core._initdoc import document_init
 from swag.core.layout import ParamSelector
 
 __all__ = ["PostHocEMA"]
@@ -28,6 +29,7 @@ def _gram(g1: np.ndarray, t1: np.ndarray, g2: np.ndarray, t2: np.ndarray) -> np.
     return out
 
 
+@document_init
 class PostHocEMA:
     """Two power-EMA profiles, snapshotted every ``every`` collects, for any σ_rel afterwards.
 
