@@ -41,8 +41,20 @@ def public_modules() -> list[str]:
     """``swag``, then every public module below it, in sorted order."""
     import swag
 
+    from swag._aliases import PUBLIC
+
     found = (m.name for m in pkgutil.walk_packages(swag.__path__, "swag."))
-    return ["swag", *sorted(n for n in found if not any(p.startswith("_") for p in n.split(".")))]
+    public = {n for n in found if not any(p.startswith("_") for p in n.split("."))}
+    return ["swag", *sorted({_public_path(n, PUBLIC) for n in public})]
+
+
+def _public_path(name: str, public: dict[str, str]) -> str:
+    """``name`` under the public namespace users import it by (``swag.evaluation.metrics`` is
+    taught as ``swag.metrics``), or itself."""
+    for old, new in public.items():
+        if name == new or name.startswith(new + "."):
+            return old + name[len(new) :]
+    return name
 
 
 def owner(obj: object, candidates: list[str]) -> str:
