@@ -40,7 +40,6 @@ and a test fails when it is stale). The full docstrings, with every argument, ar
 def public_modules() -> list[str]:
     """``swag``, then every public module below it, in sorted order."""
     import swag
-
     from swag._aliases import PUBLIC
 
     found = (m.name for m in pkgutil.walk_packages(swag.__path__, "swag."))
