@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from swag.bench import batches
 from swag.data import load_fashion_mnist
-from swag.family.lowp import QuantizedOptimizer
-from swag.family.optim import SAM
+from swag.lowp import QuantizedOptimizer
+from swag.optim import SAM
 
 SCHEMA = "swag-experiment/1"
 Runs = Sequence[Mapping[str, Mapping[str, float]]]

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import swag
 from swag.bench import PRESETS, BenchConfig, small_cnn
-from swag.family.schedules import SWAGDecay
+from swag.schedules import SWAGDecay
 
 DECAYS = (0.99, 0.995, 0.998, 0.999, 0.9995)
 WINDOWS = (2, 5, 10)  # LAWA: epoch-end checkpoints

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 import swag
 from swag.data import load_mnist_subset
-from swag.family.optim import SAM
-from swag.family.schedules import SWAGDecay, cyclic_schedule, swag_schedule
-from swag.family.snapshots import Snapshots
+from swag.optim import SAM
+from swag.schedules import SWAGDecay, cyclic_schedule, swag_schedule
+from swag.snapshots import Snapshots
 
 METRICS = ("accuracy", "nll", "ece", "auroc")
 FGE_METHODS = ("SGD", "FGE", "SWA", "last snapshot")

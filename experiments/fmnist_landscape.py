@@ -35,9 +35,9 @@ from torch import Tensor
 import swag
 from swag.bench import PRESETS, Progress, train
 from swag.data import load_fashion_mnist
-from swag.evaluation.plots import loss_line, loss_plane
-from swag.family.landscape import Plane, scan_line, scan_plane
-from swag.family.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice
+from swag.landscape import Plane, scan_line, scan_plane
+from swag.plots import loss_line, loss_plane
+from swag.subspace import Subspace, SubspaceLikelihood, SubspacePosterior, elliptical_slice
 
 
 def chunks(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:

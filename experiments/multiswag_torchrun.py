@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import nn
 
 import swag
-from swag.core.distributed import gather_multiswag
 from swag.data import load_sklearn, train_test_split
+from swag.distributed import gather_multiswag
 
 
 def train_member(

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 import swag
 from swag.data import load_uci_regression, standardize, train_test_split
-from swag.family.subspace import (
+from swag.subspace import (
     Subspace,
     SubspaceLikelihood,
     SubspacePosterior,

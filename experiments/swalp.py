@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 import swag
 from swag.bench import batches, small_cnn
-from swag.family.lowp import BlockFloat, QuantizedOptimizer, quantize_model
-from swag.family.schedules import SWAGDecay
+from swag.lowp import BlockFloat, QuantizedOptimizer, quantize_model
+from swag.schedules import SWAGDecay
 
 ACC_TOL = 0.005  # "as accurate as": half a point of test accuracy
 METHODS = (

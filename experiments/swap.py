@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 import swag
 from swag.bench import small_cnn
-from swag.core.distributed import gather_multiswag
-from swag.family.swap import SWAP
+from swag.distributed import gather_multiswag
+from swag.swap import SWAP
 
 ACC_TOL = 0.005  # "reaches": within half a point of test accuracy
 METHODS = ("large batch", "SWAP", "SWAP workers (mean)", "SWAP MultiSWAG", "small batch")

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 import swag
-from swag.family.subspace import (
+from swag.subspace import (
     Subspace,
     SubspaceLikelihood,
     SubspacePosterior,

@@ -3,10 +3,12 @@ path and warns once naming it; a public namespace imports silently; the face is 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +101,18 @@ def test_every_old_path_names_a_module_that_exists() -> None:
         False,
     )
     assert _aliases.target("swag.core.posterior") is None  # a new path is not an alias
+
+
+def test_every_public_namespace_has_a_typing_stub() -> None:
+    """Static tools (mypy, pyright) cannot see the run-time finder: each public namespace has a
+    ``swag/<name>.pyi`` that re-exports its module whole, and no other stub exists."""
+    root = Path(swag.__file__).parent
+    stubs = {f"swag.{p.stem}": p for p in root.glob("*.pyi")}
+    assert sorted(stubs) == sorted(_aliases.PUBLIC)
+    for old, new in _aliases.PUBLIC.items():
+        tree = ast.parse(stubs[old].read_text())
+        imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert [(n.module, [a.name for a in n.names]) for n in imports] == [
+            (new, ["*"]),
+            (new, ["__all__"]),
+        ], old
