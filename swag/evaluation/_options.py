@@ -25,12 +25,14 @@ from swag.core._checks import (
     check_device,
     check_loader,
 )
+from swag.core._initdoc import document_init
 from swag.evaluation.bn import InputFn
 
 OutputFn = Callable[[Any], Any]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+@document_init
 @dataclass(frozen=True)
 class Classification:
     """The classification head (the default): the model returns logits ``(B, ..., C)``.
@@ -48,6 +50,7 @@ class Classification:
         check_callable(self.output_fn, "Classification.output_fn")
 
 
+@document_init
 @dataclass(frozen=True)
 class GaussianRegression:
     """The Gaussian regression head: each network predicts N(μ, σ²) per target.
@@ -88,6 +91,7 @@ Head = Classification | GaussianRegression
 :class:`GaussianRegression`."""
 
 
+@document_init
 @dataclass(frozen=True)
 class BNRefresh:
     """Recompute BatchNorm running statistics for every sampled network (:func:`swag.update_bn`).
@@ -107,6 +111,7 @@ class BNRefresh:
         check_count(self.batches, "BNRefresh.batches", optional=True)
 
 
+@document_init
 @dataclass(frozen=True)
 class PredictOptions:
     """How :func:`predict` evaluates each sampled network (shared by ``fit_scale``, the
