@@ -148,30 +148,12 @@ def test_seeded_reproducibility_without_touching_global_rng() -> None:
     xs = data()
     bn = DataLoader(TensorDataset(torch.cat(data(4, seed=2))), batch_size=8, shuffle=True)
     state = torch.get_rng_state()
-    a = predict(
-        post,
-        model,
-        xs,
-        num_samples=3,
-        generator=gen(7),
-        options=swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2)),
-    )
-    b = predict(
-        post,
-        model,
-        xs,
-        num_samples=3,
-        generator=gen(7),
-        options=swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2)),
-    )
-    c = predict(
-        post,
-        model,
-        xs,
-        num_samples=3,
-        generator=gen(8),
-        options=swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2)),
-    )
+    options = swag.PredictOptions(bn=swag.BNRefresh(bn, batches=2))
+
+    def run(seed: int) -> torch.Tensor:
+        return predict(post, model, xs, num_samples=3, generator=gen(seed), options=options)
+
+    a, b, c = run(7), run(7), run(8)
     assert torch.equal(torch.get_rng_state(), state), "the global RNG must be left alone"
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-4
