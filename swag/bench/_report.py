@@ -415,7 +415,8 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
             "",
             f"Each set: the last {first['data'].get('per_intensity_set', '?')} test images, "
             "corrupted offline from the seed (parameters: docs/metrics.md); *int. k*: the mean "
-            "over Gaussian noise, blur, contrast, translation and pixelate at intensity k.",
+            "over Gaussian noise, blur, contrast, translation, pixelate and elastic at "
+            "intensity k.",
             "",
             "![shift intensities](shift_intensity.png)",
             "",
