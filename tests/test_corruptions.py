@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from swag.bench._report import intensity_figure
 from swag.corruptions import (
     CORRUPTIONS,
     ELASTIC_SIGMA,
@@ -227,3 +228,16 @@ def test_invalid_arguments(args: tuple[object, ...], error: type, match: str) ->
 def test_invalid_seed() -> None:
     with pytest.raises(ValueError, match="seed"):
         corrupt(torch.zeros(1, 1, 4, 4), "contrast", 1, seed=-1)
+
+
+def test_bench_intensity_figure_counts_the_corruptions_it_averages() -> None:
+    # the report's figure title named "5 corruptions" whatever the sets held; six with elastic
+    cell = {"accuracy": 0.5, "nll": 1.0, "ece": 0.1}
+    sets = {name: {str(s): cell for s in range(1, 6)} for name in CORRUPTIONS}
+    sets["mean"] = sets[CORRUPTIONS[0]]
+    sets["rotate"] = {str(a): cell for a in ROTATIONS}
+    summary = {"results": {"SGD": cell}, "shift_intensities": {"SGD": sets}}
+    fig = intensity_figure([summary])
+    assert fig.get_suptitle() == (
+        "Shift intensities: Fashion-MNIST-C (mean over 6 corruptions) and rotations"
+    )
