@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, map_coordinates
 
-from swag.corruptions import CORRUPTIONS, ROTATIONS, SEVERITY_PARAMS, corrupt, corrupted_sets
+from swag.bench._report import intensity_figure
+from swag.corruptions import (
+    CORRUPTIONS,
+    ELASTIC_SIGMA,
+    ROTATIONS,
+    SEVERITY_PARAMS,
+    _warp,
+    corrupt,
+    corrupted_sets,
+    elastic_displacement,
+)
 
 
 def images(n: int = 6, seed: int = 0) -> torch.Tensor:
@@ -34,7 +45,7 @@ def test_every_corruption_is_deterministic_in_range_and_worsens(name: str) -> No
 
 def test_seed_changes_only_the_random_corruptions() -> None:
     x = images()
-    for name in ("gaussian_noise", "translate"):
+    for name in ("gaussian_noise", "translate", "elastic"):
         assert not torch.equal(corrupt(x, name, 3, seed=0), corrupt(x, name, 3, seed=1))
     for name in ("gaussian_blur", "contrast", "pixelate"):
         assert torch.equal(corrupt(x, name, 3, seed=0), corrupt(x, name, 3, seed=1))
@@ -76,6 +87,93 @@ def test_translation_moves_each_image_by_the_severity_length() -> None:
             assert len(ys) == 1  # moved, not lost or blurred
             dist = math.hypot(ys[0] - 14, xs[0] - 14)
             assert abs(dist - length) <= math.sqrt(0.5) + 1e-9  # rounding of (dx, dy)
+
+
+def elastic_generator(seed: int, severity: int) -> torch.Generator:
+    """The generator ``corrupt`` seeds for the elastic corruption."""
+    return torch.Generator().manual_seed(seed * 100 + CORRUPTIONS.index("elastic") * 10 + severity)
+
+
+def test_elastic_field_is_scipy_smoothed_uniform_noise() -> None:
+    # the same uniform draws, smoothed by scipy in float64: only summation order differs,
+    # ~1e-16 relative on values <= alpha = 48, so 1e-12 absolute is loose
+    alpha, sigma = SEVERITY_PARAMS["elastic"][4], ELASTIC_SIGMA
+    noise = torch.rand((3, 2, 20, 28), generator=elastic_generator(5, 5), dtype=torch.float64)
+    expected = alpha * np.stack(
+        [
+            [gaussian_filter(c, sigma, mode="nearest", truncate=3.0) for c in f]
+            for f in noise.numpy() * 2 - 1
+        ]
+    )
+    ours = elastic_displacement(3, 20, 28, alpha, sigma, generator=elastic_generator(5, 5))
+    assert ours.shape == (3, 2, 20, 28) and ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def warp_reference(x: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """scipy's bilinear lookup at ``(y + dy, x + dx)``, zeros outside (interpolated to 0)."""
+    h, w = x.shape[-2:]
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    out = np.empty_like(x, dtype=np.float64)
+    for i in range(x.shape[0]):
+        coords = np.stack([ys + field[i, 1], xs + field[i, 0]])
+        for c in range(x.shape[1]):
+            out[i, c] = map_coordinates(x[i, c], coords, order=1, mode="grid-constant", cval=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("severity", [1, 5])
+def test_elastic_matches_scipy_map_coordinates(
+    dtype: torch.dtype, atol: float, severity: int
+) -> None:
+    # H != W and 2 channels, so a swapped axis or channel mix-up fails. Tolerance: float64 loses
+    # ~1e-15 relative mapping pixels to [-1, 1] and back; float32 rounds the sample coordinates
+    # to ~27 * 6e-8 = 2e-6 pixels, times a bilinear slope <= 1 (pixel values in [0, 1])
+    x = torch.rand(4, 2, 20, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    field = elastic_displacement(
+        4,
+        20,
+        28,
+        SEVERITY_PARAMS["elastic"][severity - 1],
+        ELASTIC_SIGMA,
+        generator=elastic_generator(2, severity),
+    )
+    ours = corrupt(x.to(dtype), "elastic", severity, seed=2)
+    assert ours.shape == x.shape and ours.dtype == dtype
+    expected = warp_reference(x.to(dtype).double().numpy(), field.numpy())
+    np.testing.assert_allclose(ours.double().numpy(), expected, rtol=0, atol=atol)
+
+
+def test_elastic_direction_convention_on_an_integer_field() -> None:
+    # a constant field dx = +1, dy = 0 samples the right neighbour: out[..., x] = in[..., x + 1]
+    x = images(2)
+    field = torch.zeros(2, 2, 28, 28, dtype=torch.float64)
+    field[:, 0] = 1.0
+    expected = torch.zeros_like(x)
+    expected[..., :-1] = x[..., 1:]
+    torch.testing.assert_close(_warp(x, field), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        warp_reference(x.numpy(), field.numpy()), expected.numpy(), atol=1e-12
+    )
+
+
+def test_elastic_intensity_increases_the_mean_displacement() -> None:
+    # the fields corrupt draws for 32 images at each intensity: mean length of the displacement
+    means = [
+        elastic_displacement(32, 28, 28, alpha, ELASTIC_SIGMA, generator=elastic_generator(0, s))
+        .norm(dim=1)
+        .mean()
+        .item()
+        for s, alpha in enumerate(SEVERITY_PARAMS["elastic"], start=1)
+    ]
+    assert all(b > a * 1.2 for a, b in itertools.pairwise(means))
+    assert 0.3 < means[0] < 1.0 and 3.0 < means[-1] < 5.0  # the table in docs/metrics.md
+
+
+def test_elastic_displacement_rejects_a_non_positive_sigma() -> None:
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        elastic_displacement(1, 4, 4, 1.0, 0.0, generator=torch.Generator())
 
 
 def naive_pixelate(im: np.ndarray, size: int) -> np.ndarray:
@@ -130,3 +228,16 @@ def test_invalid_arguments(args: tuple[object, ...], error: type, match: str) ->
 def test_invalid_seed() -> None:
     with pytest.raises(ValueError, match="seed"):
         corrupt(torch.zeros(1, 1, 4, 4), "contrast", 1, seed=-1)
+
+
+def test_bench_intensity_figure_counts_the_corruptions_it_averages() -> None:
+    # the report's figure title named "5 corruptions" whatever the sets held; six with elastic
+    cell = {"accuracy": 0.5, "nll": 1.0, "ece": 0.1}
+    sets = {name: {str(s): cell for s in range(1, 6)} for name in CORRUPTIONS}
+    sets["mean"] = sets[CORRUPTIONS[0]]
+    sets["rotate"] = {str(a): cell for a in ROTATIONS}
+    summary = {"results": {"SGD": cell}, "shift_intensities": {"SGD": sets}}
+    fig = intensity_figure([summary])
+    assert fig.get_suptitle() == (
+        "Shift intensities: Fashion-MNIST-C (mean over 6 corruptions) and rotations"
+    )

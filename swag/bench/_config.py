@@ -42,7 +42,7 @@ class BenchConfig:
     ood_size: int | None = None
     shift_size: int = 2000
     rotate_degrees: float = 45.0
-    # test images per shift-intensity set (25 corruption sets + 7 rotations); 0 turns them off
+    # test images per shift-intensity set (30 corruption sets + 7 rotations); 0 turns them off
     intensity_size: int = 25
     # the Laplace and IVON rows (extra `baselines`): off in every preset, `--baselines` adds them
     baselines: bool = False

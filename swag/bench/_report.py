@@ -148,7 +148,10 @@ def intensity_figure(summaries: Sequence[dict[str, Any]]) -> Figure:
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper")
-    fig.suptitle("Shift intensities: Fashion-MNIST-C (mean over 5 corruptions) and rotations")
+    count = len(set(next(iter(agg.values()))) - {"mean", "rotate"})
+    fig.suptitle(
+        f"Shift intensities: Fashion-MNIST-C (mean over {count} corruptions) and rotations"
+    )
     return fig
 
 
@@ -415,7 +418,8 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
             "",
             f"Each set: the last {first['data'].get('per_intensity_set', '?')} test images, "
             "corrupted offline from the seed (parameters: docs/metrics.md); *int. k*: the mean "
-            "over Gaussian noise, blur, contrast, translation and pixelate at intensity k.",
+            "over Gaussian noise, blur, contrast, translation, pixelate and elastic at "
+            "intensity k.",
             "",
             "![shift intensities](shift_intensity.png)",
             "",
