@@ -83,3 +83,44 @@ def test_a_wrapped_torch_checkpoint_is_refused(tmp_path: Path, capsys) -> None:
     out = tmp_path / "o.safetensors"
     assert cli.main(["average", str(tmp_path / "x.pt"), "--out", str(out)]) == 2
     assert "flat state dict" in capsys.readouterr().err
+
+
+def test_a_failure_while_streaming_keeps_the_old_output(tmp_path: Path, monkeypatch) -> None:
+    # The output is streamed through the one atomic writer: an error after some tensors were
+    # written leaves the previous file byte for byte and no temporary file.
+    from swag.averaging import _files
+
+    states = _states()
+    paths = _write(states, tmp_path)
+    out = tmp_path / "avg.safetensors"
+    assert cli.main(["average", *paths, "--out", str(out)]) == 0
+    before = out.read_bytes()
+    calls = 0
+
+    def failing_get(self: object, name: str) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise OSError("disk gone")
+        return original(self, name)
+
+    original = _files._Source.get
+    monkeypatch.setattr(_files._Source, "get", failing_get)
+    with pytest.raises(OSError, match="disk gone"):
+        _files.average_files(paths, out, [1 / 3] * 3)
+    assert calls == 3  # it failed mid-stream, after two tensors were read
+    assert out.read_bytes() == before
+    assert not list(tmp_path.glob(".avg*"))
+
+
+def test_swag_has_one_atomic_writer() -> None:
+    # Issue 20: one writer of files (persistence._io.write_atomic) plus the run folder's rename.
+    import swag
+
+    root = Path(swag.__file__).parent
+    users = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "os.replace" in p.read_text() or "mkstemp" in p.read_text()
+    )
+    assert users == ["bench/_outdir.py", "persistence/_io.py"]

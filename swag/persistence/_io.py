@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +62,21 @@ def save_file(path: PathLike, kind: str, tensors: dict[str, Tensor], meta: dict[
     write_atomic(path, st_save(cpu, metadata=header))
 
 
-def write_atomic(path: PathLike, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` through a flushed temporary file renamed over it.
+def write_atomic(path: PathLike, blob: bytes | Iterable[bytes]) -> None:
+    """Write ``blob`` (bytes, or chunks of bytes streamed in order) to ``path`` atomically.
 
-    A crash leaves either the old file or the new one, never a torn one. The only writer of
-    swag's files (safetensors, and the JSON beside a DCP checkpoint).
+    The bytes go to a temporary file in the same folder, flushed to disk and renamed over
+    ``path``: a crash, or an exception raised while the chunks are produced, leaves either the
+    old file or the new one, never a torn one. The only writer of swag's files (safetensors, the
+    JSON beside a DCP checkpoint, and ``swag average``'s streamed output).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(blob)
+            for chunk in (blob,) if isinstance(blob, bytes) else blob:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import Tensor
+
+from swag.persistence import _io
 
 __all__ = ["average_files", "register", "run"]
 
@@ -184,29 +184,22 @@ def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequenc
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            for name in names:
-                dtype = sources[0].entries[name][1]
-                if dtype.is_floating_point:
-                    acc = torch.zeros(sources[0].entries[name][0], dtype=torch.float64)
-                    for s, w in zip(sources, weights, strict=True):
-                        if w:
-                            acc.add_(s.get(name).to(torch.float64), alpha=w)
-                    t = acc.to(dtype)
-                else:
-                    t = sources[-1].get(name)
-                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def chunks() -> Iterator[bytes]:
+        yield struct.pack("<Q", len(blob)) + blob
+        for name in names:
+            dtype = sources[0].entries[name][1]
+            if dtype.is_floating_point:
+                acc = torch.zeros(sources[0].entries[name][0], dtype=torch.float64)
+                for s, w in zip(sources, weights, strict=True):
+                    if w:
+                        acc.add_(s.get(name).to(torch.float64), alpha=w)
+                t = acc.to(dtype)
+            else:
+                t = sources[-1].get(name)
+            yield t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    _io.write_atomic(out, chunks())
 
 
 def register(sub: Any) -> None:
