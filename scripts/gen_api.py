@@ -125,7 +125,8 @@ def entry(qualified: str, short: str, obj: Any) -> list[str]:
     elif not callable(obj) and not inspect.ismodule(obj):
         value = default(obj)
         shown = value if len(value) <= 60 else type(obj).__name__
-        lines += ["```python", f"{short} = {shown}", "```", ""]
+        # a constant: its type's docstring ("Built-in immutable sequence.") would say nothing
+        return [*lines, "```python", f"{short} = {shown}", "```", ""]
     lines += [summary(obj), ""]
     if inspect.isclass(obj):
         lines += members(obj)
