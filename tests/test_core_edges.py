@@ -362,18 +362,18 @@ def test_fit_scale_accepts_numpy_integers_as_predict_does() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "exc", "message"),
     [
-        ({"val_loader": []}, "val_loader is empty"),
-        ({"val_loader": iter([])}, "val_loader yielded no batch"),
-        ({"bounds": (0.1, 1.0, 2.0)}, r"bounds must be a pair \(lo, hi\)"),
-        ({"bounds": 1.0}, r"bounds must be a pair \(lo, hi\)"),
+        ({"val_loader": []}, ValueError, "val_loader is empty"),
+        ({"val_loader": iter([])}, ValueError, "val_loader yielded no batch"),
+        ({"bounds": (0.1, 1.0, 2.0)}, ValueError, r"bounds must be a pair \(lo, hi\)"),
+        ({"bounds": 1.0}, TypeError, r"bounds must be a pair \(lo, hi\)"),
     ],
 )
 def test_fit_scale_names_an_empty_loader_and_malformed_bounds(
-    kwargs: dict[str, object], message: str
+    kwargs: dict[str, object], exc: type[Exception], message: str
 ) -> None:
     model, post, val = _point_data(torch.Generator().manual_seed(10))
     args = {"val_loader": val, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(exc, match=message):
         fit_scale(post, model, num_samples=2, **args)  # type: ignore[arg-type]

@@ -10,18 +10,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 
 from swag.core._averaging_rules import AveragingRule
-from swag.core._fast_average import MeanOnly
-from swag.core._guards import (
-    check_args,
+from swag.core._checks import (
+    check_collector_args,
     check_min_variance,
+    check_statistics_dtype,
     check_storage,
     nonfinite,
     overflowing,
-    state_problem,
 )
+from swag.core._fast_average import MeanOnly
 from swag.core._initdoc import document_init
 from swag.core._params import BoundParams, plan_chunks
 from swag.core._step import compiled_step
@@ -118,7 +117,8 @@ class Collector(CheckedState):
             held, one foreach lerp per collect, NaN/inf caught when :attr:`mean` is read.
 
     Raises:
-        ValueError: for a bad argument (named), parameters on the ``meta`` device or not yet
+        TypeError: for an argument of the wrong type (named).
+        ValueError: for a bad value (named), parameters on the ``meta`` device or not yet
             initialised (a lazy module before its first forward pass), or a selection that
             matches nothing.
         RuntimeError: when created under ``torch.inference_mode()`` (its statistics would be
@@ -159,12 +159,10 @@ class Collector(CheckedState):
     ) -> None:
         super().__init__()
         deviation_dtype = dtype if deviation_dtype is None else deviation_dtype
-        _check_statistics_dtype(dtype)
-        check_args(max_rank, dtype, deviation_dtype, shard, compiled)
-        _check_initialised(model)
+        check_collector_args(max_rank, dtype, deviation_dtype, shard, compiled, model)
         self.layout = ParamLayout.from_model(model, params)
         tensors = self.layout.resolve(model)
-        check_storage(self.layout, tensors, device)
+        check_storage(self.layout.names, tensors, device)
         if device is None:
             devices = {t.device for t in tensors}
             if len(devices) > 1:
@@ -492,7 +490,7 @@ class Collector(CheckedState):
 
     def _state_problem(self, state_dict: dict[str, Any], prefix: str) -> str | None:
         mine = {name: getattr(self, name) for name in _STATE}
-        return state_problem(state_dict, prefix, mine, self._describe_mismatch)
+        return _io.state_problem(state_dict, prefix, mine, self._describe_mismatch)
 
     def save(self, path: _io.PathLike) -> None:
         """Write the collector's state to ``path`` (safetensors, atomic) to resume later.
@@ -560,7 +558,7 @@ class Collector(CheckedState):
             for name in _STATE
         }
         try:
-            _check_statistics_dtype(dtype)
+            check_statistics_dtype(dtype)
         except ValueError as e:
             raise ValueError(f"{path} holds statistics that are no longer accepted: {e}") from None
         try:
@@ -634,40 +632,6 @@ def _shifted(theta: Tensor, shift: Tensor) -> Tensor:
     wide = torch.promote_types(theta.dtype, shift.dtype)
     diff = theta.to(device=shift.device, dtype=wide) - shift.to(wide)
     return diff.to(shift.dtype)
-
-
-def _check_statistics_dtype(dtype: object) -> None:
-    """Refuse half-precision statistics (bfloat16, float16), recommending a bfloat16 ring.
-
-    Means and Welford's M2 accumulate increments of order σ²/n; with 8 significant bits
-    (bfloat16) they stop growing after a few hundred collects, and float16 underflows σ² of
-    typical weights to 0. Reduced-precision storage belongs in the ring, which is only stored.
-    """
-    if dtype in (torch.bfloat16, torch.float16):
-        raise ValueError(
-            f"dtype={dtype} is refused: the statistics (running mean and M2) accumulate "
-            "small increments that half precision rounds away (bfloat16's variance drifts to "
-            "about half the truth after a few thousand collects; float16 underflows σ² to 0). "
-            "Keep the statistics in float32 and store the deviation ring in reduced "
-            "precision: Collector(model, dtype=torch.float32, deviation_dtype=torch.bfloat16)"
-        )
-
-
-def _check_initialised(model: object) -> None:
-    """Refuse a model with uninitialised lazy parameters (``nn.LazyLinear`` before a forward)."""
-    if not isinstance(model, nn.Module):
-        return  # ParamLayout.from_model names the wrong type
-    lazy = [
-        f"{name or 'the model'} ({type(module).__name__})"
-        for name, module in model.named_modules()
-        if any(is_lazy(p) for p in module.parameters(recurse=False))
-    ]
-    if lazy:
-        raise ValueError(
-            f"the modules {lazy[:5]} have uninitialised (lazy) parameters, whose shapes are not "
-            "known yet. Run one forward pass on a batch first (model(x)), then create the "
-            "Collector"
-        )
 
 
 def _starts(numels: tuple[int, ...]) -> list[int]:
