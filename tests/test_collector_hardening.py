@@ -421,7 +421,7 @@ def test_each_collector_compiles_its_own_cache(monkeypatch: pytest.MonkeyPatch) 
         dev = last_deviations(x, 2)
         np.testing.assert_allclose(collector.posterior().deviations.double(), dev, atol=1e-6)
         collectors.append(collector)
-    steps = [weakref.ref(c._step) for c in collectors]
+    steps = [weakref.ref(c._fused._step) for c in collectors]
     del collectors, collector
     gc.collect()
     assert all(step() is None for step in steps)  # each compiled step went with its collector

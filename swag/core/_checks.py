@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any, NoReturn, SupportsIndex
 
 import torch
@@ -299,8 +299,13 @@ def _check_initialised(model: object) -> None:
 
 def check_storage(
     names: Sequence[str], tensors: Sequence[Tensor], device: torch.device | str | None
-) -> None:
-    """Refuse parameters (or a ``device``) on the ``meta`` device: there are no values."""
+) -> torch.device:
+    """Where the statistics live: ``device``, or the parameters' one device.
+
+    Raises:
+        ValueError: for parameters (or a ``device``) on the ``meta`` device, which hold no
+            values, or parameters on several devices without ``device``.
+    """
     meta = [n for n, t in zip(names, tensors, strict=True) if t.device.type == "meta"]
     if meta or (device is not None and torch.device(device).type == "meta"):
         where = f"parameters {meta[:5]} are" if meta else "device='meta' is"
@@ -309,6 +314,15 @@ def check_storage(
             "the model first (model.to_empty(device=...) then load or initialise its weights) "
             "and create the Collector after that, on a real device"
         )
+    if device is not None:
+        return torch.device(device)
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(
+            f"the covered parameters live on several devices {sorted(map(str, devices))}; "
+            "pass device= to say where the statistics should live"
+        )
+    return devices.pop()
 
 
 def check_min_variance(min_variance: object) -> float:
@@ -365,3 +379,45 @@ def overflowing(
             if not bool(ends.isfinite().all()):
                 out.append(names[i])
     return out
+
+
+def check_iterate(
+    n: int,
+    names: Sequence[str],
+    flats: Sequence[Tensor],
+    written: Sequence[Tensor] | None,
+    dtypes: tuple[Sequence[torch.dtype], Sequence[int], torch.dtype],
+    device: torch.device,
+    agree: Callable[[bool], bool] | None = None,
+) -> None:
+    """Refuse iterate ``n``, before any write, if it has NaN/inf or would overflow when stored.
+
+    Besides NaN/inf in the parameters ``flats`` themselves, checks what is written: parameters
+    of a wider dtype than the statistics' (float64 into float32) must fit when cast, and
+    ``written`` (``θ_n − θ_1`` in the statistics' dtype, when the caller has it) must be finite.
+    ``dtypes`` are the parameters' sum dtypes, the indices of the wider ones, and the
+    statistics' dtype. ``agree`` (sharded) tells whether any rank found a problem, so that the
+    ranks refuse together: a NaN in one rank's rows must not be recorded by the others.
+    """
+    sum_dtypes, wider, dtype = dtypes
+    bad = nonfinite(names, flats, sum_dtypes, device)
+    huge = [] if bad else overflowing(names, flats, wider, dtype)
+    if not bad and not huge and written is not None:
+        huge = nonfinite(names, written, None, device)
+    elsewhere = agree is not None and agree(bool(bad or huge))
+    if elsewhere and not (bad or huge):
+        raise ValueError(
+            f"iterate {n} has NaN or inf in another rank's shard; nothing was recorded on any "
+            "rank. Lower the learning rate or skip this step."
+        )
+    if bad:
+        raise ValueError(
+            f"iterate {n} has NaN or inf in {bad[:5]}; nothing was recorded. "
+            "Lower the learning rate or skip this step."
+        )
+    if huge:
+        raise ValueError(
+            f"iterate {n} has values in {huge[:5]} that overflow to inf in the "
+            f"statistics' dtype {dtype}; nothing was recorded. Collect with "
+            "dtype=torch.float64, or keep the parameters in range."
+        )

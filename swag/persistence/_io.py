@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -296,41 +296,3 @@ def expect_tensors(tensors: Mapping[str, Tensor], names: Collection[str], where:
     extra = sorted(set(tensors) - set(names))
     if extra:
         raise ValueError(f"{where} holds unexpected tensors {extra[:5]}; expected {sorted(names)}")
-
-
-def state_problem(
-    state_dict: dict[str, Any],
-    prefix: str,
-    mine: dict[str, Tensor],
-    describe_mismatch: Callable[[dict[str, str]], str | None],
-) -> str | None:
-    """What is wrong with ``state_dict`` as a collector's state; ``None`` if it fits.
-
-    Checks the metadata (``describe_mismatch``: layout, ``max_rank``, dtypes, shard; and ``n``)
-    and every statistic of ``mine`` (the collector's buffers by name): present, a tensor of the
-    same shape and dtype, finite (``m2`` >= 0).
-    """
-    extra = state_dict.get(prefix + "_extra_state")
-    if not isinstance(extra, dict):
-        return "the state has no swag collector metadata"
-    problem = describe_mismatch({k: str(v) for k, v in extra.items()})
-    if problem:
-        return problem
-    n = extra.get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        return f"n must be an integer >= 0, got {n!r}"
-    for name, buf in mine.items():
-        key = prefix + name
-        t = state_dict.get(key)
-        if t is None:
-            return f"{key} is missing (a partial state is never loaded)"
-        if not isinstance(t, Tensor):
-            return f"{key} is a {type(t).__name__}, not a tensor"
-        if t.shape != buf.shape or t.dtype != buf.dtype:
-            return (
-                f"{key} has shape {tuple(t.shape)} {t.dtype}, expected "
-                f"{tuple(buf.shape)} {buf.dtype}"
-            )
-        if not bool(t.isfinite().all()) or (name == "m2" and bool((t < 0).any())):
-            return f"{key} holds NaN, inf or a negative M2: it is damaged"
-    return None
