@@ -1,8 +1,8 @@
 """Regenerate tests/fixtures: one small file per kind that swag.save writes, in today's format.
 
-The files are committed, and tests/test_persistence.py checks that they keep loading (and what
-they hold), so that a change of format that breaks old files fails CI. Regenerate only when the
-format changes on purpose and old files are migrated: ``python scripts/make_fixtures.py``.
+The files are committed, and tests/test_guarantee_persistence.py checks that they keep loading
+(and what they hold), so that a change of format that breaks old files fails CI. Regenerate only
+when the format changes on purpose and old files are migrated: ``python scripts/make_fixtures.py``.
 """
 
 from __future__ import annotations

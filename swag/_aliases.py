@@ -49,7 +49,7 @@ DEPRECATED: dict[str, str] = {
     "swag._dcp": "swag.core.distributed._dcp",
     "swag._dropout": "swag.evaluation._dropout",
     "swag._gaussian": "swag.core._gaussian",
-    "swag._guards": "swag.core._guards",
+    "swag._guards": "swag.core._checks",
     "swag._io": "swag.persistence._io",
     "swag._params": "swag.core._params",
     "swag._posterior_base": "swag.core._posterior_base",

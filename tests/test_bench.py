@@ -104,6 +104,7 @@ def _counting_cnn(calls: list[int]) -> Any:
     return make
 
 
+@pytest.mark.slow
 def test_fge_members_are_exactly_the_weights_at_cycle_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -131,6 +132,7 @@ def test_fge_members_are_exactly_the_weights_at_cycle_ends(
         assert torch.equal(member.mean, seen[k - 1][1])
 
 
+@pytest.mark.slow
 def test_sam_runs_take_two_passes_per_step_and_swag_collects_on_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -166,6 +168,7 @@ def test_collection_covers_the_rank_and_short_is_the_old_default() -> None:
     assert PRESETS["default"].epochs > PRESETS["short"].epochs
 
 
+@pytest.mark.slow
 @needs_data
 def test_smoke_bench_writes_a_complete_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -256,6 +259,7 @@ def test_only_the_runs_the_rows_need_are_trained(monkeypatch: pytest.MonkeyPatch
     assert runs(["SGD", "Deep ensemble", "SAM"]) == [("sgd", 3000), ("sam", 3000), ("sgd", 3001)]
 
 
+@pytest.mark.slow
 @needs_data
 def test_skip_and_fge_sam_choose_the_rows(
     tmp_path: Path, cached_runs: None, monkeypatch: pytest.MonkeyPatch
@@ -304,6 +308,7 @@ def _reject(constant: str) -> None:
     raise ValueError(f"metrics.json holds {constant}, which strict JSON parsers reject")
 
 
+@pytest.mark.slow
 @needs_data
 def test_files_have_ordinary_modes(tmp_path: Path, cached_runs: None) -> None:
     assert main([*FEW, "--out", str(tmp_path / "run")]) == 0
@@ -315,6 +320,7 @@ def test_files_have_ordinary_modes(tmp_path: Path, cached_runs: None) -> None:
     assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o777 & ~umask
 
 
+@pytest.mark.slow
 @needs_data
 def test_several_seeds_write_a_mean_and_std_report(tmp_path: Path, cached_runs: None) -> None:
     out = tmp_path / "seeds"
@@ -326,6 +332,7 @@ def test_several_seeds_write_a_mean_and_std_report(tmp_path: Path, cached_runs: 
     assert [s["settings"]["seed"] for s in combined["seeds"]] == [0, 1]
 
 
+@pytest.mark.slow
 @needs_data
 def test_an_existing_run_is_never_silently_overwritten(
     tmp_path: Path, cached_runs: None, capsys: pytest.CaptureFixture[str]
@@ -342,6 +349,7 @@ def test_an_existing_run_is_never_silently_overwritten(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-2"]  # no temp folder left
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_full_disk_leaves_no_half_report(
     tmp_path: Path,

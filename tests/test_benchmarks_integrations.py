@@ -13,6 +13,7 @@ from benchmarks import integrations
 
 # Lightning 2.6 calls torch's deprecated pytree LeafSpec; a 4-batch fit trips its advice on
 # loader workers and log intervals. None of it is ours to fix.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated:FutureWarning")
 @pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
 @pytest.mark.filterwarnings("ignore:The number of training batches")

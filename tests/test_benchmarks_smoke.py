@@ -16,6 +16,7 @@ from benchmarks import run
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_writes_complete_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     argv = ["--models", "tiny-mlp", "--rounds", "1", "--no-peers", "--no-compile", "--samples", "2"]

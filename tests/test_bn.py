@@ -9,8 +9,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn as torch_update_bn
+from torch.utils.data import DataLoader
 
-from swag import update_bn
+import swag
+from swag import predict, update_bn
+from swag.core.point import PointPosterior
+from swag.evaluation.bn import has_batchnorm
+from tests.test_predict import Stream
 
 
 def bn_net(seed: int = 0) -> nn.Module:
@@ -133,3 +138,69 @@ def test_every_submodule_mode_is_restored() -> None:
     update_bn(batches(2), model)
     assert model.training and not model[4].training
     assert all(m.training for i, m in enumerate(model) if i != 4)
+
+
+NEEDS_REFRESH = {
+    "BatchNorm1d": lambda: nn.BatchNorm1d(3),
+    "BatchNorm2d": lambda: nn.BatchNorm2d(3),
+    "BatchNorm3d": lambda: nn.BatchNorm3d(3),
+    "LazyBatchNorm1d": lambda: nn.LazyBatchNorm1d(),
+    "SyncBatchNorm": lambda: nn.SyncBatchNorm(3),
+    "InstanceNorm1d": lambda: nn.InstanceNorm1d(3, track_running_stats=True),
+    "InstanceNorm2d": lambda: nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
+    "InstanceNorm3d": lambda: nn.InstanceNorm3d(3, track_running_stats=True),
+}
+
+
+NO_REFRESH = {
+    "BatchNorm2d untracked": lambda: nn.BatchNorm2d(3, track_running_stats=False),
+    "InstanceNorm2d untracked": lambda: nn.InstanceNorm2d(3),
+    "GroupNorm": lambda: nn.GroupNorm(1, 3),
+    "LayerNorm": lambda: nn.LayerNorm(3),
+}
+
+
+@pytest.mark.parametrize("name", [*NEEDS_REFRESH, *NO_REFRESH])
+def test_one_helper_says_which_norm_layers_need_a_refresh(name: str) -> None:
+    layer = {**NEEDS_REFRESH, **NO_REFRESH}[name]()
+    assert has_batchnorm(nn.Sequential(nn.Identity(), layer)) is (name in NEEDS_REFRESH)
+
+
+@pytest.mark.slow  # importing Lightning takes ~25 s on the shared runner
+def test_lightning_uses_the_same_helper() -> None:
+    pytest.importorskip("lightning")
+    from swag.integrations import _lightning_checks
+
+    assert _lightning_checks.has_batchnorm is has_batchnorm
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_instance_norm_refresh_is_the_average_of_the_batches(momentum: float | None) -> None:
+    """Reference: each batch's statistics from a fresh layer with momentum 1, averaged; the
+    layer's own momentum (None included, which InstanceNorm reads as "no update") is restored."""
+    g = torch.Generator().manual_seed(2)
+    norm = nn.InstanceNorm2d(3, momentum=momentum, track_running_stats=True)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), norm)
+    batches = [torch.randn(4, 2, 6, 6, generator=g) + i for i in range(3)]
+    means, variances = [], []
+    with torch.no_grad():
+        for x in batches:
+            fresh = nn.InstanceNorm2d(3, momentum=1.0, track_running_stats=True)
+            fresh(model[0](x))
+            means.append(fresh.running_mean)
+            variances.append(fresh.running_var)
+    update_bn(batches, model)
+    assert norm.momentum == momentum and model.training  # both as they were
+    torch.testing.assert_close(norm.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(norm.running_var, torch.stack(variances).mean(0))
+
+
+def test_bn_loader_without_len_is_accepted() -> None:
+    g = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    post = PointPosterior.from_model(model)
+    x, y = torch.randn(12, 3, generator=g), torch.zeros(12, dtype=torch.long)
+    stream = DataLoader(Stream(x, y), batch_size=6)
+    got = predict(post, model, [x], options=swag.PredictOptions(bn=swag.BNRefresh(stream)))
+    want = predict(post, model, [x], options=swag.PredictOptions(bn=swag.BNRefresh(list(stream))))
+    torch.testing.assert_close(got, want)

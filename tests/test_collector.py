@@ -211,15 +211,20 @@ def test_collect_on_device(device: torch.device) -> None:
 # -- errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, True, "3"])
-def test_bad_max_rank(bad: object) -> None:
-    with pytest.raises(ValueError, match="max_rank must be an int >= 0"):
+@pytest.mark.parametrize(
+    ("bad", "exc"), [(-1, ValueError), (2.5, TypeError), (True, TypeError), ("3", TypeError)]
+)
+def test_bad_max_rank(bad: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="max_rank must be an int >= 0") as err:
         Collector(mlp(), max_rank=bad)  # type: ignore[arg-type]
+    assert type(err.value) is exc
 
 
 def test_bad_dtype() -> None:
     with pytest.raises(ValueError, match="dtype must be a floating-point dtype"):
         Collector(mlp(), dtype=torch.int32)
+    with pytest.raises(TypeError, match=r"deviation_dtype must be a torch\.dtype"):
+        Collector(mlp(), deviation_dtype="float32")  # type: ignore[arg-type]
 
 
 def test_empty_selection_names_available_parameters() -> None:

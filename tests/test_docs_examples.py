@@ -26,6 +26,7 @@ NOT_RUNNABLE = {
 # Recipe pages (docs/recipes/) are one program across their blocks, which share variables; each
 # saves its plots under `out`, which SWAG_WRITE_DOCS=1 copies to docs/img/recipes/ for the page.
 RECIPES = "recipes/"
+SLOW = pytest.mark.slow  # a recipe trains a small model: each run takes 4-10 s
 # Pages that need an optional package: skipped without it, naming the install.
 NEEDS = {
     "lightning.md": ("lightning", "pip install 'swag-toolkit[lightning]'"),
@@ -102,7 +103,10 @@ def one_thread() -> Iterator[None]:
 # in-memory example does not need: neither warning is the example's to fix.
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.* is deprecated:FutureWarning")
 @pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
-@pytest.mark.parametrize("page", sorted(CHECKS))
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, marks=SLOW) if p.startswith(RECIPES) else p for p in sorted(CHECKS)],
+)
 def test_page_examples_run(page: str, capsys: pytest.CaptureFixture[str]) -> None:
     if page in NEEDS:
         module, install = NEEDS[page]

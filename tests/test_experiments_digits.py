@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from tests.experiment_scripts import load_script
 
 
@@ -14,6 +16,7 @@ def script() -> ModuleType:
     return load_script("digits")
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_the_table(tmp_path: Path) -> None:
     digits = script()
     results = digits.main(["--epochs", "6", "--swa-epochs", "4", "--out", str(tmp_path)])

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from tests.experiment_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ def test_swalp_short_run_writes_every_method(tmp_path: Path) -> None:
     assert saved["claims"][1]["verdict"] == ("holds" if beats else "fails")
 
 
+@pytest.mark.slow
 def test_swap_short_run_under_torchrun(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [

@@ -1,12 +1,12 @@
 """Integration checkpoints, damaged on purpose: each is refused with a clear error, or is exact.
 
 The Lightning callback keeps the collector in its checkpoint state (a dict of meta and tensors,
-:func:`swag.integrations._state.collector_state`); the Hugging Face callback writes the
-collector file (fuzzed in ``test_file_fuzz.py``) and an identity record beside it. Here the
-state is truncated, bit-flipped, given missing, extra and ill-typed fields, foreign dtypes, NaN
-and negative variances, then re-sealed with a valid checksum where the field checks (not the
-checksum) must catch the edit. Each case must raise ``ValueError`` naming where the state came
-from, and leave the collector it was loaded into unchanged.
+:func:`swag.integrations._state.collector_state`); the Hugging Face callback writes the collector
+file (fuzzed in ``test_guarantee_file_fuzz.py``) and an identity record beside it. Here the state is
+truncated, bit-flipped, given missing, extra and ill-typed fields, foreign dtypes, NaN and negative
+variances, then re-sealed with a valid checksum where the field checks (not the checksum) must catch
+the edit. Each case must raise ``ValueError`` naming where the state came from, and leave the
+collector it was loaded into unchanged.
 """
 
 from __future__ import annotations

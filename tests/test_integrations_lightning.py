@@ -211,7 +211,7 @@ def test_bn_refresh_of_the_swa_model_matches_torch_update_bn(tmp_path: Path) -> 
 
 
 def test_results_before_fit_name_the_fix() -> None:
-    # bad arguments: see the misuse table in test_integrations_misuse.py
+    # bad arguments: see the misuse table in test_guarantee_misuse_integrations.py
     with pytest.raises(RuntimeError, match="call fit"):
         SWAGCallback().posterior()
 

@@ -167,6 +167,7 @@ def test_resume_without_the_collector_file_names_the_fix(tmp_path: Path) -> None
         train(tmp_path, SWAGCallback(**kw), resume=True)
 
 
+@pytest.mark.slow
 def test_resume_reads_the_resumed_checkpoint_never_a_same_named_one(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"max_rank": 2, "start": 2, "params": "classifier"}
     train(tmp_path / "a", SWAGCallback(**kw), stop=8)

@@ -58,10 +58,11 @@ def test_allocation_gives_the_remainder_to_distinct_random_members(num: int) -> 
     assert len(seen) == 3, "each choice of remainder members must occur (3 of them for 3 members)"
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, True])
-def test_allocation_rejects_bad_counts(bad: object) -> None:
-    with pytest.raises(ValueError, match="num_samples must be an int >= 0"):
+@pytest.mark.parametrize(("bad", "exc"), [(-1, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_allocation_rejects_bad_counts(bad: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="num_samples must be an int >= 0") as err:
         MultiSWAG(points(2)).allocation(bad)  # type: ignore[arg-type]
+    assert type(err.value) is exc
 
 
 def owners(draws: Tensor, members: list[PointPosterior]) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import subprocess
 import sys
@@ -151,3 +152,22 @@ def test_reliability_diagram_labels_x_and_keeps_its_legend_off_the_bars(given_ax
     assert max(b.y1 for b in bars) > ax.get_window_extent().y0 + 0.9 * ax.get_window_extent().height
     assert not any(box.overlaps(b) for b in bars)
     assert box.x0 >= ax.get_window_extent().x1  # outside the plotting area altogether
+
+
+def test_every_legend_in_the_plots_has_an_explicit_loc() -> None:
+    # loc="best" (the default) measures overlaps and warns "slow" under load; with
+    # filterwarnings=error that made tests/test_bench.py flaky
+    import swag.evaluation.plots
+
+    tree = ast.parse(Path(swag.evaluation.plots.__file__).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "legend"
+    ]
+    assert len(calls) >= 5
+    for call in calls:
+        locs = [k.value for k in call.keywords if k.arg == "loc"]
+        assert locs and isinstance(locs[0], ast.Constant) and locs[0].value != "best", call.lineno

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune as prune
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
 import swag
-from swag import Collector, SWAGPosterior, update_bn
+from swag import Collector, ParamLayout, SWAGPosterior, fit_scale, update_bn
 from swag.core.multiswag import MultiSWAG
 from swag.core.point import PointPosterior
 from swag.evaluation.predict import predict
@@ -390,3 +392,126 @@ def test_noise_var_must_broadcast_per_batch() -> None:
         point, model, data(), head=swag.GaussianRegression(noise_var=torch.tensor([0.5]))
     )
     assert torch.equal(var, torch.full_like(mean, 0.5))
+
+
+def test_predict_asks_for_bn_loader_with_tracked_instance_norm() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.InstanceNorm2d(3, track_running_stats=True))
+    model.append(nn.Flatten())
+    post = PointPosterior.from_model(model)
+    with pytest.raises(ValueError, match="BNRefresh"):
+        predict(post, model, [torch.randn(2, 2, 5, 5)])
+
+
+class Head(nn.Module):
+    def __init__(self, mean_shape: tuple[int, ...], var_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.shapes = mean_shape, var_shape
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.lin(x)
+        return out.reshape(self.shapes[0]), out.exp().reshape(self.shapes[1])
+
+
+@pytest.mark.parametrize("shapes", [((8,), (8, 1)), ((8, 1), (8,))])
+def test_gaussian_head_with_broadcasting_shapes_refused(
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
+    model = Head(*shapes)
+    post = PointPosterior.from_model(model)
+    with pytest.raises(ValueError, match=r"shape \(8,\).*shape \(8, 1\)|\(8, 1\).*\(8,\)"):
+        predict(post, model, [torch.randn(8, 3)], head=swag.GaussianRegression())
+
+
+class Stream(IterableDataset[tuple[Tensor, Tensor]]):
+    """A fixed-order stream of (x, y) examples, without ``__len__``."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return iter(zip(self.x, self.y, strict=True))
+
+
+def _linear_swag(g: torch.Generator) -> tuple[nn.Module, SWAGPosterior]:
+    model = nn.Linear(3, 4)
+    layout = ParamLayout.from_model(model)
+    mean, std = torch.randn(layout.size, generator=g), 0.3 * torch.ones(layout.size)
+    return model, SWAGPosterior(mean, std, torch.randn(2, layout.size, generator=g), layout, n=5)
+
+
+@pytest.mark.filterwarnings("ignore:fit_scale. the fitted scale:RuntimeWarning")
+def test_predict_and_fit_scale_accept_a_loader_without_len() -> None:
+    g = torch.Generator().manual_seed(3)
+    model, post = _linear_swag(g)
+    x, y = torch.randn(12, 3, generator=g), torch.randint(0, 4, (12,), generator=g)
+    stream = DataLoader(Stream(x, y), batch_size=5)
+    listed = list(DataLoader(Stream(x, y), batch_size=5))
+    seed = torch.Generator().manual_seed
+    got = predict(post, model, stream, num_samples=3, generator=seed(0))
+    want = predict(post, model, listed, num_samples=3, generator=seed(0))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    kw = {"num_samples": 2, "tol": 0.5, "generator": seed(1)}
+    assert fit_scale(post, model, stream, **kw) == fit_scale(post, model, listed, **kw)  # type: ignore[arg-type]
+
+
+def _pruned(g: torch.Generator) -> nn.Sequential:
+    torch.manual_seed(int(torch.randint(2**31, (), generator=g)))
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    model(torch.randn(6, 4, generator=g)).sum().backward()  # `weight` is now a non-leaf
+    return model
+
+
+def test_pruned_model_after_backward_predicts_and_copies() -> None:
+    """Against the pruned model itself: a point posterior's prediction is its softmax, and
+    ``to_model`` gives a copy whose outputs match; the original is untouched."""
+    g = torch.Generator().manual_seed(5)
+    model = _pruned(g)
+    x = torch.randn(7, 4, generator=g)
+    post = PointPosterior.from_model(model)
+    got = predict(post, model, [x])
+    copy = post.to_model(model)
+    with torch.no_grad():  # a forward here would recompute `weight` as a leaf: only after
+        want = model(x)
+        torch.testing.assert_close(copy(x), want)
+    torch.testing.assert_close(got, want.softmax(-1))
+    copy[0].weight_orig.data.zero_()  # the copy owns its parameters
+    assert model[0].weight_orig.abs().sum() > 0
+
+
+class Recorded(SWAGPosterior):
+    """A SWAG posterior that keeps a copy of every draw it hands out."""
+
+    draws: list[Tensor]
+
+    def sample(self, *args: Any, **kwargs: Any) -> Tensor:
+        theta = super().sample(*args, **kwargs)
+        self.draws.append(theta.clone())
+        return theta
+
+
+def test_pruned_model_swag_predictions_follow_the_mask() -> None:
+    """SWAG draws of ``weight_orig`` are masked in the working copy: entries that prune removed
+    have no effect. Reference: each recorded draw applied by hand to a plain, unpruned net."""
+    g = torch.Generator().manual_seed(6)
+    model = _pruned(g)
+    layout = ParamLayout.from_model(model)
+    mean = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    post = Recorded(mean, 0.2 * torch.ones(layout.size), torch.zeros(0, layout.size), layout, n=3)
+    post.draws = []
+    x = torch.randn(5, 4, generator=g)
+    got = predict(post, model, [x], num_samples=3, generator=torch.Generator().manual_seed(7))
+    assert len(post.draws) == 3
+    plain = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    mask = model[0].weight_mask
+    probs = []
+    for theta in post.draws:
+        values = dict(zip(layout.names, layout.split(theta), strict=True))
+        with torch.no_grad():
+            plain[0].weight.copy_(values["0.weight_orig"] * mask)
+            plain[0].bias.copy_(values["0.bias"])
+            plain[2].weight.copy_(values["2.weight"])
+            plain[2].bias.copy_(values["2.bias"])
+            probs.append(plain(x).softmax(-1))
+    torch.testing.assert_close(got, torch.stack(probs).mean(0), rtol=1e-5, atol=1e-6)

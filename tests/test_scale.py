@@ -12,14 +12,17 @@ checked against a brute-force grid on the same common random numbers.
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import swag
 from swag import Collector, MultiSWAG, ParamLayout, SWAGPosterior, fit_scale, metrics, predict
 from swag.core.posterior import Posterior
+from tests.test_predict import _linear_swag
 
 TOL_LOG = 0.5
 
@@ -154,3 +157,50 @@ def test_batches_without_targets_are_a_clear_error() -> None:
     model, post = linear_posterior(torch.Generator().manual_seed(0), rank=2)
     with pytest.raises(ValueError, match="target_fn="):
         fit_scale(post, model, [torch.randn(8, 2)], num_samples=2)
+
+
+def _point_data(g: torch.Generator) -> tuple[nn.Module, SWAGPosterior, list[tuple[Tensor, Tensor]]]:
+    model = nn.Linear(2, 3)
+    layout = ParamLayout.from_model(model)
+    mean = torch.randn(layout.size, generator=g)
+    zero = SWAGPosterior(mean, torch.zeros(layout.size), torch.zeros(3, layout.size), layout, n=4)
+    x, y = torch.randn(10, 2, generator=g), torch.randint(0, 3, (10,), generator=g)
+    return model, zero, [(x, y)]
+
+
+def test_fit_scale_on_a_posterior_without_spread_says_the_objective_is_flat() -> None:
+    model, zero, val = _point_data(torch.Generator().manual_seed(8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_scale(zero, model, val, num_samples=3)
+    messages = [str(w.message) for w in caught]
+    assert any("objective is flat" in m for m in messages), messages
+    assert not any("widen bounds" in m and "not help" not in m for m in messages), messages
+
+
+@pytest.mark.filterwarnings("ignore:fit_scale. the fitted scale:RuntimeWarning")
+def test_fit_scale_accepts_numpy_integers_as_predict_does() -> None:
+    g = torch.Generator().manual_seed(9)
+    model, post = _linear_swag(g)
+    val = [(torch.randn(10, 3, generator=g), torch.randint(0, 4, (10,), generator=g))]
+    kw = {"tol": 0.5, "generator": torch.Generator().manual_seed(0)}
+    got = fit_scale(post, model, val, num_samples=np.int64(3), **kw)  # type: ignore[arg-type]
+    assert got == fit_scale(post, model, val, num_samples=3, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "message"),
+    [
+        ({"val_loader": []}, ValueError, "val_loader is empty"),
+        ({"val_loader": iter([])}, ValueError, "val_loader yielded no batch"),
+        ({"bounds": (0.1, 1.0, 2.0)}, ValueError, r"bounds must be a pair \(lo, hi\)"),
+        ({"bounds": 1.0}, TypeError, r"bounds must be a pair \(lo, hi\)"),
+    ],
+)
+def test_fit_scale_names_an_empty_loader_and_malformed_bounds(
+    kwargs: dict[str, object], exc: type[Exception], message: str
+) -> None:
+    model, post, val = _point_data(torch.Generator().manual_seed(10))
+    args = {"val_loader": val, **kwargs}
+    with pytest.raises(exc, match=message):
+        fit_scale(post, model, num_samples=2, **args)  # type: ignore[arg-type]

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import SequentialLR
 from torch.optim.swa_utils import SWALR
 
 from swag.schedules import CollectEvery, Cyclic, SWAGDecay, cyclic_schedule, swag_schedule
+from tests.test_guarantee_misuse_family_args import sgd
 
 # Rates are compared with rel=1e-12: LambdaLR computes base * factor in float64, the references
 # below the same formula rearranged, so only a few ulps of rounding separate them.
@@ -187,3 +189,30 @@ def test_factories_check_per_group_values() -> None:
         cyclic_schedule(opt, cycle=4, min_lr=[0.01, 0.01, 0.01])
     with pytest.raises(ValueError, match="swa_lr must be finite and >= 0"):
         swag_schedule(opt, swa_start=4, swa_lr=-0.1)
+
+
+def test_schedules_compose_with_swalr_and_sequentiallr() -> None:
+    """SequentialLR(cyclic_schedule, SWALR): the cyclic formula for 8 steps, then SWALR's
+    annealing to swa_lr; and swag_schedule handing over to SWALR keeps its constant rate."""
+    opt = sgd()
+    cyc = cyclic_schedule(opt, cycle=4, min_lr=0.01)
+    swa = SWALR(opt, swa_lr=0.05, anneal_epochs=2, anneal_strategy="linear")
+    seq = SequentialLR(opt, [cyc, swa], milestones=[8])
+    rates = []
+    for _ in range(12):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        seq.step()
+    cyclic = [0.1 * Cyclic(4, 0.1)(k) for k in range(8)]
+    # SWALR from the last rate 0.01: step 0 keeps it, then linear to 0.05 over 2 steps
+    assert rates == pytest.approx([*cyclic, 0.01, 0.03, 0.05, 0.05], rel=1e-9)
+    opt = sgd()
+    decay = swag_schedule(opt, swa_start=10, swa_lr=0.02)
+    handover = SWALR(opt, swa_lr=0.02, anneal_epochs=1)
+    rates = []
+    for k in range(15):
+        opt.step()
+        (decay if k < 10 else handover).step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates[:9] == pytest.approx([0.1 * SWAGDecay(10, 0.2)(k) for k in range(1, 10)])
+    assert rates[9:] == pytest.approx([0.02] * 6)

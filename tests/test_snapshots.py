@@ -14,6 +14,7 @@ import swag
 from swag.optim import SAM
 from swag.schedules import cyclic_schedule, swag_schedule
 from swag.snapshots import Snapshots, multi_swa
+from tests.test_guarantee_misuse_family_args import NAN, taken
 
 
 def flat(model: nn.Module) -> Tensor:
@@ -198,3 +199,72 @@ def test_fge_of_a_batchnorm_model_refreshes_each_member() -> None:
         work.eval()
         expected += work(x).softmax(-1).detach() / 2
     torch.testing.assert_close(probs, expected, rtol=0, atol=1e-5)
+
+
+def test_snapshots_of_a_compiled_model_apply_to_the_plain_one() -> None:
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    snaps = Snapshots(torch.compile(plain, backend="eager"), max_snapshots=1)
+    snaps.collect()
+    assert snaps.layout.names == ("0.weight", "0.bias", "2.weight", "2.bias")
+    fresh = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    snaps.swa().apply_(fresh)
+    assert all(
+        torch.equal(a, b) for a, b in zip(plain.parameters(), fresh.parameters(), strict=True)
+    )
+
+
+def test_damaged_snapshot_states_change_nothing() -> None:
+    snaps = taken(1)
+    good = snaps.state_dict()
+    layout = good["_extra_state"]["layout"]
+    nan_rows = good["snapshots"].clone()
+    nan_rows[0, 0] = NAN
+    other = nn.Sequential()
+    other.add_module("w", nn.Linear(2, 1))  # same P, other names: once half-loaded
+    damaged = {
+        "n too large": {**good, "_extra_state": {"n": 5, "layout": layout}},
+        "n negative": {**good, "_extra_state": {"n": -1, "layout": layout}},
+        "garbage extra": {**good, "_extra_state": "garbage"},
+        "NaN row": {**good, "snapshots": nan_rows},
+        "other layout": Snapshots(other, 2).state_dict(),
+    }
+    for label, state in damaged.items():
+        target = taken(0)
+        before = target.snapshots.clone()
+        with pytest.raises(RuntimeError, match=r"cannot load snapshots.*nothing was loaded"):
+            target.load_state_dict(state)
+        assert target.n == 0 and torch.equal(target.snapshots, before), label
+    shared = taken(0)
+    shared.load_state_dict(good, assign=True)  # copied, never shared with the source
+    shared.collect()
+    assert torch.equal(snaps.snapshots, good["snapshots"]) and shared.n == 2
+
+
+def test_snapshots_file_round_trip_and_damaged_files(tmp_path: Path) -> None:
+    """Before: no file format at all (only a pickled state_dict). Resumed from the file, the
+    run's next snapshot lands in the same buffer bit for bit; a damaged file is named."""
+    model = nn.Linear(2, 1)
+    snaps = Snapshots(model, max_snapshots=3)
+    snaps.collect()
+    snaps.save(tmp_path / "s.safetensors")
+    resumed = Snapshots.load(tmp_path / "s.safetensors", model)
+    with torch.no_grad():
+        model.weight.add_(0.5)
+    snaps.collect()
+    resumed.collect()
+    assert resumed.n == 2 and torch.equal(resumed.snapshots, snaps.snapshots)
+    blob = (tmp_path / "s.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="not a readable swag file"):
+        Snapshots.load(tmp_path / "cut.safetensors", model)
+    with pytest.raises(ValueError, match="parameter layout differs"):
+        Snapshots.load(tmp_path / "s.safetensors", nn.Linear(3, 1))
+    bad = taken(1)
+    bad.snapshots[0, 0] = NAN
+    bad.save(tmp_path / "nan.safetensors")
+    with pytest.raises(ValueError, match=r"tensor 'snapshots' has non-finite entries"):
+        Snapshots.load(tmp_path / "nan.safetensors", nn.Linear(2, 1))
+    swag.Collector(model, max_rank=2).save(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="not a 'snapshots'"):
+        Snapshots.load(tmp_path / "c.safetensors", model)

@@ -1,7 +1,8 @@
-"""File fuzzing for :class:`swag.snapshots.Snapshots` files (issue 18), as tests/test_file_fuzz.py
-does for the core's files: every truncation, a byte flip at every position, sealed metadata and
-tensor edits. Each case loads the saved snapshots bit for bit or raises ``ValueError`` naming the
-file; any other exception fails, and the model handed to the loader is never written.
+"""File fuzzing for :class:`swag.snapshots.Snapshots` files (issue 18), as
+tests/test_guarantee_file_fuzz.py does for the core's files: every truncation, a byte flip at every
+position, sealed metadata and tensor edits. Each case loads the saved snapshots bit for bit or
+raises ``ValueError`` naming the file; any other exception fails, and the model handed to the loader
+is never written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from swag.snapshots import Snapshots
-from tests.test_file_fuzz import _sealed, _split, edits, put, tensor_edits
+from tests.test_guarantee_file_fuzz import _sealed, _split, edits, put, tensor_edits
 
 SEED = 11
 

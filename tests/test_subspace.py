@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import swag
 from swag.subspace import (
@@ -17,7 +18,9 @@ from swag.subspace import (
     SubspacePosterior,
     elliptical_slice,
     fit_vi,
+    gaussian_kl,
 )
+from tests.test_guarantee_misuse_analysis import ESS_POST, LAYOUT, MODEL, SUB, VI_POST, X, Y
 
 
 def collected(seed: int = 0, k: int = 6, steps: int = 9) -> tuple[nn.Module, swag.Collector]:
@@ -339,3 +342,46 @@ def test_posterior_validates_its_parts() -> None:
         SubspacePosterior(sub, chain=torch.zeros(3, 5))
     with pytest.raises(ValueError, match="temperature must be finite"):
         SubspacePosterior(sub, chain=torch.zeros(3, 2), temperature=0.0)
+
+
+def test_gaussian_kl_matches_torch() -> None:
+    loc, tril = (
+        torch.tensor([0.3, -0.2], dtype=torch.float64),
+        torch.tensor([[0.5, 0.0], [0.1, 0.7]], dtype=torch.float64),
+    )
+    q = torch.distributions.MultivariateNormal(loc, scale_tril=tril)
+    p = torch.distributions.MultivariateNormal(
+        torch.zeros(2, dtype=torch.float64), 4 * torch.eye(2, dtype=torch.float64)
+    )
+    torch.testing.assert_close(gaussian_kl(loc, tril, 2.0), torch.distributions.kl_divergence(q, p))
+
+
+def test_vi_with_a_nan_elbo_raises_instead_of_returning_nan() -> None:
+    x = X.clone()
+    x[0, 0] = math.nan
+    lik = SubspaceLikelihood(MODEL, SUB, [(x, Y)])
+    with pytest.raises(ValueError, match="the ELBO is nan at step 1"):
+        fit_vi(lik, epochs=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"), [(math.inf, r"\+inf"), (-math.inf, "-inf"), (math.nan, "nan")]
+)
+def test_ess_names_a_non_finite_initial_log_likelihood(value: float, says: str) -> None:
+    with pytest.raises(ValueError, match=f"log_likelihood at the initial state .* is {says}"):
+        elliptical_slice(lambda z: torch.tensor(value), 2, 3)
+
+
+def test_ess_refuses_plus_inf_during_the_chain() -> None:
+    def log_lik(z: Tensor) -> Tensor:
+        return torch.tensor(math.inf if float(z.norm()) > 0 else 0.0)
+
+    with pytest.raises(ValueError, match=r"log_likelihood returned \+inf"):
+        elliptical_slice(log_lik, 2, 3, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("shape", [0, 3, (2, 2), (0, 5), np.int64(2), torch.Size([1, 2])])
+def test_valid_sample_shapes_still_work(shape: Any) -> None:
+    size = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    for post in (ESS_POST, VI_POST):
+        assert post.sample(shape).shape == (*size, LAYOUT.size)

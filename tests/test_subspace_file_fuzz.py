@@ -1,8 +1,8 @@
 """File fuzzing for SubspacePosterior files (an ESS chain and a VI Gaussian), as in
-tests/test_file_fuzz.py: every truncation, a byte flip at every position, every metadata field
-removed or set to garbage and every tensor edited (re-sealed with a valid checksum, so the
-field checks and not the checksum must catch them). Each case loads the saved object bit for bit
-or raises ValueError naming the file; any other exception fails the test.
+tests/test_guarantee_file_fuzz.py: every truncation, a byte flip at every position, every metadata
+field removed or set to garbage and every tensor edited (re-sealed with a valid checksum, so the
+field checks and not the checksum must catch them). Each case loads the saved object bit for bit or
+raises ValueError naming the file; any other exception fails the test.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 import swag
 from swag.subspace import Subspace, SubspacePosterior
-from tests.test_file_fuzz import _sealed, _split, edits, put, tensor_edits
+from tests.test_guarantee_file_fuzz import _sealed, _split, edits, put, tensor_edits
 
 SEED = 11
 

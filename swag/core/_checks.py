@@ -1,6 +1,9 @@
-"""Argument checks shared by the public functions; each error names the argument.
+"""Argument checks shared by the public functions; each error names the argument and the fix.
 
-``scale`` (and its per-mode default), ``sample_shape``, counts, flags, loaders, callables.
+One rule: ``TypeError`` for a wrong type, ``ValueError`` for a wrong value. ``scale`` (and its
+per-mode default), ``sample_shape``, counts, flags, loaders, callables; and what the collector
+refuses: its arguments, models it cannot store, iterates with NaN/inf or values that overflow.
+None of the checks changes any state.
 """
 
 from __future__ import annotations
@@ -8,10 +11,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any, NoReturn, SupportsIndex
 
 import torch
+from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 SampleShape = int | Sequence[int] | torch.Size
 
@@ -209,4 +214,210 @@ def check_state_dict(state_dict: object, name: str = "state_dict") -> None:
     if not isinstance(state_dict, dict):
         raise TypeError(
             f"{name} must be a dict, as returned by state_dict(), got {type(state_dict).__name__}"
+        )
+
+
+# -- the collector ---------------------------------------------------------------------------
+
+
+def check_collector_args(
+    max_rank: object,
+    dtype: object,
+    deviation_dtype: object,
+    shard: object,
+    compiled: object,
+    model: object,
+) -> None:
+    """Refuse bad :class:`~swag.Collector` arguments, naming them.
+
+    Half-precision statistics are refused, not warned about: they are wrong in ordinary use.
+    Means and Welford's M2 accumulate increments of order σ²/n, which bfloat16's 8 significant
+    bits round away after a few hundred collects; float16 underflows the σ² of typical weights
+    (1e-8 and below; its smallest subnormal is 6e-8) to 0 and overflows above 65504. A
+    bfloat16 ring is fine: it is only stored.
+
+    Raises:
+        TypeError: ``max_rank`` not an int, a dtype that is not a ``torch.dtype``, ``shard``
+            or ``compiled`` not a bool.
+        ValueError: a negative ``max_rank``, a non-floating or half dtype, a model with
+            uninitialised (lazy) parameters.
+        RuntimeError: under ``torch.inference_mode()`` (the state would be inference tensors).
+    """
+    check_count(max_rank, "max_rank", minimum=0)
+    for name, dt in (("dtype", dtype), ("deviation_dtype", deviation_dtype)):
+        if not isinstance(dt, torch.dtype):
+            raise TypeError(f"{name} must be a torch.dtype such as torch.float32, got {dt!r}")
+        if not dt.is_floating_point:
+            raise ValueError(f"{name} must be a floating-point dtype, got {dt}")
+    check_statistics_dtype(dtype)
+    if deviation_dtype == torch.float16:
+        raise ValueError(
+            "deviation_dtype=torch.float16 is refused: the deviations of typical weights "
+            "(1e-8 and below) underflow float16 to 0, and values above 65504 overflow to "
+            "inf. Use torch.bfloat16 (same memory, float32's range) or torch.float32"
+        )
+    for name, flag in (("shard", shard), ("compiled", compiled)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "a Collector cannot be created under torch.inference_mode(): its statistics would "
+            "be inference tensors, which collect() cannot update afterwards. Create it outside "
+            "inference_mode (collect() itself runs without autograd)"
+        )
+    _check_initialised(model)
+
+
+def check_statistics_dtype(dtype: object) -> None:
+    """Refuse half-precision statistics (bfloat16, float16), recommending a bfloat16 ring."""
+    if dtype in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"dtype={dtype} is refused: the statistics (running mean and M2) accumulate "
+            "small increments that half precision rounds away (bfloat16's variance drifts to "
+            "about half the truth after a few thousand collects; float16 underflows σ² to 0). "
+            "Keep the statistics in float32 and store the deviation ring in reduced "
+            "precision: Collector(model, dtype=torch.float32, deviation_dtype=torch.bfloat16)"
+        )
+
+
+def _check_initialised(model: object) -> None:
+    """Refuse a model with uninitialised lazy parameters (``nn.LazyLinear`` before a forward)."""
+    if not isinstance(model, nn.Module):
+        return  # ParamLayout.from_model names the wrong type
+    lazy = [
+        f"{name or 'the model'} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if any(is_lazy(p) for p in module.parameters(recurse=False))
+    ]
+    if lazy:
+        raise ValueError(
+            f"the modules {lazy[:5]} have uninitialised (lazy) parameters, whose shapes are not "
+            "known yet. Run one forward pass on a batch first (model(x)), then create the "
+            "Collector"
+        )
+
+
+def check_storage(
+    names: Sequence[str], tensors: Sequence[Tensor], device: torch.device | str | None
+) -> torch.device:
+    """Where the statistics live: ``device``, or the parameters' one device.
+
+    Raises:
+        ValueError: for parameters (or a ``device``) on the ``meta`` device, which hold no
+            values, or parameters on several devices without ``device``.
+    """
+    meta = [n for n, t in zip(names, tensors, strict=True) if t.device.type == "meta"]
+    if meta or (device is not None and torch.device(device).type == "meta"):
+        where = f"parameters {meta[:5]} are" if meta else "device='meta' is"
+        raise ValueError(
+            f"the {where} on the meta device, which holds shapes but no values. Materialise "
+            "the model first (model.to_empty(device=...) then load or initialise its weights) "
+            "and create the Collector after that, on a real device"
+        )
+    if device is not None:
+        return torch.device(device)
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(
+            f"the covered parameters live on several devices {sorted(map(str, devices))}; "
+            "pass device= to say where the statistics should live"
+        )
+    return devices.pop()
+
+
+def check_min_variance(min_variance: object) -> float:
+    """``min_variance`` as a float: a finite number >= 0 (a floor for σ²).
+
+    Raises:
+        TypeError: unless it is a real number (a bool or a string is refused).
+        ValueError: if it is NaN, infinite or negative.
+    """
+    if isinstance(min_variance, bool) or not isinstance(min_variance, numbers.Real):
+        raise TypeError(
+            f"min_variance must be a finite number >= 0 (a floor for σ²), got "
+            f"{type(min_variance).__name__} {min_variance!r}"
+        )
+    value = float(min_variance)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"min_variance must be a finite number >= 0 (a floor for σ²), got {min_variance!r}"
+        )
+    return value
+
+
+def nonfinite(
+    names: Sequence[str],
+    flats: Sequence[Tensor],
+    sum_dtypes: Sequence[torch.dtype] | None,
+    device: torch.device,
+) -> list[str]:
+    """Names of the tensors in ``flats`` with NaN/inf entries.
+
+    One read of each tensor: a sum is NaN/inf whenever an entry is. Its only false alarm, a
+    finite sum overflowing (|Σθ| > 3e38 in float32), is re-checked entry-wise. ``sum_dtypes``
+    (one per tensor; default: its own) should be at least float32, so half sums do not overflow.
+    """
+    dts = sum_dtypes or [t.dtype for t in flats]
+    sums = torch.stack([t.sum(dtype=dt).to(device) for t, dt in zip(flats, dts, strict=True)])
+    if bool(torch.isfinite(sums).all()):
+        return []
+    return [n for n, t in zip(names, flats, strict=True) if not t.isfinite().all()]
+
+
+def overflowing(
+    names: Sequence[str], flats: Sequence[Tensor], wider: Sequence[int], dtype: torch.dtype
+) -> list[str]:
+    """Names of the tensors ``flats[i]``, ``i`` in ``wider``, with values beyond ``dtype``.
+
+    For parameters of a wider dtype than the statistics' (float64 into float32): finite where
+    they are, they may still be stored as inf. One ``aminmax`` per such tensor.
+    """
+    out = []
+    for i in wider:
+        if flats[i].numel():
+            ends = torch.stack(torch.aminmax(flats[i])).to(dtype)
+            if not bool(ends.isfinite().all()):
+                out.append(names[i])
+    return out
+
+
+def check_iterate(
+    n: int,
+    names: Sequence[str],
+    flats: Sequence[Tensor],
+    written: Sequence[Tensor] | None,
+    dtypes: tuple[Sequence[torch.dtype], Sequence[int], torch.dtype],
+    device: torch.device,
+    agree: Callable[[bool], bool] | None = None,
+) -> None:
+    """Refuse iterate ``n``, before any write, if it has NaN/inf or would overflow when stored.
+
+    Besides NaN/inf in the parameters ``flats`` themselves, checks what is written: parameters
+    of a wider dtype than the statistics' (float64 into float32) must fit when cast, and
+    ``written`` (``θ_n − θ_1`` in the statistics' dtype, when the caller has it) must be finite.
+    ``dtypes`` are the parameters' sum dtypes, the indices of the wider ones, and the
+    statistics' dtype. ``agree`` (sharded) tells whether any rank found a problem, so that the
+    ranks refuse together: a NaN in one rank's rows must not be recorded by the others.
+    """
+    sum_dtypes, wider, dtype = dtypes
+    bad = nonfinite(names, flats, sum_dtypes, device)
+    huge = [] if bad else overflowing(names, flats, wider, dtype)
+    if not bad and not huge and written is not None:
+        huge = nonfinite(names, written, None, device)
+    elsewhere = agree is not None and agree(bool(bad or huge))
+    if elsewhere and not (bad or huge):
+        raise ValueError(
+            f"iterate {n} has NaN or inf in another rank's shard; nothing was recorded on any "
+            "rank. Lower the learning rate or skip this step."
+        )
+    if bad:
+        raise ValueError(
+            f"iterate {n} has NaN or inf in {bad[:5]}; nothing was recorded. "
+            "Lower the learning rate or skip this step."
+        )
+    if huge:
+        raise ValueError(
+            f"iterate {n} has values in {huge[:5]} that overflow to inf in the "
+            f"statistics' dtype {dtype}; nothing was recorded. Collect with "
+            "dtype=torch.float64, or keep the parameters in range."
         )

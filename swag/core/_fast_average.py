@@ -7,7 +7,7 @@ from torch import Tensor
 
 from swag.core._averaging_rules import AveragingRule, LerpRule
 
-__all__ = ["MeanOnly"]
+__all__ = ["MeanOnly", "mean_only"]
 
 
 class MeanOnly:
@@ -47,3 +47,46 @@ class MeanOnly:
             torch._foreach_copy_(views, flats)
         else:
             torch._foreach_lerp_(views, flats, self.alpha(n))
+
+    @staticmethod
+    def read(mean: Tensor) -> Tensor:
+        """A copy of ``mean``, refused if a NaN/inf iterate reached it (not checked per collect).
+
+        Raises:
+            ValueError: if ``mean`` has NaN or inf.
+        """
+        if not bool(mean.isfinite().all()):
+            raise ValueError(
+                "the mean has NaN or inf: an iterate with NaN/inf was collected (variance=False "
+                "does not check each collect); lower the learning rate, or use variance=True to "
+                "have such iterates refused when collected"
+            )
+        return mean.clone()
+
+    @staticmethod
+    def refuse_posterior() -> None:
+        """Raises RuntimeError: a mean-only collector has no posterior, naming the fix."""
+        raise RuntimeError(
+            "this collector keeps only the mean (variance=False); read collector.mean, or "
+            "create it with variance=True for a posterior"
+        )
+
+
+def mean_only(
+    average: AveragingRule | None, variance: bool, max_rank: int, numels: tuple[int, ...]
+) -> MeanOnly | None:
+    """Check ``average`` and ``variance``; the mean-only path when no variance is wanted."""
+    if average is not None and not isinstance(average, AveragingRule):
+        raise TypeError(
+            f"average must be None or a rule from swag.averaging (EMA, PowerEMA, LAWA), "
+            f"got {average!r}"
+        )
+    if not isinstance(variance, bool):
+        raise TypeError(f"variance must be True or False, got {variance!r}")
+    if variance:
+        return None
+    if max_rank:
+        raise ValueError(
+            f"variance=False keeps only the mean, so max_rank must be 0, got {max_rank}"
+        )
+    return MeanOnly(average, numels)

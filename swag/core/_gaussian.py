@@ -1,5 +1,5 @@
-"""Gaussians: drawing from SWAG's, whole or one shard's entries (shared by the posteriors);
-checking the ``(mean, variance)`` of a Gaussian regression head.
+"""Gaussians: SWAG's from a collector's statistics; drawing from it, whole or one shard's
+entries (shared by the posteriors); checking the ``(mean, variance)`` of a regression head.
 """
 
 from __future__ import annotations
@@ -12,6 +12,35 @@ import torch
 from torch import Tensor
 
 from swag.core._checks import SampleShape, check_bool, check_generator, check_scale, check_shape
+
+
+def swag_gaussian(
+    mean: Tensor, m2: Tensor, ring: Tensor, n: int, divisor: float, min_variance: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SWAG's Gaussian from a collector's statistics after ``n`` iterates (new tensors).
+
+    ``mean`` ``(P,)``; ``σ = sqrt(max(m2 / divisor, min_variance))`` ``(P,)``; the deviation
+    ``ring`` ``(K, P)`` (row ``(i − 1) % K`` holds iterate ``i``) as its ``min(n, K)`` rows,
+    oldest first.
+
+    Raises:
+        ValueError: if the statistics overflowed their dtype (inf σ or mean).
+    """
+    k = ring.shape[0]
+    rank, cursor = min(n, k), n % k if k else 0
+    std = (m2 / divisor).clamp_min_(min_variance).sqrt_()
+    if not (bool(std.isfinite().all()) and bool(mean.isfinite().all())):
+        # collect() refuses what overflows when written, except M2 = Σ (θ − θ̄)², whose
+        # terms overflow float32 only for deviations beyond ~1e19: caught here, not hidden
+        raise ValueError(
+            f"the statistics overflowed their dtype {m2.dtype} (iterates that far "
+            "apart, or min_variance that large, give inf σ); collect with "
+            "dtype=torch.float64, or keep the parameters in range"
+        )
+    # Oldest first; torch.cat already copies, so the ring is copied once either way.
+    kept = ring[:rank]
+    ordered = torch.cat([kept[cursor:], kept[:cursor]]) if n > k else kept.clone()
+    return mean, std, ordered
 
 
 def draw(

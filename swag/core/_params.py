@@ -6,10 +6,12 @@ With :mod:`swag.layout`, the only code that reads or writes model parameters.
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from collections.abc import Sequence
-from typing import cast
+from typing import Protocol, cast
 
+import torch
 from torch import Tensor, nn
 
 
@@ -41,6 +43,25 @@ def local_part(t: Tensor) -> Tensor:
     """The part of ``t`` this process holds: a DTensor's local shard (FSDP2), else ``t``."""
     to_local = getattr(t, "to_local", None)
     return t if to_local is None else cast(Tensor, to_local())
+
+
+_CHUNK = 1 << 18
+_WHOLE_MAX = 1 << 20
+
+
+def collect_chunks(
+    numels: Sequence[int], max_rank: int
+) -> tuple[list[tuple[int, int, list[tuple[int, int, int]]]], int]:
+    """The chunks a collect goes through (:func:`plan_chunks`) and their largest size.
+
+    Work goes chunk by chunk through a cache-sized scratch buffer, so that each chunk of
+    θ − θ_1 is reused from cache and each ring slot is written once. With ``max_rank`` > 0 a
+    model of up to 2^20 entries goes in one chunk: few large operations beat many small ones,
+    and its scratch is small next to the ring.
+    """
+    size = sum(numels)
+    chunk = size if max_rank > 0 and size <= _WHOLE_MAX else min(size, _CHUNK)
+    return plan_chunks(numels, chunk), chunk
 
 
 def plan_chunks(
@@ -144,3 +165,100 @@ def working_copy(model: nn.Module) -> nn.Module:
             if isinstance(value, Tensor) and value.grad_fn is not None:
                 memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)
+
+
+class Layout(Protocol):
+    """What :class:`IterateReader` reads through: a :class:`~swag.core.layout.ParamLayout`
+    (named structurally: the layout imports this module)."""
+
+    @property
+    def dtypes(self) -> tuple[torch.dtype, ...]: ...
+
+    @property
+    def numels(self) -> tuple[int, ...]: ...
+
+    def bind(self, model: nn.Module) -> BoundParams: ...
+
+    def gather(self, pieces: Sequence[Tensor], out: Tensor) -> Tensor: ...
+
+
+class IterateReader:
+    """Reads a model's covered parameters as a collector stores them: flat, this rank's part.
+
+    ``slices`` are this rank's entries of each flat parameter when the model holds more than
+    them (DDP or ``shard=True``; None: all of them, or FSDP2's local shards); ``spans`` cut
+    the flat statistics per parameter. Against the statistics' ``dtype``: ``sum_dtypes`` sum
+    in at least float32 (half sums would overflow on ordinary weights), as ``sum_dtype`` sums
+    the statistics; ``wider`` lists the parameters whose range exceeds ``dtype``'s (finite
+    values may still overflow when cast, so they are range-checked); ``finer`` says some
+    parameter is more precise (``θ − θ_1`` is then taken in its dtype, before the cast).
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        numels: tuple[int, ...],
+        slices: tuple[tuple[int, int], ...] | None,
+        dtype: torch.dtype,
+    ) -> None:
+        self.layout, self.numels, self.slices = layout, numels, slices
+        ends = list(itertools.accumulate(numels, initial=0))
+        self.spans = [slice(a, b) for a, b in itertools.pairwise(ends)]  # each parameter's
+        self.dtypes = set(layout.dtypes)
+        self.sum_dtypes = [torch.promote_types(d, torch.float32) for d in layout.dtypes]
+        self.sum_dtype = torch.promote_types(dtype, torch.float32)
+        top, eps = torch.finfo(dtype).max, torch.finfo(dtype).eps
+        self.wider = [i for i, d in enumerate(layout.dtypes) if torch.finfo(d).max > top]
+        self.finer = any(torch.finfo(d).eps < eps for d in layout.dtypes)
+        self._bound: BoundParams | None = None
+
+    def flats(self, model: nn.Module) -> list[Tensor]:
+        """The covered parameters of ``model``, flat; the binding is reused while it is current."""
+        bound = self._bound
+        if bound is None or bound.model is not model or not bound.current():
+            bound = self._bound = self.layout.bind(model)
+            numels = self.layout.numels if self.slices is not None else self.numels
+            if [f.numel() for f in bound.flats()] != list(numels):
+                raise ValueError(
+                    "the model's parameters are not sharded as at creation (an FSDP2 model "
+                    "between forward and backward?); collect after optimizer.step()"
+                )
+        if self.slices is None:
+            return bound.flats()
+        return [f[a:b] for f, (a, b) in zip(bound.flats(), self.slices, strict=True)]
+
+    def direct(self, flats: list[Tensor], stats: Tensor) -> bool:
+        """Whether the parameters have the dtype and device of ``stats`` (no cast, no copy)."""
+        return self.dtypes == {stats.dtype} and all(t.device == stats.device for t in flats)
+
+    def offset(self, parts: list[Tensor], shift: Tensor, out: Tensor, direct: bool) -> None:
+        """``out = θ − θ_1`` over one chunk.
+
+        One pass per parameter piece when ``direct`` (same dtype and device as the statistics);
+        per piece in the parameter's dtype when that is finer than the statistics'
+        (:func:`shifted`); else a gather (casting, copying across devices) then a subtraction,
+        which is also the cheaper path for a whole model in one chunk (one large operation).
+        """
+        if not direct and not self.finer:
+            self.layout.gather(parts, out).sub_(shift)
+            return
+        pos = 0
+        for part in parts:
+            end = pos + part.numel()
+            if direct:
+                torch.sub(part, shift[pos:end], out=out[pos:end])
+            else:
+                out[pos:end].copy_(shifted(part, shift[pos:end]))
+            pos = end
+
+
+def shifted(theta: Tensor, shift: Tensor) -> Tensor:
+    """``θ − θ_1`` taken in the wider of the two dtypes, then cast to ``shift``'s (same shape).
+
+    A float64 parameter cast to float32 before the subtraction loses every digit of its spread
+    below ``|θ| · 2⁻²⁴``: at ``|θ|/σ ≈ 10⁷`` the variance is off by tens of percent. The
+    difference is small, so casting it afterwards keeps float32's relative precision.
+    """
+    wide = torch.promote_types(theta.dtype, shift.dtype)
+    diff = theta.to(device=shift.device, dtype=wide) - shift.to(wide)
+    return diff.to(shift.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -51,3 +52,46 @@ def compiled_step(backend: str = "inductor") -> Callable[..., Tensor]:
         fresh, fullgraph=True, dynamic=False, backend=backend
     )
     return compiled
+
+
+class CompiledCollect:
+    """The fused collect of one collector, compiled on first use (:func:`compiled_step`)."""
+
+    def __init__(self) -> None:
+        self._step: Callable[..., Tensor] | None = None
+
+    def __call__(
+        self,
+        flats: list[Tensor],
+        stats: tuple[Tensor, Tensor, Tensor, Tensor | None],
+        spans: list[slice],
+        n: int,
+    ) -> bool | None:
+        """Collect iterate ``n``: True if done, False if θ has NaN/inf (nothing written).
+
+        ``stats`` are the flat ``shift``, ``shifted_mean``, ``m2`` ``(P,)`` and the ring slot
+        ``(P,)`` of this iterate (None without a ring); ``spans`` cut them per parameter.
+        None, with a ``RuntimeWarning`` saying why, if it cannot compile (no C++ compiler,
+        an unsupported platform): the caller then keeps to its eager path.
+        """
+        shift, mean, m2, slot = stats
+        try:
+            self._step = self._step or compiled_step()
+            finite = self._step(
+                flats,
+                [shift[span] for span in spans],
+                [mean[span] for span in spans],
+                [m2[span] for span in spans],
+                None if slot is None else [slot[span] for span in spans],
+                torch.tensor(1.0 / n, device=m2.device, dtype=m2.dtype),
+                torch.tensor(n / (n - 1), device=m2.device, dtype=m2.dtype),
+            )
+        except Exception as exc:  # no compiler, unsupported platform: keep the eager path
+            warnings.warn(
+                f"compiled collect is unavailable ({type(exc).__name__}: {exc}); "
+                "using the eager path",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return bool(finite)

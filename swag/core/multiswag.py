@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from swag.core._checks import check_generator
+from swag.core._checks import check_count, check_generator
 from swag.core._initdoc import document_init
 from swag.core._posterior_base import Posterior, State
 from swag.core._random import generator_for
@@ -108,8 +108,7 @@ class MultiSWAG(Posterior):
         component's expected count is exactly ``num_samples / M``. When M divides
         ``num_samples`` nothing random is drawn and the generator is not advanced.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-            raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
+        check_count(num_samples, "num_samples", minimum=0)
         check_generator(generator)
         m = len(self.components)
         base, extra = divmod(num_samples, m)

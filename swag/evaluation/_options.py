@@ -229,6 +229,8 @@ def _translate(
             old.get("noise_var"),
             old.get("output_fn"),
         )
+        if not isinstance(output, str):
+            raise TypeError(f"output must be the string 'probs' or 'gaussian', got {output!r}")
         if output not in ("probs", "gaussian"):
             raise ValueError(f"output must be 'probs' or 'gaussian', got {output!r}")
         if output == "probs" and noise is not None:

@@ -240,9 +240,12 @@ def _check_bounds(bounds: object) -> tuple[float, float]:
     if (
         not isinstance(bounds, Sequence)
         or isinstance(bounds, str)
-        or len(bounds) != 2
         or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bounds)
     ):
+        raise TypeError(
+            f"bounds must be a pair (lo, hi) of numbers with 0 < lo < hi < inf, got {bounds!r}"
+        )
+    if len(bounds) != 2:
         raise ValueError(
             f"bounds must be a pair (lo, hi) of numbers with 0 < lo < hi < inf, got {bounds!r}"
         )

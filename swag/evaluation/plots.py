@@ -120,7 +120,9 @@ def ood_histogram(
     """
     if not isinstance(label, str):
         raise TypeError(f"label must be a string, got {type(label).__name__}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    if isinstance(bins, bool) or not isinstance(bins, int):
+        raise TypeError(f"bins must be an int >= 1, got {type(bins).__name__} {bins!r}")
+    if bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
     if (
         not isinstance(names, tuple | list)

@@ -56,19 +56,19 @@ def fit_temperature(
     Returns:
         The fitted temperature; 1.0 when the NLL does not depend on ``T`` (constant logit rows).
     """
-    if (
-        not isinstance(bounds, (tuple, list))
-        or len(bounds) != 2
-        or not all(is_real(b) for b in bounds)
-        or not 0.0 < bounds[0] < bounds[1] < math.inf
-    ):
-        raise ValueError(
-            f"bounds must satisfy 0 < T_min < T_max < inf (a pair of numbers), got {bounds!r}"
-        )
+    wrong = f"bounds must satisfy 0 < T_min < T_max < inf (a pair of numbers), got {bounds!r}"
+    if not isinstance(bounds, (tuple, list)) or not all(is_real(b) for b in bounds):
+        raise TypeError(wrong)
+    if len(bounds) != 2 or not 0.0 < bounds[0] < bounds[1] < math.inf:
+        raise ValueError(wrong)
     t_min, t_max = bounds
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
+        raise TypeError(f"max_iter must be an integer >= 1, got {type(max_iter).__name__}")
+    if max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not is_real(tol) or not 0.0 < tol < math.inf:
+    if not is_real(tol):
+        raise TypeError(f"tol must be a real number > 0, got {type(tol).__name__} {tol!r}")
+    if not 0.0 < tol < math.inf:
         raise ValueError(f"tol must be > 0 and finite, got {tol!r}")
     z, z_target = _check_logits(logits, targets)
     if looks_like_probabilities(z):
@@ -131,7 +131,11 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
         raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
     if bool(torch.isnan(logits).any()) or bool((logits == math.inf).any()):
         raise ValueError("logits contain NaN or +inf; check the model outputs")
-    if not is_real(temperature) or not 0.0 < temperature < math.inf:
+    if not is_real(temperature):
+        raise TypeError(
+            f"temperature must be a real number, got {type(temperature).__name__} {temperature!r}"
+        )
+    if not 0.0 < temperature < math.inf:
         raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     return logits / temperature
 

@@ -89,11 +89,12 @@ def save(obj: Collector | ShardedPosterior | SWAGPosterior, path: _io.PathLike) 
     The layout, counts and a checksum of the tensors go to ``path/swag.json`` (JSON, written
     atomically by rank 0 once the tensors are down); the checksum costs one ``all_reduce``.
     """
+    from swag.core._state import check_savable
     from swag.core.collector import Collector
 
     meta: dict[str, Any] = {"format": _io.FORMAT, "version": _io.VERSION}
     if isinstance(obj, Collector):
-        obj._check_savable()  # a file without its rule would resume as the equal average
+        check_savable(obj._meta())  # a file without its rule would resume as equal weights
         flat = {name: getattr(obj, name) for name in _dcp.STATS["collector"]}
         meta.update(kind="collector", **obj._meta())
         plan, group = obj.plan, obj.process_group

@@ -107,8 +107,14 @@ class ShardPlan:
 
 def shard_plan(
     layout: ParamLayout, tensors: list[Tensor], shard: bool, group: dist.ProcessGroup | None
-) -> tuple[ShardPlan | None, dist.ProcessGroup | None, bool]:
-    """This rank's plan, its process group, and whether the parameters are FSDP2 DTensors.
+) -> tuple[
+    ShardPlan | None, dist.ProcessGroup | None, tuple[tuple[int, int], ...] | None, tuple[int, ...]
+]:
+    """This rank's plan and process group, where its entries are, and how many per parameter.
+
+    The plan is None for a whole (unsharded) collector. The spans locate this rank's entries
+    in each flat parameter when the model holds more than them (DDP, ``shard=True``), and are
+    None when it holds exactly them (whole, or FSDP2's local shards).
 
     Raises:
         ValueError: for DTensor parameters not placed as FSDP2's default ``Shard(0)``.
@@ -140,9 +146,9 @@ def shard_plan(
                     f"{name}: this rank's shard has {local_part(t).numel()} entries, expected "
                     f"{numel} (torch.chunk rows of dim 0); is the parameter padded or resharded?"
                 )
-        return plan, mesh.get_group(), True
+        return plan, mesh.get_group(), None, plan.numels
     if not shard:
-        return None, None, False
+        return None, None, None, layout.numels
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "shard=True needs an initialised process group: call "
@@ -150,7 +156,8 @@ def shard_plan(
             "or leave shard=False to keep the full statistics on this process"
         )
     group = group or dist.group.WORLD
-    return ShardPlan(layout, dist.get_rank(group), dist.get_world_size(group)), group, False
+    plan = ShardPlan(layout, dist.get_rank(group), dist.get_world_size(group))
+    return plan, group, plan.spans, plan.numels
 
 
 def assemble(local: Tensor, plan: ShardPlan, group: dist.ProcessGroup | None) -> Tensor:
@@ -169,3 +176,34 @@ def assemble(local: Tensor, plan: ShardPlan, group: dist.ProcessGroup | None) ->
     for r, part in enumerate(parts):
         plan.of(r).put(part, out)
     return out.view(*lead, plan.layout.size)
+
+
+def shard_tag(plan: ShardPlan | None) -> str:
+    """The shard a collector's state records: ``"none"`` (whole) or ``"rank/world"``."""
+    return "none" if plan is None else f"{plan.rank}/{plan.world}"
+
+
+def any_rank(flag: bool, device: torch.device, group: dist.ProcessGroup | None) -> bool:
+    """Whether ``flag`` is set on any rank of ``group``: one ``all_reduce`` of one number."""
+    both = torch.tensor(float(flag), device=device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    return bool(both.item())
+
+
+def require_whole(plan: ShardPlan | None, action: str) -> None:
+    """Refuse ``action`` (``"posterior"`` or ``"save"``) on a sharded collector, naming the fix.
+
+    Raises:
+        RuntimeError: on a sharded collector (its state, not an argument, is what is wrong).
+    """
+    if plan is None:
+        return
+    if action == "save":
+        raise RuntimeError(
+            f"this collector holds only rank {plan.rank} of {plan.world}'s part of the "
+            "statistics; save it with swag.distributed.save(collector, directory)"
+        )
+    raise RuntimeError(
+        "this collector is sharded: sharded_posterior() gives this rank's part, and "
+        "sharded_posterior().full() the whole posterior on every rank (one all_gather)"
+    )

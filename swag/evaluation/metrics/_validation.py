@@ -84,8 +84,10 @@ def is_real(value: object) -> bool:
 
 
 def check_n_bins(n_bins: int) -> None:
-    """Raises unless ``n_bins`` is an integer >= 1."""
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+    """Raises TypeError unless ``n_bins`` is an int, ValueError unless it is >= 1."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
+        raise TypeError(f"n_bins must be an integer >= 1, got {type(n_bins).__name__} {n_bins!r}")
+    if n_bins < 1:
         raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
 
 

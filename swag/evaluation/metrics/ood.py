@@ -87,7 +87,9 @@ def fpr_at_tpr(*, scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> f
     Returns:
         False-positive rate in ``[0, 1]``; lower is better.
     """
-    if not is_real(tpr) or not 0.0 < tpr <= 1.0:
+    if not is_real(tpr):
+        raise TypeError(f"tpr must be a real number in (0, 1], got {type(tpr).__name__} {tpr!r}")
+    if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     s_in, s_out = _check_scores(scores_in, scores_out)
     tp, fp = _roc_counts(s_out, s_in)

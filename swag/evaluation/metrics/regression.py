@@ -96,9 +96,10 @@ def interval_coverage(
     if (
         isinstance(levels, (str, bytes))
         or not isinstance(levels, Sequence)
-        or len(levels) == 0
-        or any(not is_real(a) or not 0.0 < a < 1.0 for a in levels)
+        or not all(is_real(a) for a in levels)
     ):
+        raise TypeError(f"levels must be a non-empty sequence of numbers in (0, 1), got {levels!r}")
+    if len(levels) == 0 or any(not 0.0 < a < 1.0 for a in levels):
         raise ValueError(f"levels must be a non-empty sequence of values in (0, 1), got {levels}")
     y = _check_tensor("target", target)
     mu, v = _check_like("mean", mean, y), _check_var(var, y)

@@ -31,7 +31,6 @@ from swag.family.subspace import (
     SubspacePosterior,
     elliptical_slice,
     fit_vi,
-    gaussian_kl,
 )
 
 
@@ -477,18 +476,6 @@ def test_the_misuse_table_covers_every_public_function() -> None:
         assert plot in covered
 
 
-def test_gaussian_kl_matches_torch() -> None:
-    loc, tril = (
-        torch.tensor([0.3, -0.2], dtype=torch.float64),
-        torch.tensor([[0.5, 0.0], [0.1, 0.7]], dtype=torch.float64),
-    )
-    q = torch.distributions.MultivariateNormal(loc, scale_tril=tril)
-    p = torch.distributions.MultivariateNormal(
-        torch.zeros(2, dtype=torch.float64), 4 * torch.eye(2, dtype=torch.float64)
-    )
-    torch.testing.assert_close(gaussian_kl(loc, tril, 2.0), torch.distributions.kl_divergence(q, p))
-
-
 # -- one-shot iterables -----------------------------------------------------------------------
 
 ONE_SHOT: dict[str, Callable[[], object]] = {
@@ -598,203 +585,42 @@ def test_the_fix_the_message_gives_works() -> None:
 
 # -- degenerate geometry, relative to the dtype's rounding ---------------------------------------
 
-DTYPES = [torch.float32, torch.float64]
-
-
-def points(dtype: torch.dtype, size: int = 200) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(4)
-    w0 = (10 * torch.randn(size, generator=g, dtype=torch.float64)).to(dtype)
-    return w0, w0 + torch.randn(size, generator=g, dtype=torch.float64).to(dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("t", [-1.5, 0.37, 3.0, 1e3])
-def test_numerically_collinear_points_are_refused_naming_them(dtype: torch.dtype, t: float) -> None:
-    w0, w1 = points(dtype)
-    w2 = w0 + t * (w1 - w0)  # on the line, up to the dtype's rounding
-    with pytest.raises(ValueError, match="w0, w1 and w2 are collinear"):
-        Plane.through(w0, w1, w2)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pair", [(0, 1), (0, 2), (1, 2)])
-def test_equal_points_are_refused_naming_them(dtype: torch.dtype, pair: tuple[int, int]) -> None:
-    w0, w1 = points(dtype)
-    ws = [w0, w1, w0 + torch.ones_like(w0)]
-    ws[pair[1]] = ws[pair[0]].clone()
-    with pytest.raises(ValueError, match=f"w{pair[0]} and w{pair[1]} are equal"):
-        Plane.through(*ws)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_a_thin_but_real_plane_is_kept(dtype: torch.dtype) -> None:
-    # w2 off the line by 1e-3 of the points' norms: far above float32 rounding (1e-7)
-    w0, w1 = points(dtype)
-    off = torch.zeros_like(w0)
-    off[0] = 1e-3 * float(w0.norm())
-    plane = Plane.through(w0, w1, w0 + 0.5 * (w1 - w0) + off)
-    assert plane.u.dtype == plane.v.dtype == dtype
-    coords = plane.coords(w0 + 0.5 * (w1 - w0) + off)
-    torch.testing.assert_close(
-        coords, torch.tensor([0.5, 1.0], dtype=torch.float64), atol=1e-3, rtol=0
-    )
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_parallel_directions_and_equal_line_ends_are_refused(dtype: torch.dtype) -> None:
-    w0, w1 = points(dtype)
-    u = w1 - w0
-    with pytest.raises(ValueError, match="u and v are parallel"):
-        Plane(w0, u, (u * 3.0) * (1 + torch.finfo(dtype).eps))
-    with pytest.raises(ValueError, match="start and end are equal"):
-        scan_line(MODEL, LAYOUT, SUB.shift.to(dtype), SUB.shift.to(dtype).clone(), LOADERS)
-
 
 # -- NaN and inf never give a finite number -------------------------------------------------------
 
 
-class Logits(nn.Module):
-    """A model returning fixed logits, with one parameter so it has a layout."""
-
-    def __init__(self, logits: Tensor) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(1))
-        self.logits = logits
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logits[: len(x)] + self.w
-
-
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_nan_or_inf_weights_give_nan_loss_and_error(bad: float) -> None:
-    theta = SUB.shift.clone()
-    theta[0] = bad
-    out = evaluate_points(MODEL, LAYOUT, [theta, SUB.shift], LOADERS)
-    for key in ("train_loss", "train_error"):
-        assert math.isnan(float(out[key][0])), (key, out[key])
-        assert math.isfinite(float(out[key][1]))
-
-
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_a_nan_or_inf_logit_in_one_row_gives_nan(bad: float) -> None:
-    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
-    logits[1, 1] = bad
-    model = Logits(logits)
-    layout = swag.ParamLayout.from_model(model)
-    batches = [(torch.zeros(3, 1), torch.tensor([0, 1, 0]))]
-    out = evaluate_points(model, layout, [torch.zeros(1)], {"t": batches})
-    assert math.isnan(float(out["t_loss"][0])) and math.isnan(float(out["t_error"][0]))
-    good = evaluate_points(
-        Logits(logits.nan_to_num(3.0, posinf=3.0)), layout, [torch.zeros(1)], {"t": batches}
-    )
-    assert float(good["t_error"][0]) == 0.0  # every row right: the NaN is what made it NaN
-
-
-def test_vi_with_a_nan_elbo_raises_instead_of_returning_nan() -> None:
-    x = X.clone()
-    x[0, 0] = math.nan
-    lik = SubspaceLikelihood(MODEL, SUB, [(x, Y)])
-    with pytest.raises(ValueError, match="the ELBO is nan at step 1"):
-        fit_vi(lik, epochs=2)
-
-
-@pytest.mark.parametrize(
-    ("value", "says"), [(math.inf, r"\+inf"), (-math.inf, "-inf"), (math.nan, "nan")]
-)
-def test_ess_names_a_non_finite_initial_log_likelihood(value: float, says: str) -> None:
-    with pytest.raises(ValueError, match=f"log_likelihood at the initial state .* is {says}"):
-        elliptical_slice(lambda z: torch.tensor(value), 2, 3)
-
-
-def test_ess_refuses_plus_inf_during_the_chain() -> None:
-    def log_lik(z: Tensor) -> Tensor:
-        return torch.tensor(math.inf if float(z.norm()) > 0 else 0.0)
-
-    with pytest.raises(ValueError, match=r"log_likelihood returned \+inf"):
-        elliptical_slice(log_lik, 2, 3, generator=torch.Generator().manual_seed(0))
-
-
 # -- SubspacePosterior refuses what SWAGPosterior.sample refuses, with the same message ---------
 
-BAD_SAMPLES: list[dict[str, Any]] = [
-    {"sample_shape": -1},
-    {"sample_shape": (2, -1)},
-    {"sample_shape": 1.5},
-    {"sample_shape": (2.0,)},
-    {"sample_shape": "3"},
-    {"sample_shape": True},
-    {"sample_shape": (None,)},
-    {"scale": "0.5"},
-    {"scale": math.nan},
-    {"scale": -1.0},
-    {"scale": math.inf},
-    {"scale": True},
-    {"scale": torch.tensor(0.5)},
-    {"diagonal": "yes"},
-    {"generator": 1},
+BAD_SAMPLES: list[tuple[dict[str, Any], type[Exception]]] = [
+    ({"sample_shape": -1}, ValueError),
+    ({"sample_shape": (2, -1)}, ValueError),
+    ({"sample_shape": 1.5}, TypeError),
+    ({"sample_shape": (2.0,)}, TypeError),
+    ({"sample_shape": "3"}, TypeError),
+    ({"sample_shape": True}, TypeError),
+    ({"sample_shape": (None,)}, TypeError),
+    ({"scale": "0.5"}, TypeError),
+    ({"scale": math.nan}, ValueError),
+    ({"scale": -1.0}, ValueError),
+    ({"scale": math.inf}, ValueError),
+    ({"scale": True}, TypeError),
+    ({"scale": torch.tensor(0.5)}, TypeError),
+    ({"diagonal": "yes"}, TypeError),
+    ({"generator": 1}, TypeError),
 ]
 
 
-@pytest.mark.parametrize("kwargs", BAD_SAMPLES, ids=repr)
+@pytest.mark.parametrize(("kwargs", "exc"), BAD_SAMPLES, ids=[repr(k) for k, _ in BAD_SAMPLES])
 @pytest.mark.parametrize("post", [ESS_POST, VI_POST], ids=["ess", "vi"])
 def test_subspace_posterior_refuses_like_swag(
-    kwargs: dict[str, Any], post: SubspacePosterior
+    kwargs: dict[str, Any], exc: type[Exception], post: SubspacePosterior
 ) -> None:
-    with pytest.raises((TypeError, ValueError)) as want:
+    (arg,) = kwargs
+    with pytest.raises(exc, match=arg) as want:
         POST.sample(**kwargs)
-    with pytest.raises(type(want.value)) as got:
+    with pytest.raises(exc) as got:
         post.sample(**kwargs)
     assert str(got.value) == str(want.value)
 
 
-@pytest.mark.parametrize("shape", [0, 3, (2, 2), (0, 5), np.int64(2), torch.Size([1, 2])])
-def test_valid_sample_shapes_still_work(shape: Any) -> None:
-    size = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    for post in (ESS_POST, VI_POST):
-        assert post.sample(shape).shape == (*size, LAYOUT.size)
-
-
 # -- scan_plane streams its grid: peak extra memory O(P), not O(grid · P) ----------------------
-
-
-def test_scan_plane_memory_is_o_p() -> None:
-    from benchmarks.timing import allocations
-
-    torch.manual_seed(0)
-    model = nn.Linear(1000, 100)  # P = 100_100, 400 kB a point
-    layout = swag.ParamLayout.from_model(model)
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    g = torch.Generator().manual_seed(1)
-    plane = Plane(
-        theta, torch.randn(layout.size, generator=g), torch.randn(layout.size, generator=g)
-    )
-    loaders = {"t": [(torch.randn(2, 1000), torch.tensor([0, 1]))]}
-    grid = torch.linspace(-1, 1, 11)  # 121 points: 48 MB if they were all built first
-    result = allocations(
-        lambda: scan_plane(model, layout, plane, loaders, as_=grid, bs=grid), torch.device("cpu")
-    )
-    if result is None:
-        pytest.skip("this torch build's profiler does not record CPU allocations")
-    peak, _ = result
-    point = 4 * layout.size
-    # the working copy of the model, one point and its two partial sums, a little slack
-    assert peak < 8 * point, f"peak extra {peak / 1e6:.1f} MB = {peak / point:.1f} points"
-
-
-def test_every_legend_in_the_plots_has_an_explicit_loc() -> None:
-    # loc="best" (the default) measures overlaps and warns "slow" under load; with
-    # filterwarnings=error that made tests/test_bench.py flaky
-    import swag.evaluation.plots
-
-    tree = ast.parse(Path(swag.evaluation.plots.__file__).read_text())
-    calls = [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "legend"
-    ]
-    assert len(calls) >= 5
-    for call in calls:
-        locs = [k.value for k in call.keywords if k.arg == "loc"]
-        assert locs and isinstance(locs[0], ast.Constant) and locs[0].value != "best", call.lineno

@@ -1,5 +1,6 @@
 """Misuse of every public function: each argument given a wrong type, a negative, NaN or an
-empty value (issue 10). Every case must raise ValueError or TypeError naming the argument.
+empty value (issue 10). Every case must raise the exact type the rule gives (TypeError for a
+wrong type, ValueError for a wrong value), with a message naming the argument.
 
 The cases are generated from a table: each function lists its arguments with a *kind*, and each
 kind lists its bad values (a kind where a negative is legitimate, such as logits or scores,
@@ -150,6 +151,22 @@ KINDS: dict[str, list[tuple[str, Callable[[], Any]]]] = {
     "names": [("wrong type", lambda: "in"), ("not strings", lambda: (1, 2))],
     "metric_names": [("wrong type", lambda: "nll"), ("not strings", lambda: [3]), ("empty", list)],
 }
+
+
+# Labels of bad values of the wrong type (TypeError); every other label is a wrong value.
+# "true" is bn=True: a bool where a BNRefresh is wanted (False and None are the off switches).
+TYPE_LABELS = {
+    "wrong type", "float", "bool", "int", "true", "a tensor", "not a number", "not strings"
+}  # fmt: skip
+# NaN is a float: a wrong type where an int, a bool, a generator or integer targets are wanted.
+NAN_IS_A_TYPE = {"count", "bool", "generator", "sample_shape", "targets"}
+
+
+def expected(kind: str, label: str) -> type[Exception]:
+    """The exception the rule gives for the bad value ``label`` of an argument of ``kind``."""
+    if label in TYPE_LABELS or (label == "nan" and kind in NAN_IS_A_TYPE):
+        return TypeError
+    return ValueError
 
 
 def net(bn: bool = False) -> nn.Module:
@@ -514,8 +531,10 @@ def test_misuse_raises_an_error_naming_the_argument(
     fn: Fn, arg: str, label: str, make: Callable[[], Any]
 ) -> None:
     kwargs = {**fn.valid(), arg: make()}
-    with pytest.raises((ValueError, TypeError)) as err:
+    exc = expected(fn.kinds[arg], label)
+    with pytest.raises(exc) as err:
         fn.call(**kwargs)
+    assert type(err.value) is exc, f"{fn.name}({arg}=<{label}>): {err.value!r}, not {exc}"
     assert arg in str(err.value), f"{fn.name}({arg}=<{label}>): {err.value!r} does not name {arg}"
 
 

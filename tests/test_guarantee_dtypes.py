@@ -42,6 +42,7 @@ WITHOUT_BUFFERS = {
     "swag.persistence._checked_state.CheckedState",  # the base: abstract
     "swag.core._averaging_rules.BoundRule",  # the rules' base: abstract
     "swag.core._averaging_rules._LerpBound",  # no buffer: its state is the collector's mean and m2
+    "swag.core._state.CollectorState",  # the collector's state record: the buffers are Collector's
 }  # the base: abstract
 
 
