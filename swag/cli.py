@@ -134,10 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--baselines",
-        action="store_true",
-        help="add the Laplace (last layer) and IVON rows, from the optional extra "
-        "swag[baselines]; a row whose package is missing is skipped with a message "
-        "(default: off, they add about an SGD run's training and two rows of prediction)",
+        action=_OnceBool,
+        default=None,
+        help="the Laplace (last layer) and IVON rows, from the optional extra "
+        "swag-toolkit[baselines]: about an SGD run's training and two rows of prediction; a "
+        "row whose package is missing is skipped with a message (default: on in every preset)",
     )
     bench.add_argument(
         "--device",
@@ -209,8 +210,11 @@ def _config(args: argparse.Namespace, seeds: list[int]) -> tuple[BenchConfig | N
             f"{args.preset!r}), got {samples}"
         )
     fge_sam = cfg.fge_sam if args.fge_sam is None else args.fge_sam
-    cfg = cfg.replace(epochs=epochs, swa_epochs=swa, num_samples=samples, fge_sam=fge_sam)
-    return (cfg.replace(baselines=True) if args.baselines else cfg), None
+    baselines = cfg.baselines if args.baselines is None else args.baselines
+    cfg = cfg.replace(
+        epochs=epochs, swa_epochs=swa, num_samples=samples, fge_sam=fge_sam, baselines=baselines
+    )
+    return cfg, None
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -7,7 +7,6 @@ trains (about 20 s on an idle machine), later tests reuse its result through ``c
 from __future__ import annotations
 
 import errno
-import importlib.util
 import io
 import json
 import math
@@ -21,12 +20,13 @@ import pytest
 import torch
 
 import swag
+import swag.bench._evaluate as evaluate
 import swag.bench._outdir as outdir
 import swag.bench._report as report
 import swag.bench._runner as runner
 import swag.bench._train as train_mod
 from swag.bench._config import PRESETS, BenchConfig
-from swag.bench._evaluate import BASELINES, FGE_SAM, METHODS, Predictions
+from swag.bench._evaluate import BASELINES, FGE_SAM, METHODS, Predictions, missing_baselines
 from swag.bench._progress import Progress
 from swag.bench._train import plan
 from swag.cli import _parser, main
@@ -36,8 +36,8 @@ needs_data = pytest.mark.skipif(
     not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist"
 )
 SMOKE = ["bench", "--preset", "smoke", "--no-progress"]
-# every row but the optional Laplace and IVON ones (`--baselines`)
-ROWS = [m for m in METHODS if m not in BASELINES]
+# every row whose package is installed (the Laplace and IVON rows need the extra `baselines`)
+ROWS = [m for m in METHODS if m not in missing_baselines(METHODS)]
 # fewer figures to write where they are not the point
 FEW = [*SMOKE, "--skip", *(m for m in ROWS if m not in ("SGD", "SWA", "SWAG"))]
 _CACHE: dict[str, Any] = {}
@@ -214,8 +214,13 @@ def test_smoke_bench_writes_a_complete_report(
     for name, result in summary["results"].items():
         assert 0 <= result["augrc"] <= 0.5 and 0 <= result["aurc"] <= 1, name
         assert 0 <= result["sel_acc_50"] <= 1 and 0 <= result["classwise_ece"] <= 1, name
-        for key in ("msp", "energy", "max_logit"):  # every row keeps its logits
-            assert 0 <= result[f"ood_auroc_{key}"] <= 1, (name, key)
+        assert 0 <= result["ood_auroc_msp"] <= 1, name
+        # every row keeps its logits but Laplace's, whose probit predictive has none
+        for key in ("energy", "max_logit"):
+            if name == "Laplace (last layer)":
+                assert result[f"ood_auroc_{key}"] is None, (name, key)
+            else:
+                assert 0 <= result[f"ood_auroc_{key}"] <= 1, (name, key)
         for method in ("lac", "aps", "raps"):
             assert 0.5 <= result[f"conformal_coverage_{method}"] <= 1, (name, method)
             assert 0 <= result[f"conformal_size_{method}"] <= 10, (name, method)
@@ -279,29 +284,35 @@ def test_skip_and_fge_sam_choose_the_rows(
     main([*SMOKE, "--no-fge-sam", "--out", str(tmp_path / "b")])
     assert not set(FGE_SAM) & set(asked[0]) and set(FGE_SAM) <= set(asked[1])
     assert asked[2] == asked[0] and "MC dropout" in asked[0]
-    assert not set(BASELINES) & set(asked[0])  # the Laplace and IVON rows: opt-in
-    main(["bench", "--baselines", "--no-progress", "--out", str(tmp_path / "b")])
-    assert set(BASELINES) <= set(asked[3])
+    # the Laplace and IVON rows: on in every preset (skipped later when not installed)
+    assert set(BASELINES) <= set(asked[0]) and set(BASELINES) <= set(asked[2])
+    main(["bench", "--no-baselines", "--no-progress", "--out", str(tmp_path / "b")])
+    assert asked[3] == [m for m in asked[0] if m not in BASELINES]
 
 
 @needs_data
-@pytest.mark.skipif(
-    all(importlib.util.find_spec(m) is not None for m in BASELINES.values()),
-    reason="the baselines are installed: nothing is skipped",
-)
 def test_missing_baselines_are_skipped_with_the_install_command(
-    tmp_path: Path, cached_runs: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    cached_runs: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    few = [a for a in FEW if a != "--no-progress"]
-    assert main([*few, "--baselines", "--out", str(tmp_path / "a")]) == 0
+    # as on a machine without the extra, whether or not this one has it
+    hidden = set(BASELINES.values())
+    real = evaluate.find_spec
+    monkeypatch.setattr(evaluate, "find_spec", lambda m: None if m in hidden else real(m))
+    skip = [m for m in ROWS if m not in ("SGD", "SWA", "SWAG", *BASELINES)]
+    args = ["bench", "--preset", "smoke", "--skip", *skip, "--out", str(tmp_path / "a")]
+    assert main(args) == 0  # the rows are on by default
     summary = json.loads((tmp_path / "a" / "metrics.json").read_text())
     err, report_md = capsys.readouterr().err, (tmp_path / "a" / "report.md").read_text()
-    for name, module in BASELINES.items():
-        if importlib.util.find_spec(module) is None:
-            assert name not in summary["results"]
-            line = f"skipping {name}: its package is not installed; pip install 'swag[baselines]'"
-            assert line in err and line in report_md
-            assert any(line in n for n in summary["notes"])
+    assert list(summary["results"]) == ["SGD", "SWA", "SWAG"]
+    for name in BASELINES:
+        line = (
+            f"skipping {name}: its package is not installed; pip install 'swag-toolkit[baselines]'"
+        )
+        assert line in err and line in report_md
+        assert any(line in n for n in summary["notes"])
 
 
 def _reject(constant: str) -> None:
@@ -537,7 +548,7 @@ def test_paper_claims_are_marked_from_the_means_with_a_seed_count() -> None:
 @needs_data
 @pytest.mark.slow
 def test_laplace_and_ivon_rows_when_installed(tmp_path: Path) -> None:
-    # ~30 s: skipped unless the extra swag[baselines] is installed (scripts/setup.sh)
+    # ~30 s: skipped unless the extra swag-toolkit[baselines] is installed (scripts/setup.sh)
     pytest.importorskip("laplace")
     pytest.importorskip("ivon")
     cfg = PRESETS["smoke"].replace(baselines=True, intensity_size=0)

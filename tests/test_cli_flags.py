@@ -24,8 +24,8 @@ SINGLE = {
     "--data-dir": ("a", "b"),
 }
 REPEATABLE = {"--skip": ("FGE", "SAM"), "--seeds": ("1", "2")}  # both take effect
-IDEMPOTENT = {"--overwrite", "--no-progress", "--baselines"}  # on/off switches with one meaning
-TOGGLES = {"--fge-sam", "--no-fge-sam"}  # one of the pair, once
+IDEMPOTENT = {"--overwrite", "--no-progress"}  # on/off switches with one meaning
+TOGGLES = {"--fge-sam", "--no-fge-sam", "--baselines", "--no-baselines"}  # one of the pair, once
 OUTSIDE = {"-h", "--help"}
 
 
@@ -53,11 +53,15 @@ def test_a_single_valued_flag_given_twice_is_refused_by_name(
 
 @pytest.mark.parametrize(
     "args",
-    [["--fge-sam", "--no-fge-sam"], ["--no-fge-sam", "--fge-sam"], ["--fge-sam", "--fge-sam"]],
+    [
+        ["--fge-sam", "--no-fge-sam"],
+        ["--no-fge-sam", "--fge-sam"],
+        ["--fge-sam", "--fge-sam"],
+        ["--baselines", "--no-baselines"],
+        ["--no-baselines", "--no-baselines"],
+    ],
 )
-def test_the_fge_sam_toggle_is_given_once(
-    args: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_toggle_is_given_once(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["bench", *args])
     assert f"{args[1]} given twice (after {args[0]})" in capsys.readouterr().err

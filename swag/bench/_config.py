@@ -44,8 +44,9 @@ class BenchConfig:
     rotate_degrees: float = 45.0
     # test images per shift-intensity set (30 corruption sets + 7 rotations); 0 turns them off
     intensity_size: int = 25
-    # the Laplace and IVON rows (extra `baselines`): off in every preset, `--baselines` adds them
-    baselines: bool = False
+    # the Laplace and IVON rows (extra `baselines`): on in every preset, skipped with a message
+    # when their package is missing; `--no-baselines` leaves them out
+    baselines: bool = True
     ivon_lr: float = 0.1
     ivon_hess_init: float = 1.0
     max_rank: int = 20

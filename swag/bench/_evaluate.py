@@ -99,9 +99,9 @@ METHODS: dict[str, Kind] = {
 # BenchConfig.fge_sam / --fge-sam switch them on
 FGE_SAM: tuple[str, ...] = tuple(m for m, k in METHODS.items() if k in ("fge", "sam", "swag_sam"))
 # the baselines users pick instead of SWAG, from the optional extra `baselines`:
-# BenchConfig.baselines / --baselines switch them on; row -> the module it imports
+# BenchConfig.baselines / --no-baselines switch them off; row -> the module it imports
 BASELINES: dict[str, str] = {"Laplace (last layer)": "laplace", "IVON": "ivon"}
-INSTALL_BASELINES = "pip install 'swag[baselines]' (or scripts/setup.sh)"
+INSTALL_BASELINES = "pip install 'swag-toolkit[baselines]' (or scripts/setup.sh)"
 
 
 def missing_baselines(methods: Sequence[str]) -> list[str]:
@@ -198,24 +198,28 @@ def method_predictions(
         return point(apply_temperature(logits, out.fitted["temperature"]))
 
     def laplace() -> Tensor:
-        from laplace import Laplace
+        with warnings.catch_warnings():  # asdl, which laplace-torch imports, still jit-scripts
+            warnings.filterwarnings("ignore", "`torch.jit.script`", DeprecationWarning)
+            from laplace import Laplace
 
         train = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(data.train_x, data.train_y), batch_size=cfg.batch_size
         )
-        la = Laplace(
-            model.cpu(), "classification", subset_of_weights="last_layer",
-            hessian_structure="kron",
-        )  # fmt: skip
-        la.fit(train)
-        with warnings.catch_warnings():  # a reminder to predict with the same link: we do
-            warnings.filterwarnings("ignore", message="By default `link_approx`")
-            la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit")
-        out.fitted["Laplace prior precision"] = float(la.prior_precision.mean())
-        # the GLM predictive returns one (B, C) tensor (a tuple only for joint predictives)
-        probs = [
-            cast(Tensor, la(x, pred_type="glm", link_approx="probit")).detach() for x in inputs
-        ]
+        # a DataLoader draws its base seed from the global RNG: keep the caller's state
+        with torch.random.fork_rng(devices=[]):
+            la = Laplace(
+                model.cpu(), "classification", subset_of_weights="last_layer",
+                hessian_structure="kron",
+            )  # fmt: skip
+            la.fit(train)
+            with warnings.catch_warnings():  # a reminder to predict with the same link: we do
+                warnings.filterwarnings("ignore", message="By default `link_approx`")
+                la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx="probit")
+            out.fitted["Laplace prior precision"] = float(la.prior_precision.mean())
+            # the GLM predictive returns one (B, C) tensor (a tuple only for joint predictives)
+            probs = [
+                cast(Tensor, la(x, pred_type="glm", link_approx="probit")).detach() for x in inputs
+            ]
         model.to(device)
         return torch.cat(probs).unsqueeze(0)
 
