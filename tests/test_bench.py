@@ -315,6 +315,18 @@ def test_missing_baselines_are_skipped_with_the_install_command(
         assert any(line in n for n in summary["notes"])
 
 
+@needs_data
+def test_the_bench_weighs_multiswag_members_equally(tmp_path: Path, cached_runs: None) -> None:
+    # smoke fits with 3 draws per candidate; MultiSWAG's 2 members each get 2, not 2 and 1
+    assert PRESETS["smoke"].fit_samples % PRESETS["smoke"].members != 0
+    assert main([*FEW, "--out", str(tmp_path / "run")]) == 0
+    notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["notes"]
+    assert (
+        "MultiSWAG scale" in json.loads((tmp_path / "run" / "metrics.json").read_text())["fitted"]
+    )
+    assert not [n for n in notes if "not a multiple" in n], notes
+
+
 def _reject(constant: str) -> None:
     raise ValueError(f"metrics.json holds {constant}, which strict JSON parsers reject")
 

@@ -184,8 +184,10 @@ def method_predictions(
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RuntimeWarning)  # an edge of the bounds
                 warnings.simplefilter("always", UserWarning)  # draws uneven over the members
+                # a multiple of a mixture's members, so each is weighed equally
+                k = len(post.components) if isinstance(post, MultiSWAG) else 1
                 out.fitted[key] = fit_scale(
-                    post, model, val, num_samples=cfg.fit_samples, options=options,
+                    post, model, val, num_samples=-(-cfg.fit_samples // k) * k, options=options,
                     tol=cfg.fit_tol, generator=torch.Generator().manual_seed(seed + 1),
                 )  # fmt: skip
             out.notes += [f"{key}: {w.message}" for w in caught]
@@ -308,7 +310,9 @@ def method_predictions(
             z = logits.view(shape)
             out.logits[name] = torch.stack([metrics.energy(z), metrics.max_logit(z)], dim=1)
         else:
-            out.notes.append(f"{name}: no logits kept; energy and max-logit OOD scores are NaN")
+            out.notes.append(
+                f"{name}: no logits kept; energy and max-logit OOD scores are left out (null, –)"
+            )
     return out
 
 
