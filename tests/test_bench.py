@@ -320,11 +320,9 @@ def test_the_bench_weighs_multiswag_members_equally(tmp_path: Path, cached_runs:
     # smoke fits with 3 draws per candidate; MultiSWAG's 2 members each get 2, not 2 and 1
     assert PRESETS["smoke"].fit_samples % PRESETS["smoke"].members != 0
     assert main([*FEW, "--out", str(tmp_path / "run")]) == 0
-    notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["notes"]
-    assert (
-        "MultiSWAG scale" in json.loads((tmp_path / "run" / "metrics.json").read_text())["fitted"]
-    )
-    assert not [n for n in notes if "not a multiple" in n], notes
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "MultiSWAG scale" in summary["fitted"]
+    assert not [n for n in summary["notes"] if "not a multiple" in n], summary["notes"]
 
 
 def _reject(constant: str) -> None:
