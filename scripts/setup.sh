@@ -11,7 +11,7 @@ pip_install() {  # pip, minus the noise of find-links folders that this machine 
 pip_install --upgrade pip
 pip_install "torch==${SWAG_TORCH_VERSION:-2.13.0}"
 pip_install -e ".[dev]"
-# The bench's optional Laplace and IVON rows (`swag bench --baselines`). laplace-torch's declared
+# The bench's Laplace and IVON rows (on by default, skipped when missing). laplace-torch's declared
 # dependencies (torchvision among them) would replace the pinned torch, so it and the packages it
 # imports go in without dependencies; SWAG_BASELINES=0 skips them.
 if [ "${SWAG_BASELINES:-1}" != 0 ]; then
