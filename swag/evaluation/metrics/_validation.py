@@ -15,6 +15,20 @@ def as_float64(x: Tensor) -> Tensor:
     return x.to(torch.float64)
 
 
+def check_float(x: Tensor, name: str, *, nonfinite_hint: str = "") -> Tensor:
+    """Validates a non-empty, finite, floating-point tensor of any shape; returns it as float64."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
+    x64 = as_float64(x)
+    if not torch.isfinite(x64).all():
+        raise ValueError(f"{name} contains NaN or inf{nonfinite_hint}")
+    return x64
+
+
 def check_probs(probs: Tensor, *, ndims: tuple[int, ...] = (2,), name: str = "probs") -> Tensor:
     """Validates class probabilities along the last dimension; returns them as float64.
 
@@ -25,13 +39,7 @@ def check_probs(probs: Tensor, *, ndims: tuple[int, ...] = (2,), name: str = "pr
     if probs.ndim not in ndims:
         shapes = " or ".join(_shape_name(n) for n in ndims)
         raise ValueError(f"{name} must have shape {shapes}, got {tuple(probs.shape)}")
-    if not probs.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {probs.dtype}")
-    if probs.numel() == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(probs.shape)}")
-    p = as_float64(probs)
-    if not torch.isfinite(p).all():
-        raise ValueError(f"{name} contains NaN or inf; check the model outputs")
+    p = check_float(probs, name, nonfinite_hint="; check the model outputs")
     low, high = p.min().item(), p.max().item()
     if low < 0.0 or high > 1.0:
         raise ValueError(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from swag.evaluation.metrics._validation import as_float64, is_real
+from swag.evaluation.metrics._validation import check_float, is_real
 
 __all__ = ["gaussian_mixture_nll", "gaussian_nll", "interval_coverage", "rmse"]
 
@@ -27,7 +27,7 @@ def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> float:
         var: Predictive variances (not standard deviations), > 0, broadcastable to ``target.shape``.
         target: Observed values, any shape.
     """
-    y = _check_tensor("target", target)
+    y = check_float(target, "target")
     mu, v = _check_like("mean", mean, y), _check_var(var, y)
     return (0.5 * (torch.log(2.0 * math.pi * v) + (y - mu).square() / v)).mean().item()
 
@@ -45,8 +45,8 @@ def gaussian_mixture_nll(means: Tensor, variances: Tensor, target: Tensor) -> fl
         variances: ``(S, *target.shape)`` variances, > 0 (or broadcastable to it).
         target: Observed values, any shape.
     """
-    y = _check_tensor("target", target)
-    _check_tensor("means", means)
+    y = check_float(target, "target")
+    check_float(means, "means")
     if means.dim() <= y.dim():
         raise ValueError(
             f"means must have a leading sample dimension: shape (S, {', '.join(map(str, y.shape))})"
@@ -67,7 +67,7 @@ def rmse(mean: Tensor, target: Tensor) -> float:
         mean: Predictions, broadcastable to ``target.shape``.
         target: Observed values, any shape.
     """
-    y = _check_tensor("target", target)
+    y = check_float(target, "target")
     mu = _check_like("mean", mean, y)
     return (y - mu).square().mean().sqrt().item()
 
@@ -101,7 +101,7 @@ def interval_coverage(
         raise TypeError(f"levels must be a non-empty sequence of numbers in (0, 1), got {levels!r}")
     if len(levels) == 0 or any(not 0.0 < a < 1.0 for a in levels):
         raise ValueError(f"levels must be a non-empty sequence of values in (0, 1), got {levels}")
-    y = _check_tensor("target", target)
+    y = check_float(target, "target")
     mu, v = _check_like("mean", mean, y), _check_var(var, y)
     dist = (y - mu).abs() / v.sqrt()
     a = torch.tensor(list(levels), dtype=torch.float64, device=dist.device)
@@ -121,7 +121,7 @@ def _check_var(var: Tensor, y: Tensor, name: str = "var") -> Tensor:
 
 def _check_like(name: str, x: Tensor, y: Tensor) -> Tensor:
     """Validates ``x`` and returns it as float64, expanded to the shape of the target ``y``."""
-    x64 = _check_tensor(name, x).to(y.device)
+    x64 = check_float(x, name).to(y.device)
     try:
         return x64.expand_as(y)
     except RuntimeError:
@@ -129,17 +129,3 @@ def _check_like(name: str, x: Tensor, y: Tensor) -> Tensor:
             f"{name} of shape {tuple(x.shape)} does not broadcast to the target shape "
             f"{tuple(y.shape)}"
         ) from None
-
-
-def _check_tensor(name: str, x: Tensor) -> Tensor:
-    """Validates a non-empty finite floating-point tensor; returns it as float64."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
-    x64 = as_float64(x)
-    if not torch.isfinite(x64).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return x64
