@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from swag.evaluation.metrics._validation import (
-    as_float64,
     check_classification,
+    check_float,
     check_probs,
     is_real,
 )
@@ -196,17 +196,9 @@ class SplitConformalRegression:
 
 
 def _real(name: str, x: Tensor, like: Tensor | None = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} must be non-empty")
+    out = check_float(x, name)
     if like is not None and x.shape != like.shape:
         raise ValueError(f"{name} must have shape {tuple(like.shape)}, got {tuple(x.shape)}")
-    out = as_float64(x)
-    if not torch.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or inf")
     return out if like is None else out.to(like.device)
 
 
